@@ -1,0 +1,264 @@
+"""`lsg-export convert`: a 512-token checkpoint -> its LSG variant (reference format)."""
+import json
+import shutil
+import tempfile
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import LSGExportError
+from .families import FAMILIES
+from .modeling.lsg_attention import validate_lsg_options
+from .modeling.lsg_base import LSG_DEFAULTS
+from .sources import read_config_dict, remember_output, resolve_source
+from .weights import initial_global_embeddings, tile_positions
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+LSG_OPTION_NAMES = ("block_size", "sparse_block_size", "sparsity_factor", "sparsity_type", "num_global_tokens",
+                    "mask_first_token", "pool_with_global", "lsh_num_pre_rounds")
+
+
+@dataclass
+class ConvertResult:
+    path: Path
+    model: torch.nn.Module
+    tokenizer: object
+    architecture: str
+    source: str
+    notes: list = field(default_factory=list)
+
+
+def parse_model_kwargs(text):
+    """--model-kwargs: a JSON object (the reference's single-quoted form is accepted too)."""
+    if not text:
+        return {}
+    for candidate in (text, text.replace("'", '"')):
+        try:
+            value = json.loads(candidate)
+            break
+        except json.JSONDecodeError:
+            value = None
+    if not isinstance(value, dict):
+        raise LSGExportError(f"--model-kwargs must be a JSON object, got {text!r}")
+    return value
+
+
+def default_output(display_name, max_sequence_length):
+    return Path(f"lsg-{display_name}-{max_sequence_length}")
+
+
+def check_output(output, force):
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise LSGExportError(f"{output} exists and is not a folder")
+    if output.is_dir() and any(output.iterdir()) and not force:
+        raise LSGExportError(f"{output} exists and is not empty: pass --force to replace it")
+    return output
+
+
+@contextmanager
+def atomic_folder(output, force):
+    """Yield a temporary folder beside `output`; rename it to `output` only if the block succeeds."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        yield tmp
+        if output.exists():
+            check_output(output, force)
+            shutil.rmtree(output)
+        tmp.rename(output)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def quiet_transformers():
+    from transformers.utils import logging
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            yield
+        finally:
+            logging.set_verbosity(level)
+
+
+def _choose_architecture(family, config_dict, architecture):
+    candidates = [architecture] if architecture else list(config_dict.get("architectures") or [])[:1]
+    name = candidates[0] if candidates else family.architecture(family.default_head)
+    head = family.head_of(name)
+    if head is None:
+        accepted = ", ".join(family.architecture(h) for h in family.heads)
+        raise LSGExportError(f"architecture {name} is not available for {family.model_type}; accepted: {accepted}")
+    return head
+
+
+def _token_ids(tokenizer, config):
+    bos = getattr(tokenizer, "bos_token_id", None) if tokenizer is not None else None
+    if bos is None and tokenizer is not None:
+        bos = tokenizer.cls_token_id
+    bos = bos if bos is not None else getattr(config, "bos_token_id", None)
+    if bos is None:
+        bos = getattr(config, "cls_token_id", None)
+    mask = getattr(tokenizer, "mask_token_id", None) if tokenizer is not None else None
+    mask = mask if mask is not None else getattr(config, "mask_token_id", None)
+    if bos is None or mask is None:
+        raise LSGExportError("cannot find the bos/cls and mask token ids to initialise the global tokens: the "
+                             "checkpoint has no tokenizer and its config names none (use --random-global-init)"
+                             if mask is None and bos is not None else
+                             "cannot find the bos/cls and mask token ids (no tokenizer, none in the config)")
+    return bos, mask
+
+
+def _load_tokenizer(source):
+    from transformers import AutoTokenizer
+    try:
+        with quiet_transformers():
+            return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def convert(model=None, output=None, *, max_sequence_length=4096, architecture=None, block_size=None,
+            sparse_block_size=None, sparsity_factor=None, sparsity_type=None, num_global_tokens=None,
+            mask_first_token=None, pool_with_global=None, lsh_num_pre_rounds=None, model_kwargs=None,
+            random_global_init=False, global_positional_stride=64, keep_first_global_token=False,
+            resize_lsg=False, seed=123, force=False, status=None):
+    """Convert `model` (folder, hub id, or None for the bundled MiniLM) into an LSG folder.
+
+    LSG options left as None keep the checkpoint's (an LSG checkpoint) or the defaults.
+    `status(message)` is called before each step. Returns a ConvertResult."""
+    status = status or (lambda message: None)
+    source, display = resolve_source(model)
+    config_dict = read_config_dict(source)
+    model_type = config_dict.get("model_type")
+    family = FAMILIES.get(model_type)
+    if family is None:
+        raise LSGExportError(f"model type {model_type!r} is not supported; accepted: {', '.join(FAMILIES)}")
+    head = _choose_architecture(family, config_dict, architecture)
+    original_architecture = (list(config_dict.get("architectures") or []) or [""])[0]
+    is_lsg = config_dict.get("base_model_prefix") == "lsg" or original_architecture.startswith("LSG")
+
+    options = {k: config_dict.get(k, LSG_DEFAULTS[k]) if is_lsg else LSG_DEFAULTS[k] for k in LSG_OPTION_NAMES}
+    given = dict(block_size=block_size, sparse_block_size=sparse_block_size, sparsity_factor=sparsity_factor,
+                 sparsity_type=sparsity_type, num_global_tokens=num_global_tokens, mask_first_token=mask_first_token,
+                 pool_with_global=pool_with_global, lsh_num_pre_rounds=lsh_num_pre_rounds)
+    options.update({k: v for k, v in given.items() if v is not None})
+    extra = parse_model_kwargs(model_kwargs) if isinstance(model_kwargs, (str, type(None))) else dict(model_kwargs)
+    options.update({k: extra.pop(k) for k in list(extra) if k in LSG_DEFAULTS})
+    try:
+        options["sparsity_type"] = validate_lsg_options(
+            options["block_size"], options["sparse_block_size"], options["sparsity_factor"],
+            options["sparsity_type"], options["num_global_tokens"])
+    except ValueError as error:
+        raise LSGExportError(str(error)) from None
+    if global_positional_stride < 1:
+        raise LSGExportError(f"--global-positional-stride must be positive, got {global_positional_stride}")
+
+    positions = config_dict.get("max_position_embeddings", 512) - family.position_offset
+    if max_sequence_length is None or max_sequence_length < 1:
+        raise LSGExportError(f"--max-sequence-length must be positive, got {max_sequence_length}")
+    if max_sequence_length < positions and not is_lsg:
+        raise LSGExportError(f"--max-sequence-length {max_sequence_length} is below the model's length ({positions})")
+    local = Path(source).is_dir()
+    if local and not any((Path(source) / name).is_file() for name in WEIGHT_FILES):
+        raise LSGExportError(f"{source}: no weights ({' or '.join(WEIGHT_FILES[::2])})")
+    output = check_output(output or default_output(display, max_sequence_length), force)
+
+    status(f"loading {display} ({family.model_type}, {family.architecture(head)})")
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    config_dict = {k: v for k, v in config_dict.items()
+                   if k not in ("auto_map", "architectures", "_name_or_path", "transformers_version", "model_type")}
+    config_dict.update(options, **extra)
+    try:
+        config = family.config_class()(**config_dict)
+    except (ValueError, TypeError) as error:
+        raise LSGExportError(f"invalid configuration: {error}") from None
+    lsg_class = family.model_class(head)
+    try:
+        with quiet_transformers():
+            lsg_model = lsg_class.from_pretrained(source, config=config)
+    except (OSError, RuntimeError, ValueError) as error:
+        raise LSGExportError(f"{source}: cannot load the weights ({str(error).splitlines()[0][:200]})") from None
+    tokenizer = _load_tokenizer(source)
+
+    status("extending positions and initialising global tokens")
+    state = lsg_model.state_dict()
+    base = getattr(lsg_model, lsg_model.base_model_prefix, lsg_model)
+    embeddings = base.embeddings
+    prefix = "" if base is lsg_model else lsg_model.base_model_prefix + "."
+    table = embeddings.position_embeddings.weight.detach()
+    if not (is_lsg and resize_lsg):
+        bos_id, mask_id = _token_ids(tokenizer, config)
+        token_type = embeddings.token_type_embeddings.weight[0].detach() if family.token_type_in_globals else None
+        try:
+            glob = initial_global_embeddings(
+                embeddings.word_embeddings.weight, table[family.position_offset:], bos_id, mask_id,
+                global_positional_stride, token_type, random_global_init, generator)
+        except ValueError as error:
+            raise LSGExportError(str(error)) from None
+        key = prefix + "embeddings.global_embeddings.weight"
+        if keep_first_global_token and is_lsg:
+            glob[0] = state[key][0]
+        state[key] = glob.to(state[key].dtype)
+    state[prefix + "embeddings.position_embeddings.weight"] = tile_positions(
+        table, max_sequence_length, family.position_offset)
+
+    config.max_position_embeddings = max_sequence_length + family.position_offset
+    config.architectures = [family.class_name(head)]
+    config.auto_map = family.auto_map()
+    config._name_or_path = str(output)
+    with quiet_transformers():
+        lsg_model = lsg_class(config)
+    lsg_model.load_state_dict(state)
+    lsg_model.eval()
+
+    status(f"writing {output}")
+    with atomic_folder(output, force) as tmp:
+        lsg_model.save_pretrained(tmp, safe_serialization=True)
+        for path in family.modeling_files():
+            shutil.copy(path, tmp / path.name)
+        if tokenizer is not None:
+            tokenizer.model_max_length = max_sequence_length
+            tokenizer.init_kwargs["model_max_length"] = max_sequence_length
+            tokenizer.save_pretrained(tmp)
+        (tmp / "README.md").write_text(model_card(display, source, family, head, config, max_sequence_length))
+    remember_output("convert", output)
+    return ConvertResult(output, lsg_model, tokenizer, family.class_name(head), source)
+
+
+def model_card(display, source, family, head, config, length):
+    options = "\n".join(f"| `{k}` | `{getattr(config, k)}` |" for k in LSG_OPTION_NAMES)
+    return f"""---
+library_name: transformers
+tags: [lsg, long-context, lsg-export]
+---
+# LSG {display} ({length} tokens)
+
+`{display}` ({family.model_type}, from `{source}`) converted by `lsg-export convert` to Local-Sparse-Global
+attention: each block of {config.block_size} queries sees its 3 neighbouring blocks, {config.num_global_tokens}
+global token(s) and 2 x {config.sparse_block_size} compressed tokens ({config.sparsity_type}, factor
+{config.sparsity_factor}). Positions are tiled up to {length}.
+
+```python
+from transformers import AutoModel{AUTO_SUFFIX.get(head, '')}, AutoTokenizer
+model = AutoModel{AUTO_SUFFIX.get(head, '')}.from_pretrained("PATH", trust_remote_code=True)
+```
+
+| option | value |
+|---|---|
+{options}
+
+Architecture: `{family.class_name(head)}`. The global embeddings are new weights: fine-tune before relying on
+the model for long inputs.
+"""
+
+
+AUTO_SUFFIX = {h: h for h in ("ForPreTraining", "ForMaskedLM", "ForSequenceClassification", "ForTokenClassification",
+                              "ForQuestionAnswering", "ForMultipleChoice")}

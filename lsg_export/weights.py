@@ -1,0 +1,58 @@
+"""Weight surgery of the conversion: tiled positions and the global embeddings' initialisation."""
+import torch
+
+
+def tile_positions(table, length, offset=0):
+    """Keep the `offset` leading rows, repeat the others until there are `length` of them."""
+    body = table[offset:]
+    repeats = length // body.shape[0] + 1
+    return torch.cat([table[:offset], body.repeat(repeats, 1)[:length]], dim=0)
+
+
+def order_positions(positions, stride, generator=None):
+    """512 rows from a position table (without offset rows), reordered for the global tokens.
+
+    A table whose length n is not a multiple of 512 is cut to one, or below 512 padded with normal
+    draws of its rows' mean and std; every f-th row is kept (f = n/512); with s = stride/f and
+    g = 512/s, global k gets reduced row (k mod g)*s + k//g."""
+    n, d = positions.shape
+    if n % 512:
+        if n > 512:
+            positions = positions[: 512 * (n // 512)]
+        else:
+            mean = positions.mean(0, keepdim=True).expand(512 - n, -1)
+            std = positions.std(0, keepdim=True).expand(512 - n, -1)
+            positions = torch.cat([positions, torch.normal(mean, std, generator=generator)], dim=0)
+        n = positions.shape[0]
+    factor = n // 512
+    step = stride // factor
+    if step < 1 or 512 % step:
+        raise ValueError(f"global positional stride {stride} does not fit a {n}-row position table")
+    positions = positions.reshape(-1, factor, d)[:, 0]
+    return positions.reshape(-1, step, d).transpose(0, 1).reshape(-1, d)
+
+
+def initial_global_embeddings(word, positions, bos_id, mask_id, stride, token_type=None,
+                              random_init=False, generator=None):
+    """The 512 global embeddings of the reference converter.
+
+    Default: reordered positions + the bos (else cls) word embedding for global 0 and the mask
+    token's for the others. random_init: draws from a normal fitted to the word embeddings, the
+    bos embedding in row 0, plus the reordered positions. bert/albert add token type 0."""
+    positions = order_positions(positions.detach().clone(), stride, generator)
+    word = word.detach()
+    if random_init:
+        mean, cov = word.mean(0), torch.cov(word.T.double())
+        cov = cov + torch.eye(cov.shape[0], dtype=cov.dtype) * 1e-6  # keep it positive definite
+        draws = torch.linalg.cholesky(cov) @ torch.randn(cov.shape[0], 512, generator=generator, dtype=cov.dtype)
+        glob = (mean.double().unsqueeze(0) + draws.T).to(word.dtype)
+        glob[0] = word[bos_id]
+        if token_type is not None:
+            positions = positions + token_type
+            glob[0] = word[bos_id] + token_type
+        return glob + positions
+    positions[0] += word[bos_id]
+    positions[1:] += word[mask_id].unsqueeze(0)
+    if token_type is not None:
+        positions += token_type.unsqueeze(0)
+    return positions
