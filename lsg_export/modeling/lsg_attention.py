@@ -47,8 +47,10 @@ def validate_lsg_options(block_size, sparse_block_size, sparsity_factor, sparsit
 
 
 def attend(q, k, v, mask, dropout=None):
-    """softmax(q k^T / sqrt(d) + mask) v, in the inputs' dtype (as the reference computes it)."""
-    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + mask
+    """softmax(q k^T / sqrt(d) + mask) v, in the inputs' dtype.
+
+    q is scaled before the product: (T, d) multiplications instead of (T, keys)."""
+    scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-1, -2) + mask
     probs = torch.softmax(scores, dim=-1)
     if dropout is not None:
         probs = dropout(probs)
@@ -230,7 +232,9 @@ class LSGAttention(nn.Module):
         projections = self._lsh_projection_set(h, d, m, k.device, k.dtype)
         for size, projection in projections:
             k, v, count = self._lsh_round(k, v, count, size, projection)
-        k, v = k / (count + 1e-8), v / (count + 1e-8)
+        # the reference divides by count + 1e-8, which underflows to 0 in float16 (0/0 = NaN)
+        divisor = torch.where(count > 0, count, torch.ones_like(count))
+        k, v = k / divisor, v / divisor
         mask = self._group_mask(count, key_mask.dtype)
         return k.reshape(n, h, -1, d), v.reshape(n, h, -1, d), mask.reshape(n, h, -1, 1)
 
