@@ -217,6 +217,9 @@ class LSGAttention(nn.Module):
         k, v = k.reshape(n, h, -1, sf, d), v.reshape(n, h, -1, sf, d)
         group_mask = key_mask.reshape(n, 1, -1, 1, sf)
         scores = q[:, :, :1, None, :] @ k.transpose(-1, -2) / math.sqrt(d) + group_mask
+        # in float16 a masked score below finfo.min overflows to -inf: a group of padding only then
+        # got NaN weights, and its NaN key poisoned every block that sees it (masked or not)
+        scores = scores.clamp(min=torch.finfo(scores.dtype).min)
         weights = torch.softmax(scores, dim=-1)
         count = (group_mask == 0).to(k.dtype).sum(-1)
         # mended: the reference's mean of two finfo.min overflows to -inf and unmasks padding groups
@@ -260,4 +263,6 @@ class LSGAttention(nn.Module):
 
     @staticmethod
     def _group_mask(count, dtype):
-        return torch.where(count > 0, 0.0, torch.finfo(dtype).min).to(dtype)
+        # masked_fill, not torch.where on two Python scalars: that makes a float32 tensor, which
+        # float64's finfo.min overflows (pooling, bos_pooling and lsh crashed in float64)
+        return torch.zeros_like(count, dtype=dtype).masked_fill(count <= 0, torch.finfo(dtype).min)

@@ -1,0 +1,28 @@
+"""`lsg-export build-ops`: build the ONNX Runtime custom-op library and print its path.
+
+Registered in lsg_export/cli.py with `main.add_command(build_ops_command)`."""
+import sys
+
+import click
+
+from ..errors import LSGExportError
+
+
+@click.command("build-ops")
+@click.option("--cuda/--no-cuda", default=None,
+              help="Build the CUDA kernel too (--cuda needs nvcc) [default: when nvcc is found].")
+@click.option("--force", is_flag=True, help="Rebuild even if the cached build is up to date.")
+@click.option("--verbose", is_flag=True, help="Show the CMake output.")
+def build_ops_command(cuda, force, verbose):
+    """Build the custom-op library (ai.lsg.BlockSparseAttention) with CMake and print its path.
+
+    The build is cached under $LSG_EXPORT_CACHE (default ~/.cache/lsg-export) and redone only when
+    the sources change. ONNX Runtime headers: $ORT_INCLUDE_DIR, else fetched once with npm."""
+    from . import build_ops
+
+    try:
+        path = build_ops(cuda=cuda, force=force, verbose=verbose)
+    except LSGExportError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    click.echo(str(path))

@@ -1,0 +1,126 @@
+"""Time ai.lsg.BlockSparseAttention against the gather subgraph it replaces, in ONNX Runtime (CPU).
+
+Same inputs, same thread count: the gather graph is `lsg_attention.block_attention` exported alone
+with torch.onnx.export of a tiny wrapper module. Defaults: MiniLM shapes at 4096 tokens
+(12 heads, head dim 32, bs 128, sbs 128, sf 2, G 1, norm compression).
+
+    python scripts/bench_custom_op.py [--tokens 4096] [--threads N] [--repeat 20]
+"""
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import types
+import warnings
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from onnx import TensorProto, helper
+
+from lsg_export import ops
+from lsg_export.modeling.lsg_attention import LSGAttention, block_attention
+
+NAMES = ("q", "k", "v", "key_mask", "global_k", "global_v", "sparse_k", "sparse_v", "sparse_mask")
+
+
+class BlockAttention(torch.nn.Module):
+    def __init__(self, bs, sbs, sf):
+        super().__init__()
+        self.geometry = (bs, sbs, sf)
+
+    def forward(self, q, k, v, key_mask, global_k, global_v, sparse_k, sparse_v, sparse_mask):
+        return block_attention(q, k, v, key_mask, global_k, global_v, sparse_k, sparse_v, sparse_mask,
+                               *self.geometry)
+
+
+def export_gather_graph(inputs, bs, sbs, sf, path):
+    module = BlockAttention(bs, sbs, sf)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(module, tuple(inputs), path, input_names=list(NAMES), output_names=["out"],
+                              opset_version=17, dynamo=False)
+        except Exception:  # the TorchScript exporter is gone from this torch: the dynamo one
+            torch.onnx.export(module, tuple(inputs), path, input_names=list(NAMES), output_names=["out"],
+                              opset_version=18, dynamo=True, external_data=False)
+
+
+def op_graph(bs, sbs, sf):
+    node = helper.make_node(ops.OP_TYPE, list(NAMES), ["out"], domain=ops.DOMAIN, block_size=bs,
+                            sparse_block_size=sbs, sparsity_factor=sf)
+    graph = helper.make_graph([node], "op", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in NAMES],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid(ops.DOMAIN, ops.OP_VERSION)], ir_version=10)
+    return model.SerializeToString()
+
+
+def timed(session, feeds, repeat, warmup=3):
+    for _ in range(warmup):
+        out = session.run(None, feeds)[0]
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        session.run(None, feeds)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=4096)
+    parser.add_argument("--heads", type=int, default=12)
+    parser.add_argument("--head-dim", type=int, default=32)
+    parser.add_argument("--block-size", type=int, default=128)
+    parser.add_argument("--sparse-block-size", type=int, default=128)
+    parser.add_argument("--sparsity-factor", type=int, default=2)
+    parser.add_argument("--sparsity-type", default="norm")
+    parser.add_argument("--globals", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--repeat", type=int, default=20)
+    args = parser.parse_args(argv)
+    bs, sbs, sf = args.block_size, args.sparse_block_size, args.sparsity_factor
+
+    torch.manual_seed(0)
+    n, h, t, d = args.batch, args.heads, args.tokens, args.head_dim
+    q, k, v = (torch.randn(n, h, t, d) for _ in range(3))
+    global_k, global_v = torch.randn(n, h, args.globals, d), torch.randn(n, h, args.globals, d)
+    key_mask = torch.zeros(n, 1, t, 1)
+    key_mask[:, :, t - t // 10:] = torch.finfo(torch.float32).min  # 10% padding at the end
+    config = types.SimpleNamespace(block_size=bs, sparse_block_size=sbs, sparsity_factor=sf,
+                                   sparsity_type=args.sparsity_type, num_global_tokens=args.globals)
+    sparse = LSGAttention(config).compress(q, k, v, key_mask)
+    inputs = [q, k, v, key_mask, global_k, global_v, *sparse]
+    feeds = {name: x.contiguous().numpy() for name, x in zip(NAMES, inputs)}
+    expected = block_attention(*inputs, bs, sbs, sf).numpy()
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "gather.onnx")
+        export_gather_graph(inputs, bs, sbs, sf, path)
+        gather = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        gather_time, gather_out = timed(gather, {i.name: feeds[i.name] for i in gather.get_inputs()}, args.repeat)
+
+    custom = ort.InferenceSession(op_graph(bs, sbs, sf), ops.session_options_with_ops(options),
+                                  providers=["CPUExecutionProvider"])
+    op_time, op_out = timed(custom, feeds, args.repeat)
+
+    print(f"shapes: n={n} h={h} T={t} d={d} bs={bs} sbs={sbs} sf={sf} G={args.globals} "
+          f"sparsity={args.sparsity_type}; ORT {ort.__version__}, {args.threads} intra-op threads, "
+          f"median of {args.repeat}")
+    print(f"gather subgraph : {gather_time * 1e3:8.2f} ms  (max |diff| vs torch {np.abs(gather_out - expected).max():.2e})")
+    print(f"custom op       : {op_time * 1e3:8.2f} ms  (max |diff| vs torch {np.abs(op_out - expected).max():.2e})")
+    ratio = gather_time / op_time
+    print(f"speed-up        : {ratio:.2f}x (target >= 1.5x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""ai.lsg.BlockSparseAttention (CPU kernel) against lsg_attention.block_attention."""
+import types
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from lsg_export.errors import LSGExportError
+from lsg_export.modeling.lsg_attention import LSGAttention, block_attention
+
+ort = pytest.importorskip("onnxruntime")
+ops = pytest.importorskip("lsg_export.ops")
+
+INPUTS = ("q", "k", "v", "key_mask", "global_k", "global_v", "sparse_k", "sparse_v", "sparse_mask")
+
+
+@pytest.fixture(scope="session")
+def library():
+    return ops.build_ops()
+
+
+def op_model(num_inputs, block_size, sparse_block_size, sparsity_factor, elem=TensorProto.FLOAT, scale=None):
+    names = list(INPUTS[:num_inputs])
+    attributes = dict(block_size=block_size, sparse_block_size=sparse_block_size, sparsity_factor=sparsity_factor)
+    if scale is not None:
+        attributes["scale"] = scale
+    node = helper.make_node(ops.OP_TYPE, names, ["out"], domain=ops.DOMAIN, **attributes)
+    inputs = [helper.make_tensor_value_info(name, elem, None) for name in names]
+    graph = helper.make_graph([node], "block_sparse_attention", inputs,
+                              [helper.make_tensor_value_info("out", elem, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid(ops.DOMAIN, ops.OP_VERSION)], ir_version=10)
+    return model.SerializeToString()
+
+
+def run_op(library, arrays, block_size, sparse_block_size, sparsity_factor, **kwargs):
+    elem = TensorProto.FLOAT16 if arrays[0].dtype == np.float16 else TensorProto.FLOAT
+    model = op_model(len(arrays), block_size, sparse_block_size, sparsity_factor, elem, **kwargs)
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(str(library))
+    options.intra_op_num_threads = 2
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    return session.run(None, dict(zip(INPUTS, arrays)))[0]
+
+
+def make_case(seed, n, h, blocks, d, g, block_size, sparse_block_size, sparsity_factor, sparsity_type, lengths):
+    generator = torch.Generator().manual_seed(seed)
+    t = blocks * block_size
+    q, k, v = (torch.randn(n, h, t, d, generator=generator) for _ in range(3))
+    global_k, global_v = (torch.randn(n, h, g, d, generator=generator) for _ in range(2))
+    minimum = torch.finfo(torch.float32).min
+    key_mask = torch.zeros(n, 1, t, 1)
+    for row, length in enumerate(lengths):
+        key_mask[row, :, length:] = minimum
+    sparse = (None, None, None)
+    if sparsity_type != "none" and sparse_block_size:
+        config = types.SimpleNamespace(block_size=block_size, sparse_block_size=sparse_block_size,
+                                       sparsity_factor=sparsity_factor, sparsity_type=sparsity_type,
+                                       num_global_tokens=g)
+        sparse = LSGAttention(config).compress(q, k, v, key_mask)
+    expected = block_attention(q, k, v, key_mask, global_k, global_v, *sparse, block_size, sparse_block_size,
+                               sparsity_factor)
+    arrays = [q, k, v, key_mask, global_k, global_v] + ([] if sparse[0] is None else list(sparse))
+    return [a.contiguous().numpy() for a in arrays], expected.numpy()
+
+
+SPARSITY_TYPES = ("norm", "pooling", "stride", "block_stride", "bos_pooling", "none")
+
+
+@pytest.mark.parametrize("sparsity_type", SPARSITY_TYPES)
+@pytest.mark.parametrize("d", [32, 64])
+@pytest.mark.parametrize("g", [1, 7])
+def test_matches_block_attention(library, sparsity_type, d, g):
+    bs, sbs, sf = 16, 16, 2
+    for seed, (blocks, lengths) in enumerate([(1, [16, 9]), (2, [32, 20]), (6, [96, 41]), (11, [176, 3])]):
+        arrays, expected = make_case(seed, 2, 3, blocks, d, g, bs, sbs if sparsity_type != "none" else 0, sf,
+                                     sparsity_type, lengths)
+        out = run_op(library, arrays, bs, sbs if sparsity_type != "none" else 0, sf)
+        assert out.shape == expected.shape and out.dtype == np.float32
+        assert np.abs(out - expected).max() <= 1e-5, (blocks, lengths)
+
+
+@pytest.mark.parametrize("bs,sbs,sf,sparsity_type", [(8, 4, 4, "pooling"), (16, 48, 2, "stride"),
+                                                     (32, 8, 8, "block_stride"), (4, 4, 1, "norm"),
+                                                     (16, 24, 4, "bos_pooling")])
+def test_other_geometries(library, bs, sbs, sf, sparsity_type):
+    arrays, expected = make_case(3, 1, 4, 7, 32, 2, bs, sbs, sf, sparsity_type, [7 * bs - 5])
+    out = run_op(library, arrays, bs, sbs, sf)
+    assert np.abs(out - expected).max() <= 1e-5
+
+
+def test_sparse_block_size_zero_ignores_sparse_inputs(library):
+    arrays, expected = make_case(4, 1, 2, 4, 32, 1, 16, 0, 2, "none", [64])
+    out = run_op(library, arrays, 16, 0, 2)
+    assert np.abs(out - expected).max() <= 1e-5
+    # empty sparse tensors mean "no compressed part" as well
+    empty = [np.zeros((1, 2, 0, 32), np.float32)] * 2 + [np.zeros((1, 1, 0, 1), np.float32)]
+    out = run_op(library, arrays + empty, 16, 16, 2)
+    assert np.abs(out - expected).max() <= 1e-5
+
+
+def test_scale_attribute(library):
+    arrays, _ = make_case(5, 1, 2, 3, 32, 1, 16, 16, 2, "pooling", [48])
+    reference = run_op(library, arrays, 16, 16, 2)
+    scaled = [arrays[0] * 2.0] + arrays[1:]
+    out = run_op(library, scaled, 16, 16, 2, scale=0.5 / np.sqrt(32))
+    assert np.abs(out - reference).max() <= 1e-5
+
+
+def test_float16(library):
+    arrays, _ = make_case(6, 2, 3, 5, 32, 7, 16, 16, 2, "pooling", [80, 37])
+    # masks: float16's lowest for masked keys (finfo(float32).min would overflow to -inf)
+    halves = [np.maximum(a, np.float32(-65504)).astype(np.float16) for a in arrays]
+    out = run_op(library, halves, 16, 16, 2)
+    assert out.dtype == np.float16
+    rounded = [torch.from_numpy(a.astype(np.float32)) for a in halves]
+    expected = block_attention(*rounded, 16, 16, 2).numpy()
+    assert np.abs(out.astype(np.float32) - expected).max() <= 2e-3
+
+
+def test_bad_shape_is_a_clear_error(library):
+    arrays, _ = make_case(7, 1, 2, 2, 32, 1, 16, 0, 2, "none", [32])
+    with pytest.raises(Exception, match="not a multiple of block_size"):
+        run_op(library, arrays, 12, 0, 2)
+
+
+def test_missing_library_error_is_one_clear_line(library, tmp_path, monkeypatch):
+    model = op_model(6, 16, 0, 2)
+    with pytest.raises(LSGExportError, match="lsg-export build-ops") as error:
+        ops.inference_session(model, with_ops=False)
+    assert "\n" not in str(error.value)
+    monkeypatch.setenv("LSG_EXPORT_CACHE", str(tmp_path))
+    monkeypatch.delenv("ORT_INCLUDE_DIR", raising=False)
+    with pytest.raises(LSGExportError, match="lsg-export build-ops"):
+        ops.library_path(build=False)
+
+
+def test_build_is_cached(library):
+    assert ops.build_ops() == library
+    assert ops.library_path() == library
+    session = ops.inference_session(op_model(6, 16, 0, 2))
+    assert [i.name for i in session.get_inputs()] == list(INPUTS[:6])
