@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from .errors import LSGExportError
 from .families import FAMILIES
@@ -120,7 +121,7 @@ def _load_tokenizer(source):
     try:
         with quiet_transformers():
             return AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError, AttributeError):  # camembert / xlm-roberta without files: AttributeError
         return None
 
 
@@ -184,7 +185,7 @@ def convert(model=None, output=None, *, max_sequence_length=4096, architecture=N
     try:
         with quiet_transformers():
             lsg_model = lsg_class.from_pretrained(source, config=config)
-    except (OSError, RuntimeError, ValueError) as error:
+    except (OSError, RuntimeError, ValueError, SafetensorError) as error:  # SafetensorError: a corrupt file
         raise LSGExportError(f"{source}: cannot load the weights ({str(error).splitlines()[0][:200]})") from None
     tokenizer = _load_tokenizer(source)
 

@@ -62,7 +62,7 @@ def read_config_dict(source):
         raise LSGExportError(
             f"cannot fetch '{source}' from the Hugging Face hub (offline, or no such model): download it where "
             f"there is network (huggingface-cli download {source} --local-dir DIR) and pass DIR") from None
-    except (ValueError, json.JSONDecodeError) as error:
+    except (ValueError, TypeError, json.JSONDecodeError) as error:  # TypeError: JSON that is not an object
         raise LSGExportError(f"{source}: corrupt config.json ({error})") from None
     return config
 
