@@ -1,25 +1,9 @@
 """`lsg-export`: a thin command line over the Python API."""
-import functools
 import json
-import sys
 
 import click
 
-from .errors import LSGExportError
-
-
-def user_errors(command):
-    """One clear line and exit code 2 for a user error, never a traceback."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except LSGExportError as error:
-            click.echo(f"error: {error}", err=True)
-            sys.exit(2)
-
-    return wrapper
+from .errors import user_errors
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -81,6 +65,10 @@ def convert(model, output, as_json, **options):
         console.print(f"[green]wrote[/green] {result.path} ({result.architecture}, "
                       f"{result.model.config.max_position_embeddings} positions)")
 
+
+from .ops.cli import build_ops_command  # noqa: E402  (the command lives beside the op library)
+
+main.add_command(build_ops_command)
 
 if __name__ == "__main__":
     main()

@@ -18,6 +18,7 @@ from .sources import read_config_dict, remember_output, resolve_source
 from .weights import initial_global_embeddings, tile_positions
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+MAX_LENGTH = 1 << 20  # a longer position table is a typo, not a model
 LSG_OPTION_NAMES = ("block_size", "sparse_block_size", "sparsity_factor", "sparsity_type", "num_global_tokens",
                     "mask_first_token", "pool_with_global", "lsh_num_pre_rounds")
 
@@ -164,6 +165,8 @@ def convert(model=None, output=None, *, max_sequence_length=4096, architecture=N
     positions = config_dict.get("max_position_embeddings", 512) - family.position_offset
     if max_sequence_length is None or max_sequence_length < 1:
         raise LSGExportError(f"--max-sequence-length must be positive, got {max_sequence_length}")
+    if max_sequence_length > MAX_LENGTH:
+        raise LSGExportError(f"--max-sequence-length {max_sequence_length} is above {MAX_LENGTH}")
     if max_sequence_length < positions and not is_lsg:
         raise LSGExportError(f"--max-sequence-length {max_sequence_length} is below the model's length ({positions})")
     local = Path(source).is_dir()
@@ -185,7 +188,7 @@ def convert(model=None, output=None, *, max_sequence_length=4096, architecture=N
     try:
         with quiet_transformers():
             lsg_model = lsg_class.from_pretrained(source, config=config)
-    except (OSError, RuntimeError, ValueError, SafetensorError) as error:  # SafetensorError: a corrupt file
+    except (OSError, RuntimeError, ValueError, TypeError, SafetensorError) as error:  # corrupt file, bad kwargs
         raise LSGExportError(f"{source}: cannot load the weights ({str(error).splitlines()[0][:200]})") from None
     tokenizer = _load_tokenizer(source)
 

@@ -97,7 +97,7 @@ def tiny_bert(tiny_checkpoint):
     return tiny_checkpoint("bert")
 
 
-def tiny_input_ids(model_type, batch, length, generator):
+def tiny_input_ids(batch, length, generator):
     """Random ids avoiding the special ids 0..4 (so roberta's padding id 1 never shows as a token)."""
     return torch.randint(5, TINY_VOCAB, (batch, length), generator=generator)
 

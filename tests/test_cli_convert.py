@@ -68,6 +68,8 @@ def assert_nothing_written(workspace, lsg_home):
     (["--model-kwargs", "[1, 2]"], "--model-kwargs"),
     (["--model-kwargs", '{"position_embedding_type": "relative_key"}'], "absolute"),
     (["--max-sequence-length", "32"], "below the model's length (64)"),
+    (["--max-sequence-length", "100000000"], "above"),
+    (["--model-kwargs", '{"hidden_size": "x"}'], "cannot load the weights"),
 ])
 def test_bad_options(tiny_bert, workspace, lsg_home, options, fragment):
     # the valid SMALL options first: a later repetition of an option wins

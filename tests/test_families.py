@@ -9,11 +9,12 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import pytest
 import torch
 from click.testing import CliRunner
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from conftest import (TINY_BLOCK_SIZE, base_of, lsg_variant, max_diff, original_class, pad_row, tiny_input_ids)
 from lsg_export import convert
@@ -30,7 +31,7 @@ def pad_id(model_type):
 def head_inputs(model_type, head):
     """The fixed input of every head: 2 rows of 100 tokens, row 1 padded after 70
     (multiple choice: the same tokens as 1 example with 2 choices)."""
-    ids = tiny_input_ids(model_type, 2, INPUT_LENGTH, torch.Generator().manual_seed(1))
+    ids = tiny_input_ids(2, INPUT_LENGTH, torch.Generator().manual_seed(1))
     ids, mask = pad_row(ids, 1, PADDED_ROW_LENGTH, pad_id(model_type))
     if head == "ForMultipleChoice":
         ids, mask = ids.unsqueeze(0), mask.unsqueeze(0)
@@ -87,59 +88,66 @@ def start_remote(work, jobs):
     env.update(HF_HOME=str(work / "hf-home"),  # transformers copies the remote code under HF_HOME/modules
                HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     # -I: ignore PYTHON* variables and user site, and do not put the script's folder on sys.path
-    return subprocess.Popen([sys.executable, "-I", "remote.py", "jobs.pt", "results.pt"], cwd=work, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with open(work / "log.txt", "w") as log:  # a file, not a pipe: a full pipe would stall the process
+        return subprocess.Popen([sys.executable, "-I", "remote.py", "jobs.pt", "results.pt"], cwd=work, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
 
 
 @pytest.fixture(scope="module")
 def families(tiny_checkpoint, tmp_path_factory):
-    """Every head of every family converted in-process, and one fresh Python per family started on
-    them at once (they overlap; each test waits for its own): {family: (results, process, work)}."""
-    prepared = {}
+    """Every head of every family converted in-process, with the outputs of the models convert returned.
+
+    {family: SimpleNamespace(results={head: ConvertResult}, inputs={head: ...}, expected={head: outputs}, work)}"""
+    converted = {}
     for model_type, family in FAMILIES.items():
-        work = tmp_path_factory.mktemp(f"remote-{model_type}")
-        results, jobs = {}, {}
-        for head in family.heads:
-            result = convert_tiny(tiny_checkpoint(model_type), work / head, model_type, head)
-            inputs = head_inputs(model_type, head)
-            results[head] = result
-            jobs[head] = {"auto_class": AUTO_CLASSES[head], "folder": str(result.path), "inputs": inputs,
-                          "expected": run_head(result.model, inputs)}
-        prepared[model_type] = (results, jobs, start_remote(work, {h: {k: v for k, v in j.items() if k != "expected"}
-                                                                    for h, j in jobs.items()}), work)
-    yield prepared
-    for _, _, process, _ in prepared.values():
+        work = tmp_path_factory.mktemp(f"lsg-{model_type}")
+        results = {head: convert_tiny(tiny_checkpoint(model_type), work / head, model_type, head)
+                   for head in family.heads}
+        inputs = {head: head_inputs(model_type, head) for head in family.heads}
+        expected = {head: run_head(results[head].model, inputs[head]) for head in family.heads}
+        converted[model_type] = SimpleNamespace(results=results, inputs=inputs, expected=expected, work=work)
+    return converted
+
+
+@pytest.fixture(scope="module")
+def remote_runs(families):
+    """One fresh Python per family, all started at once (they overlap; each test waits for its own)."""
+    processes = {}
+    for model_type, converted in families.items():
+        jobs = {head: {"auto_class": AUTO_CLASSES[head], "folder": str(result.path), "inputs": converted.inputs[head]}
+                for head, result in converted.results.items()}
+        processes[model_type] = start_remote(converted.work, jobs)
+    yield processes
+    for process in processes.values():
         if process.poll() is None:
             process.kill()
             process.wait()
 
 
 @pytest.mark.parametrize("model_type", list(FAMILIES))
-def test_heads_load_without_lsg_export(families, model_type):
-    results, jobs, process, work = families[model_type]
-    log, _ = process.communicate(timeout=300)
-    assert process.returncode == 0, log[-3000:]
-    remote = torch.load(work / "results.pt")
+def test_heads_load_without_lsg_export(families, remote_runs, model_type):
+    prepared, family, process = families[model_type], FAMILIES[model_type], remote_runs[model_type]
+    process.wait(timeout=300)
+    assert process.returncode == 0, (prepared.work / "log.txt").read_text()[-3000:]
+    remote = torch.load(prepared.work / "results.pt")
     assert remote["lsg_export_importable"] is False and remote["lsg_export_loaded"] is False
-    family = FAMILIES[model_type]
     assert set(remote["heads"]) == set(family.heads)
-    for head, job in jobs.items():
+    for head, expected in prepared.expected.items():
         got = remote["heads"][head]
         # the class came from the folder's own code, copied by transformers
         assert got["class"].startswith("transformers_modules.") and got["class"].endswith("." + family.class_name(head))
-        assert type(results[head].model).__name__ == family.class_name(head)
-        assert len(got["outputs"]) == len(job["expected"]) > 0, head
-        for actual, expected in zip(got["outputs"], job["expected"]):
-            assert actual.shape == expected.shape, head
+        assert type(prepared.results[head].model).__name__ == family.class_name(head)
+        assert len(got["outputs"]) == len(expected) > 0, head
+        for actual, wanted in zip(got["outputs"], expected):
+            assert actual.shape == wanted.shape, head
             assert torch.isfinite(actual).all(), head
-            assert max_diff(actual, expected) <= 1e-6, head
+            assert max_diff(actual, wanted) <= 1e-6, head
 
 
 @pytest.mark.parametrize("model_type", list(FAMILIES))
 def test_converted_folder_layout(families, model_type):
-    results, _, _, _ = families[model_type]
     family = FAMILIES[model_type]
-    for head, result in results.items():
+    for head, result in families[model_type].results.items():
         config = json.loads((result.path / "config.json").read_text())
         assert config["architectures"] == [family.class_name(head)]
         assert config["max_position_embeddings"] == LENGTH + family.position_offset
@@ -167,9 +175,9 @@ def first_token_global(model, input_ids, model_type):
 def test_up_to_two_blocks_equals_original(families, tiny_checkpoint, model_type, length):
     """mask_first_token + 1 global holding the first token's input embedding: up to 2 blocks the LSG
     base model computes exactly the original dense encoder (padding in one row)."""
-    results, _, _, _ = families[model_type]
-    model = lsg_variant(results["Model"].model, mask_first_token=True, num_global_tokens=1)
-    ids = tiny_input_ids(model_type, 2, length, torch.Generator().manual_seed(length))
+    converted = families[model_type].results["Model"].model
+    model = lsg_variant(converted, mask_first_token=True, num_global_tokens=1)
+    ids = tiny_input_ids(2, length, torch.Generator().manual_seed(length))
     ids[:, 0] = ids[0, 0]  # one global serves both rows: they must start with the same token (like [CLS])
     ids, mask = pad_row(ids, 1, length - 5, pad_id(model_type))
     with torch.no_grad():
@@ -179,7 +187,7 @@ def test_up_to_two_blocks_equals_original(families, tiny_checkpoint, model_type,
         tiny_checkpoint(model_type), attn_implementation="eager").eval()
     with torch.no_grad():
         expected = original(input_ids=ids, attention_mask=mask).last_hidden_state
-        default = results["Model"].model(input_ids=ids, attention_mask=mask).last_hidden_state
+        default = converted(input_ids=ids, attention_mask=mask).last_hidden_state
     real = mask.bool()
     assert max_diff(actual[real], expected[real]) <= 1e-5
     assert max_diff(default[real], expected[real]) > 1e-3  # without the trick the global token changes things
@@ -188,9 +196,8 @@ def test_up_to_two_blocks_equals_original(families, tiny_checkpoint, model_type,
 def test_adopted_reference_checkpoint_resize_lsg(families, tiny_checkpoint, tmp_path):
     """A reference-format LSG checkpoint (base_model_prefix 'lsg', auto_map naming modeling code that
     is not there) converts again with --resize-lsg: globals and weights kept, positions re-tiled."""
-    results, _, _, _ = families["bert"]
     adopted = tmp_path / "adopted"
-    shutil.copytree(results["ForMaskedLM"].path, adopted)
+    shutil.copytree(families["bert"].results["ForMaskedLM"].path, adopted)
     for code in adopted.glob("*.py"):
         code.unlink()
     config = json.loads((adopted / "config.json").read_text())
@@ -198,6 +205,11 @@ def test_adopted_reference_checkpoint_resize_lsg(families, tiny_checkpoint, tmp_
                           "AutoModelForMaskedLM": "ccdv/lsg-bert-base-4096--modeling_lsg_bert.LSGBertForMaskedLM"}
     config["base_model_prefix"] = "lsg"
     (adopted / "config.json").write_text(json.dumps(config))
+    # globals no initialisation rule would give (as after fine-tuning): keeping them must be visible
+    weights = load_file(str(adopted / "model.safetensors"))
+    globals_ = "bert.embeddings.global_embeddings.weight"
+    weights[globals_] = torch.randn(weights[globals_].shape, generator=torch.Generator().manual_seed(7))
+    save_file(weights, str(adopted / "model.safetensors"), metadata={"format": "pt"})
 
     from lsg_export.cli import main
     output = tmp_path / "resized"
@@ -213,8 +225,9 @@ def test_adopted_reference_checkpoint_resize_lsg(families, tiny_checkpoint, tmp_
     assert after[positions].shape == (512, 32)
     assert torch.equal(after[positions], original[positions][torch.arange(512) % 64])
     assert set(after) == set(before)
+    assert torch.equal(after[globals_], weights[globals_])
     for key in before:
-        if key != positions:  # globals included
+        if key != positions:
             assert torch.equal(after[key], before[key]), key
     new_config = json.loads((output / "config.json").read_text())
     assert new_config["block_size"] == TINY_BLOCK_SIZE and new_config["max_position_embeddings"] == 512

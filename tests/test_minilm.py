@@ -10,6 +10,8 @@ from safetensors.torch import load_file
 
 from conftest import lsg_variant, max_diff
 
+pytestmark = pytest.mark.slow  # the project's marker for the real-MiniLM tests (they run by default)
+
 GPL = Path("/usr/share/common-licenses/GPL-3")
 BLOCK = 128  # convert's default block size
 

@@ -97,7 +97,9 @@ def lsg_encode(config, embedded, attention_mask, run_layers):
     n, t = embedded.shape[0], embedded.shape[1] - g
     if attention_mask is None:
         attention_mask = torch.ones(n, t, device=embedded.device)
-    pad = (block - t % block) % block
+    # = (block - t % block) % block, written as ceil(t / block) * block - t: the same integer, but a
+    # symbolic length then simplifies (torch.export) to block * n_blocks, which keeps export fast
+    pad = (t + block - 1) // block * block - t
     hidden = F.pad(embedded, (0, 0, 0, pad))
     key_mask = additive_mask(F.pad(attention_mask, (0, pad)), embedded.dtype)
     if config.mask_first_token:

@@ -1,11 +1,9 @@
 """`lsg-export build-ops`: build the ONNX Runtime custom-op library and print its path.
 
 Registered in lsg_export/cli.py with `main.add_command(build_ops_command)`."""
-import sys
-
 import click
 
-from ..errors import LSGExportError
+from ..errors import user_errors
 
 
 @click.command("build-ops")
@@ -13,6 +11,7 @@ from ..errors import LSGExportError
               help="Build the CUDA kernel too (--cuda needs nvcc) [default: when nvcc is found].")
 @click.option("--force", is_flag=True, help="Rebuild even if the cached build is up to date.")
 @click.option("--verbose", is_flag=True, help="Show the CMake output.")
+@user_errors
 def build_ops_command(cuda, force, verbose):
     """Build the custom-op library (ai.lsg.BlockSparseAttention) with CMake and print its path.
 
@@ -20,9 +19,4 @@ def build_ops_command(cuda, force, verbose):
     the sources change. ONNX Runtime headers: $ORT_INCLUDE_DIR, else fetched once with npm."""
     from . import build_ops
 
-    try:
-        path = build_ops(cuda=cuda, force=force, verbose=verbose)
-    except LSGExportError as error:
-        click.echo(f"error: {error}", err=True)
-        sys.exit(2)
-    click.echo(str(path))
+    click.echo(str(build_ops(cuda=cuda, force=force, verbose=verbose)))
