@@ -1,5 +1,6 @@
 """`lsg-export`: a thin command line over the Python API."""
 import json
+import sys
 
 import click
 
@@ -15,6 +16,8 @@ def main():
     \b
       lsg-export convert                      # the bundled all-MiniLM-L6-v2 -> ./lsg-all-MiniLM-L6-v2-4096
       lsg-export convert roberta-base --max-sequence-length 8192 -o lsg-roberta
+      lsg-export onnx --optimize O2           # the last converted folder -> <it>/onnx, checked against PyTorch
+      lsg-export validate --lengths 1,500,4096
     """
 
 
@@ -69,6 +72,105 @@ def convert(model, output, as_json, **options):
 from .ops.cli import build_ops_command  # noqa: E402  (the command lives beside the op library)
 
 main.add_command(build_ops_command)
+
+
+def _print_report(console, report, as_json, payload):
+    from .onnx.validate import render_table
+    if as_json:
+        click.echo(json.dumps(payload, indent=1))
+    else:
+        console.print(render_table(report))
+
+
+@main.command(context_settings={"show_default": True})
+@click.argument("model", required=False)
+@click.option("-o", "--output", type=click.Path(file_okay=False), help="Output folder [default: MODEL/onnx].")
+@click.option("--seq", type=int, help="Longest input the graph accepts [default: the model's maximum length].")
+@click.option("--task", default="auto", help="auto (from the architecture), feature-extraction, fill-mask, "
+              "text-classification, token-classification, question-answering or multiple-choice.")
+@click.option("--opset", default=18, type=int, help="ONNX opset (18 and above).")
+@click.option("--attention", default="gather", help="How LSG attention becomes ONNX: gather (standard ops only).")
+@click.option("--optimize", default="none", help="ONNX Runtime optimisation level: none, O1, O2 or O3 (as optimum).")
+@click.option("--fp16", is_flag=True, help="Float16 weights and compute, float32 inputs/outputs (CUDA only).")
+@click.option("--quantize", help="int8: dynamic quantisation of the MatMul weights (its error is reported).")
+@click.option("--device", default="cpu", help="cpu or cuda: where the graph is optimised for and validated.")
+@click.option("--atol", type=float, help="Largest accepted difference with PyTorch [default: 1e-4, fp16 1e-2].")
+@click.option("--lengths", help="Validation lengths, e.g. 1,500,4096 [default: around the block boundaries, "
+              "seq/2 and seq].")
+@click.option("--batch-size", default=2, type=int, help="Validation batch (its last row padded).")
+@click.option("--force", is_flag=True, help="Replace a non-empty output folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result (export.json) as JSON.")
+@user_errors
+def onnx(model, output, as_json, **options):
+    """Export a converted LSG folder to ONNX: one graph valid at every length up to --seq, checked
+    against PyTorch. Exit code 1 when the check fails (OUT is kept, the failure is in OUT/export.json).
+
+    \b
+    Examples:
+      lsg-export onnx                                  # the folder `convert` last wrote from here
+      lsg-export onnx lsg-all-MiniLM-L6-v2-4096 --optimize O2 -o minilm-onnx
+      lsg-export onnx lsg-bert --task feature-extraction --seq 2048 --quantize int8
+    """
+    from rich.console import Console
+
+    from .onnx import export_onnx
+    from .sources import last_output
+
+    console = Console(stderr=True)
+    if model is None:
+        model = last_output("convert")
+        console.print(f"using {model} (the last folder `lsg-export convert` wrote from here)", soft_wrap=True)
+    with console.status("exporting") as status:
+        result = export_onnx(model, output, status=lambda message: status.update(message), **options)
+    _print_report(Console(), result.report, as_json, {"output": str(result.path), **result.info})
+    if not as_json:
+        info = result.info
+        optimized = info.get("optimize")
+        nodes = f"{info['graph']['nodes']} nodes" + (
+            f", {optimized['nodes_after']} after {optimized['level']}" if optimized else "")
+        console.print(f"[green]wrote[/green] {result.path} ({result.task}, {info['precision']}, opset {info['opset']}, "
+                      f"{nodes}, {info['seconds']['total']:.0f} s)", soft_wrap=True)
+    if not result.passed:
+        console.print(f"[red]validation failed:[/red] {result.report.failure_message()}; {result.path} is kept, "
+                      f"the failure is recorded in its export.json", soft_wrap=True)
+        sys.exit(1)
+
+
+@main.command(context_settings={"show_default": True})
+@click.argument("folder", required=False)
+@click.option("--lengths", help="Lengths to compare at, e.g. 1,500,4096 [default: those of the export].")
+@click.option("--batch-size", default=2, type=int, help="Rows per batch (the last one padded).")
+@click.option("--text", type=click.Path(dir_okay=False), help="A text file: its tokens replace the random ids.")
+@click.option("--atol", type=float, help="Largest accepted difference [default: 1e-4, fp16 1e-2; int8 reports only].")
+@click.option("--model", help="The converted PyTorch folder [default: the one export.json names].")
+@click.option("--device", help="cpu or cuda [default: the export's].")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+@user_errors
+def validate(folder, as_json, **options):
+    """Compare an exported FOLDER (default: the last `lsg-export onnx` output from here) with its
+    PyTorch model again; exit code 1 above --atol. The result is recorded in FOLDER/export.json.
+
+    \b
+    Examples:
+      lsg-export validate lsg-all-MiniLM-L6-v2-4096/onnx --lengths 1,500,4096
+      lsg-export validate minilm-onnx --text report.txt --json
+    """
+    from rich.console import Console
+
+    from .onnx import validate_onnx
+    from .sources import last_output
+
+    console = Console(stderr=True)
+    if folder is None:
+        folder = last_output("onnx")
+        console.print(f"using {folder} (the last folder `lsg-export onnx` wrote from here)", soft_wrap=True)
+    with console.status("validating") as status:
+        report = validate_onnx(folder, status=lambda message: status.update(message), **options)
+    _print_report(Console(), report, as_json, {"folder": str(folder), **report.to_dict()})
+    if not report.passed:
+        console.print(f"[red]validation failed:[/red] {report.failure_message()}", soft_wrap=True)
+        sys.exit(1)
+
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,17 @@
+"""ONNX export of converted LSG models: one graph valid at every length up to --seq.
+
+    from lsg_export.onnx import export_onnx, validate_onnx
+    result = export_onnx("lsg-all-MiniLM-L6-v2-4096", seq=4096, optimize="O2")
+    report = validate_onnx(result.path, lengths=[1, 500, 4096])
+
+Modules: tasks (task inference, input / output names, dummy inputs), export (torch -> ONNX and the
+attention backends), optimize (fusions, float16, int8), validate (comparison and tables),
+pipeline (the two entry points above).
+"""
+from .export import ATTENTION_BACKENDS, AttentionBackend, register_attention_backend
+from .pipeline import ExportResult, export_onnx, validate_onnx
+from .tasks import TASKS
+from .validate import ValidationReport
+
+__all__ = ["export_onnx", "validate_onnx", "ExportResult", "ValidationReport", "TASKS", "ATTENTION_BACKENDS",
+           "AttentionBackend", "register_attention_backend"]

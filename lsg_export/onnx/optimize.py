@@ -1,0 +1,120 @@
+"""Graph optimisations after export: ONNX Runtime's transformer fusions, float16, int8 weights.
+
+The levels are optimum's (optimum.onnxruntime.AutoOptimizationConfig):
+  O1  ONNX Runtime's basic graph optimisations only (constant folding, redundant nodes);
+  O2  extended optimisations + the transformer fusions of onnxruntime.transformers (model_type bert):
+      LayerNormalization, SkipLayerNormalization, Gelu / BiasGelu, EmbedLayerNormalization where the
+      pattern is there (LSG's global tokens put a Concat before the embeddings' LayerNorm, so it is not);
+  O3  O2 + the tanh approximation of Gelu (FastGelu): faster, results change by ~1e-4..1e-3.
+Attention fusion is off: LSG attention matches none of ONNX Runtime's attention kernels.
+"""
+from collections import Counter
+
+import onnx
+
+from ..errors import LSGExportError
+
+LEVELS = {
+    "none": None,
+    "O1": {"opt_level": 1, "fusions": False, "gelu_approximation": False},
+    "O2": {"opt_level": 2, "fusions": True, "gelu_approximation": False},
+    "O3": {"opt_level": 2, "fusions": True, "gelu_approximation": True},
+}
+QUANTIZE = ("int8",)
+
+
+def check_options(level, fp16, quantize, device):
+    if level not in LEVELS:
+        raise LSGExportError(f"unknown --optimize level {level!r}; accepted: {', '.join(LEVELS)}")
+    if quantize not in (None, *QUANTIZE):
+        raise LSGExportError(f"unknown --quantize {quantize!r}; accepted: {', '.join(QUANTIZE)}")
+    if device not in ("cpu", "cuda"):
+        raise LSGExportError(f"unknown --device {device!r}; accepted: cpu, cuda")
+    if fp16 and device != "cuda":
+        raise LSGExportError("--fp16 is for CUDA: float16 kernels on CPU are slow or missing; pass --device cuda")
+    if fp16 and quantize:
+        raise LSGExportError("--fp16 and --quantize int8 exclude each other")
+    if device == "cuda":
+        import onnxruntime
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            raise LSGExportError("--device cuda needs onnxruntime-gpu with a CUDA GPU (CUDAExecutionProvider is not "
+                                 f"available; providers: {', '.join(onnxruntime.get_available_providers())})")
+
+
+def op_counts(model):
+    return Counter(node.op_type for node in model.graph.node)
+
+
+def heads_and_width(config):
+    heads = config.get("num_attention_heads", config.get("n_heads"))
+    width = config.get("hidden_size", config.get("dim"))
+    return heads, width
+
+
+def optimize_graph(path, level, config, device, external_data):
+    """Rewrite `path` in place with optimum's `level`; returns what changed."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    from .export import quiet_exporter, save_model, set_ir_version
+
+    spec = LEVELS[level]
+    before = op_counts(onnx.load(str(path), load_external_data=False))
+    options = FusionOptions("bert")
+    options.enable_attention = False
+    options.enable_gelu_approximation = spec["gelu_approximation"]
+    heads, width = heads_and_width(config)
+    try:
+        with quiet_exporter():
+            optimizer = optimize_model(str(path), "bert", heads, width, optimization_options=options,
+                                       opt_level=spec["opt_level"], use_gpu=device == "cuda",
+                                       only_onnxruntime=not spec["fusions"])
+    except Exception as error:
+        raise LSGExportError(f"--optimize {level} failed ({error.__class__.__name__}: "
+                             f"{str(error).splitlines()[0][:200] if str(error) else ''})") from None
+    set_ir_version(optimizer.model)
+    save_model(optimizer.model, path, external_data)
+    after = op_counts(optimizer.model)
+    return {"level": level, "opt_level": spec["opt_level"], "transformer_fusions": spec["fusions"],
+            "gelu_approximation": spec["gelu_approximation"], "nodes_before": sum(before.values()),
+            "nodes_after": sum(after.values()),
+            "fused": {op: n for op, n in sorted(after.items()) if n > before.get(op, 0) and op not in before}}
+
+
+def to_float16(path, external_data):
+    """Weights and compute in float16, inputs and outputs kept float32 (keep_io_types)."""
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    from .export import quiet_exporter, save_model, set_ir_version
+    model = OnnxModel(onnx.load(str(path)))
+    try:
+        with quiet_exporter():
+            model.convert_float_to_float16(keep_io_types=True, use_symbolic_shape_infer=True)
+    except Exception as error:
+        raise LSGExportError(f"--fp16 conversion failed ({error.__class__.__name__}: {str(error)[:200]})") from None
+    set_ir_version(model.model)
+    save_model(model.model, path, external_data)
+    return {"fp16": True, "keep_io_types": True}
+
+
+def quantize_int8(path, external_data):
+    """Dynamic quantisation of the MatMul weights to int8 (QInt8), activations quantised at run time."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from .export import quiet_exporter
+    source = path.with_name("model.fp32.onnx")
+    path.rename(source)
+    data = path.with_name("model.onnx.data")
+    try:
+        with quiet_exporter():
+            quantize_dynamic(str(source), str(path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                             per_channel=False, use_external_data_format=external_data)
+    except Exception as error:
+        raise LSGExportError(f"--quantize int8 failed ({error.__class__.__name__}: {str(error)[:200]})") from None
+    finally:
+        source.unlink(missing_ok=True)
+        if not external_data:
+            data.unlink(missing_ok=True)
+    counts = op_counts(onnx.load(str(path), load_external_data=False))
+    return {"quantize": "int8", "weight_type": "QInt8", "op_types": ["MatMul"],
+            "quantized_matmuls": counts.get("MatMulInteger", 0) + counts.get("DynamicQuantizeMatMul", 0)}

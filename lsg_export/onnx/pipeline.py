@@ -1,0 +1,249 @@
+"""export_onnx and validate_onnx: the steps of `lsg-export onnx` and `lsg-export validate`."""
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..convert import atomic_folder, check_output, quiet_transformers
+from ..errors import LSGExportError
+from ..sources import last_output, remember_output
+from .export import (DEFAULT_OPSET, EXTERNAL_DATA_BYTES, check_opset, export_graph, final_graph, finish_graph,
+                     get_attention_backend, graph_domains)
+from .optimize import check_options, optimize_graph, quantize_int8, to_float16
+from .tasks import (TASKS, TaskModule, infer_task, input_axes, input_names, make_inputs, output_names,
+                    read_model_folder)
+from .validate import DEFAULT_ATOL, compare, default_lengths, make_session, parse_lengths, text_ids
+
+EXPORT_JSON = "export.json"
+MODEL_FILE = "model.onnx"
+NOT_COPIED = {"config.json", "README.md", "generation_config.json", "export.json"}
+NOT_COPIED_SUFFIXES = (".safetensors", ".bin", ".py", ".index.json", ".onnx", ".data", ".pt", ".h5", ".msgpack")
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    task: str
+    report: object  # ValidationReport
+    info: dict = field(default_factory=dict)  # the content of export.json
+
+    @property
+    def passed(self):
+        return self.report.passed
+
+
+def load_torch_model(info):
+    """The PyTorch model of a converted folder (the package's own LSG classes: no remote code), fp32, eval."""
+    try:
+        with quiet_transformers():
+            model = info.family.model_class(info.head).from_pretrained(str(info.path), dtype=torch.float32)
+    except (OSError, RuntimeError, ValueError, TypeError) as error:
+        raise LSGExportError(f"{info.path}: cannot load the model ({str(error).splitlines()[0][:200]})") from None
+    return model.eval()
+
+
+def limit_positions(model, rows):
+    """Keep the first `rows` rows of the position table: inputs longer than --seq then fail in the graph
+    (the position lookup) instead of running unvalidated. Results at lengths <= --seq are unchanged."""
+    for module in model.modules():
+        table = getattr(module, "position_embeddings", None)
+        if isinstance(table, torch.nn.Embedding) and table.num_embeddings > rows:
+            smaller = torch.nn.Embedding(rows, table.embedding_dim, padding_idx=table.padding_idx)
+            smaller.weight.data = table.weight.data[:rows].clone()
+            module.position_embeddings = smaller
+            for name in ("position_ids", "token_type_ids"):
+                buffer = getattr(module, name, None)
+                if isinstance(buffer, torch.Tensor) and buffer.dim() == 2 and buffer.shape[1] > rows:
+                    persistent = name not in module._non_persistent_buffers_set
+                    module.register_buffer(name, buffer[:, :rows].clone(), persistent=persistent)
+
+
+def versions():
+    import importlib.metadata as metadata
+    found = {}
+    for name in ("lsg-export", "torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript",
+                 "optimum", "optimum-onnx"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def example_length(block_size, seq):
+    """The traced example: more than 2 blocks and not a multiple of the block (any length is correct)."""
+    return max(1, min(seq, 2 * block_size + block_size // 2 + 1))
+
+
+def write_side_files(info, folder, seq):
+    """config.json (no auto_map: the folder holds no modeling code) and the tokenizer files."""
+    config = dict(info.config)
+    config.pop("auto_map", None)
+    config["max_position_embeddings"] = seq + info.family.position_offset
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    for path in info.path.iterdir():
+        if path.is_file() and path.name not in NOT_COPIED and not path.name.endswith(NOT_COPIED_SUFFIXES):
+            shutil.copy(path, folder / path.name)
+    tokenizer_config = folder / "tokenizer_config.json"
+    if tokenizer_config.is_file():
+        data = json.loads(tokenizer_config.read_text())
+        data["model_max_length"] = seq
+        tokenizer_config.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_json(path, data):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def resolve_atol(atol, fp16, quantize, optimize=None):
+    """(atol, enforced): 1e-4 in float32, 1e-3 with O3's Gelu approximation, 1e-2 in float16; int8 only reports."""
+    if atol is not None and atol < 0:
+        raise LSGExportError(f"--atol must be positive, got {atol}")
+    default = DEFAULT_ATOL["fp16" if fp16 else ("O3" if optimize == "O3" else "fp32")]
+    return atol if atol is not None else default, quantize is None
+
+
+def export_onnx(model=None, output=None, *, seq=None, task="auto", opset=DEFAULT_OPSET, attention="gather",
+                optimize="none", fp16=False, quantize=None, device="cpu", atol=None, lengths=None, batch_size=2,
+                force=False, status=None):
+    """Export a converted LSG folder to ONNX, validate it against PyTorch, write OUT.
+
+    model: the folder (None: the last one `lsg-export convert` wrote from the current directory).
+    output: OUT (default MODEL/onnx). seq: the longest input (default: the model's maximum).
+    Returns an ExportResult; `result.passed` is False when validation found a difference above atol
+    (OUT is written all the same, with the failure in export.json). LSGExportError for bad input."""
+    status = status or (lambda message: None)
+    started = time.perf_counter()
+    folder = model if model is not None else last_output("convert")
+    info = read_model_folder(folder)
+    task = infer_task(info, task)
+    backend = get_attention_backend(attention)
+    check_opset(opset, backend)
+    check_options(optimize, fp16, quantize, device)
+    if device == "cuda" and "CUDAExecutionProvider" not in backend.providers:
+        raise LSGExportError(f"the {backend.name} attention does not run on CUDA")
+    seq = info.max_length if seq is None else seq
+    if not isinstance(seq, int) or not 1 <= seq <= info.max_length:
+        raise LSGExportError(f"--seq {seq} is outside 1..{info.max_length}, the lengths {info.path}'s position "
+                             f"table covers")
+    lengths = parse_lengths(lengths, seq) if lengths else default_lengths(info.config["block_size"], seq)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise LSGExportError(f"--batch-size must be positive, got {batch_size}")
+    atol, enforced = resolve_atol(atol, fp16, quantize, optimize)
+    output = check_output(Path(output) if output else info.path / "onnx", force)
+
+    status(f"loading {info.path} ({info.family.class_name(info.head)}, task {task})")
+    torch_model = load_torch_model(info)
+    limit_positions(torch_model, seq + info.family.position_offset)
+    module = TaskModule(torch_model, task).eval()
+    names, outputs = input_names(info.family), output_names(task)
+    example = make_inputs(info, task, 2, example_length(info.config["block_size"], seq))
+    example = {name: example[name] for name in names}
+    weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+    external = weight_bytes > EXTERNAL_DATA_BYTES
+
+    with atomic_folder(output, force) as tmp:
+        path = tmp / MODEL_FILE
+        status(f"exporting to ONNX (opset {opset}, {backend.name} attention)")
+        export_seconds = export_graph(module, example, path, output_names=outputs, backend=backend, opset=opset,
+                                      external_data=external)
+        status("checking the graph (onnx.checker, symbolic shape inference)")
+        proto = finish_graph(path, input_axes=input_axes(task), output_axes=TASKS[task].output_axes,
+                             external_data=external,
+                             doc=f"LSG {info.family.class_name(info.head)} ({task}) by lsg-export")
+        domains = graph_domains(proto)
+        foreign = [d for d in domains if d not in backend.domains]
+        if foreign:
+            raise LSGExportError(f"the {backend.name} attention graph uses ops outside its domains: {', '.join(foreign)}")
+        graph = {"nodes": len(proto.graph.node), "domains": domains, "ir_version": proto.ir_version,
+                 "external_data": external}
+        del proto
+        steps = {"optimize": None, "fp16": False, "quantize": None}
+        if optimize != "none":
+            status(f"optimizing ({optimize})")
+            steps["optimize"] = optimize_graph(path, optimize, info.config, device, external)
+        if fp16:
+            status("converting to float16")
+            steps["fp16"] = to_float16(path, external)
+        if quantize:
+            status("quantizing the MatMul weights to int8")
+            steps["quantize"] = quantize_int8(path, external)
+        final = final_graph(path)
+        write_side_files(info, tmp, seq)
+
+        session = make_session(path, device, backend)
+        report = compare(session, module, info, task, outputs, lengths, batch_size, atol, enforced,
+                         progress=lambda n: status(f"validating: length {n} of {', '.join(map(str, lengths))}"))
+        del session
+        meta = {
+            "model": str(info.path.resolve()), "architecture": info.family.class_name(info.head),
+            "model_type": info.family.model_type, "task": task, "seq": seq, "opset": opset,
+            "attention": backend.name, "device": device, "inputs": names, "outputs": outputs,
+            "input_axes": list(input_axes(task)), "lsg": info.lsg_options, "graph": graph, **steps,
+            "final_graph": final,
+            "precision": "fp16" if fp16 else ("int8" if quantize else "fp32"),
+            "versions": versions(),
+            "seconds": {"export": round(export_seconds, 2), "total": round(time.perf_counter() - started, 2)},
+            "validation": report.to_dict(),
+        }
+        write_json(tmp / EXPORT_JSON, meta)
+    remember_output("onnx", output)
+    return ExportResult(output, task, report, meta)
+
+
+def read_export_folder(folder):
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise LSGExportError(f"{folder}: no such folder")
+    try:
+        meta = json.loads((folder / EXPORT_JSON).read_text())
+    except (OSError, ValueError):
+        raise LSGExportError(f"{folder}: no readable {EXPORT_JSON}, not a folder `lsg-export onnx` wrote") from None
+    if not (folder / MODEL_FILE).is_file():
+        raise LSGExportError(f"{folder}: no {MODEL_FILE}")
+    return meta
+
+
+def validate_onnx(folder=None, *, model=None, lengths=None, batch_size=2, text=None, atol=None, device=None,
+                  status=None, record=True):
+    """Rerun the comparison of an exported folder with its PyTorch model; returns a ValidationReport.
+
+    model: the converted PyTorch folder (default: the one export.json names). lengths: list or
+    "1,500,4096" (default: the export's). text: a text file whose tokens replace the random ids.
+    record: store the result in export.json."""
+    status = status or (lambda message: None)
+    folder = Path(folder if folder is not None else last_output("onnx"))
+    meta = read_export_folder(folder)
+    source = model or meta.get("model")
+    if source and model is None and not Path(source).is_dir():
+        raise LSGExportError(f"the PyTorch model {source} named in {folder / EXPORT_JSON} is gone: pass --model")
+    info = read_model_folder(source)
+    task, seq = meta["task"], int(meta["seq"])
+    lengths = parse_lengths(lengths or meta.get("validation", {}).get("lengths")
+                            or default_lengths(info.config["block_size"], seq), seq)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise LSGExportError(f"--batch-size must be positive, got {batch_size}")
+    fp16, quantize = meta.get("fp16"), meta.get("quantize")
+    atol, enforced = resolve_atol(atol, fp16, quantize, (meta.get("optimize") or {}).get("level"))
+    device = device or meta.get("device", "cpu")
+    check_options("none", bool(fp16), quantize and "int8", device)
+    ids = text_ids(folder, text) if text else None
+
+    status(f"loading {info.path}")
+    torch_model = load_torch_model(info)
+    limit_positions(torch_model, seq + info.family.position_offset)
+    module = TaskModule(torch_model, task).eval()
+    session = make_session(folder / MODEL_FILE, device, get_attention_backend(meta.get("attention", "gather")))
+    report = compare(session, module, info, task, meta["outputs"], lengths, batch_size, atol, enforced, ids=ids,
+                     inputs_label=f"text {Path(text).name}" if text else "random ids",
+                     progress=lambda n: status(f"validating: length {n} of {', '.join(map(str, lengths))}"))
+    if record:
+        meta["validation"] = report.to_dict()
+        write_json(folder / EXPORT_JSON, meta)
+    return report

@@ -1,0 +1,186 @@
+"""Helpers of the ONNX tests: tiny checkpoints, the export cases, the dense ONNX-vs-PyTorch check.
+
+Importable by the worker processes of tests/test_onnx_export.py (spawned, so they only need this
+file on sys.path): every case converts a tiny random checkpoint, exports it and compares ONNX
+Runtime with PyTorch at every length 1..seq, returning plain data."""
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SEQ = 40  # export --seq of the tiny cases: 5 blocks of 8, every sparse window reaches real tokens
+BLOCK = 8
+VOCAB = 100
+BATCH_SIZES = (1, 2, 3)
+SPARSITY_TYPES = ("norm", "pooling", "stride", "block_stride", "bos_pooling", "none")
+
+
+def tiny_original(model_type, folder):
+    """A random original checkpoint (hidden 32, 2 layers, 4 heads, 32 positions; bos/mask ids set)."""
+    import torch
+    import transformers
+    folder = Path(folder)
+    if (folder / "config.json").is_file():
+        return folder
+    torch.manual_seed(0)
+    common = dict(vocab_size=VOCAB, num_attention_heads=4, intermediate_size=48, initializer_range=0.2,
+                  bos_token_id=2, mask_token_id=4, eos_token_id=3)
+    if model_type in ("roberta", "camembert", "xlm-roberta"):
+        cls = {"roberta": "Roberta", "camembert": "Camembert", "xlm-roberta": "XLMRoberta"}[model_type]
+        config = getattr(transformers, f"{cls}Config")(hidden_size=32, num_hidden_layers=2, pad_token_id=1,
+                                                       max_position_embeddings=34, type_vocab_size=1, **common)
+        model = getattr(transformers, f"{cls}ForMaskedLM")(config)
+    elif model_type == "distilbert":
+        config = transformers.DistilBertConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=48,
+                                               max_position_embeddings=32, pad_token_id=0, initializer_range=0.2,
+                                               bos_token_id=2, mask_token_id=4)
+        model = transformers.DistilBertForMaskedLM(config)
+    else:
+        cls = {"bert": "Bert", "albert": "Albert"}[model_type]
+        extra = {"embedding_size": 16} if model_type == "albert" else {}
+        config = getattr(transformers, f"{cls}Config")(hidden_size=32, num_hidden_layers=2, pad_token_id=0,
+                                                       max_position_embeddings=32, **extra, **common)
+        model = getattr(transformers, f"{cls}ForPreTraining")(config)
+    model.save_pretrained(folder)
+    return folder
+
+
+@dataclass
+class Case:
+    name: str
+    model_type: str
+    head: str
+    lsg: dict = field(default_factory=dict)  # convert options
+    export: dict = field(default_factory=dict)  # export_onnx options
+    dense: bool = True  # compare at every length 1..SEQ and batch sizes BATCH_SIZES
+    atol: float = 1e-4
+
+
+def matrix_cases():
+    """Every family x head (= task) once, the LSG options spread so that every deterministic sparsity
+    type meets G in {1, 7} and mask_first_token on and off, sparsity factors 2 and 4, one lsh case,
+    and a few cases go through --optimize O1 / O2."""
+    from lsg_export.families import FAMILIES
+    cases = []
+    optimize = {5: "O2", 13: "O1", 22: "O2", 31: "O2"}
+    for family in ("bert", "roberta", "camembert", "xlm-roberta", "distilbert", "albert"):
+        for head in FAMILIES[family].heads:
+            i = len(cases)
+            lsg = dict(sparsity_type=SPARSITY_TYPES[i % 6], num_global_tokens=(1, 7)[(i // 6) % 2],
+                       mask_first_token=bool((i // 12) % 2), sparsity_factor=4 if i % 5 == 4 else 2)
+            if i == 37:  # lsh too (its projections are created lazily: exported after one eager forward)
+                lsg.update(sparsity_type="lsh", num_global_tokens=2)
+            export = {"optimize": optimize[i]} if i in optimize else {}
+            cases.append(Case(f"{family}-{head}", family, head, lsg, export))
+    return cases
+
+
+def extra_cases():
+    return [Case("int8", "roberta", "ForSequenceClassification", dict(sparsity_type="pooling"),
+                 dict(quantize="int8"), dense=False)]
+
+
+def convert_case(case, root):
+    from lsg_export import convert
+    from lsg_export.families import FAMILIES
+    root = Path(root)
+    original = tiny_original(case.model_type, root / f"original-{case.model_type}")
+    folder = root / case.name
+    convert(str(original), folder, max_sequence_length=64, architecture=FAMILIES[case.model_type].architecture(
+        case.head), block_size=BLOCK, sparse_block_size=BLOCK, force=True, **case.lsg)
+    return folder
+
+
+def row_lengths(batch, length):
+    """Real tokens per row: full, two thirds, a third / one less, so that padding crosses blocks."""
+    return [length, max(1, 2 * length // 3), max(1, length // 3)][:batch] if batch > 1 else [length]
+
+
+def dense_compare(onnx_folder, model_folder, task, lengths, batch_sizes, seed=0):
+    """max abs diff between ONNX Runtime and PyTorch over lengths x batch sizes (real tokens of per-token
+    outputs), and the first (length, batch, output, diff) above 1e-4 (None if none)."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from lsg_export.onnx.pipeline import load_torch_model, read_export_folder
+    from lsg_export.onnx.tasks import TaskModule, make_inputs, read_model_folder
+    meta = read_export_folder(onnx_folder)
+    info = read_model_folder(model_folder)
+    module = TaskModule(load_torch_model(info), task).eval()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(Path(onnx_folder) / "model.onnx"), options,
+                                   providers=["CPUExecutionProvider"])
+    feeds = [i.name for i in session.get_inputs()]
+    generator = torch.Generator().manual_seed(seed)
+    worst, first_bad, runs = 0.0, None, 0
+    for length in lengths:
+        for batch in batch_sizes:
+            inputs = make_inputs(info, task, batch, length, lengths=row_lengths(batch, length), generator=generator)
+            with torch.no_grad():
+                expected = [t.numpy() for t in module(*inputs.values())]
+            got = session.run(meta["outputs"], {name: inputs[name].numpy() for name in feeds})
+            mask = inputs["attention_mask"].bool().numpy()
+            for name, ref, out in zip(meta["outputs"], expected, got):
+                assert ref.shape == out.shape, (name, length, batch, ref.shape, out.shape)
+                if ref.shape[:mask.ndim] == mask.shape:
+                    ref, out = ref[mask], out[mask]
+                diff = float(np.abs(ref.astype(np.float64) - out).max())
+                if not np.isfinite(diff):
+                    diff = float("inf")
+                worst = max(worst, diff)
+                if diff > 1e-4 and first_bad is None:
+                    first_bad = (length, batch, name, diff)
+            runs += 1
+    return {"max_diff": worst, "first_bad": first_bad, "runs": runs}
+
+
+def run_case(case, root):
+    """Worker: convert + export (+ dense comparison). Returns a dict; errors are returned, not raised."""
+    import torch
+    torch.set_num_threads(1)
+    from lsg_export.onnx import export_onnx
+    started = time.perf_counter()
+    try:
+        folder = convert_case(case, root)
+        out = folder / "onnx"
+        result = export_onnx(folder, out, seq=SEQ, force=True, lengths=[1, BLOCK + 1, SEQ], **case.export)
+        data = {"case": case.name, "folder": str(folder), "onnx": str(out), "task": result.task,
+                "info": result.info, "passed": result.passed, "export_seconds": result.info["seconds"]["export"]}
+        if case.dense:
+            data["dense"] = dense_compare(out, folder, result.task, range(1, SEQ + 1), BATCH_SIZES)
+    except Exception:  # reported by the test that reads it
+        data = {"case": case.name, "error": traceback.format_exc()}
+    data["seconds"] = time.perf_counter() - started
+    return data
+
+
+MINILM_LENGTHS = [1, 37, 129, 300, 1000, 4096]
+
+
+def run_minilm(root):
+    """Worker: the bundled MiniLM converted (defaults) and exported at --seq 4096, validated at MINILM_LENGTHS."""
+    import torch
+    torch.set_num_threads(1)
+    from lsg_export import convert
+    from lsg_export.onnx import export_onnx
+    started = time.perf_counter()
+    try:
+        folder = Path(root) / "lsg-minilm"
+        convert(None, folder, max_sequence_length=4096, force=True)
+        export_started = time.perf_counter()
+        result = export_onnx(folder, folder / "onnx", seq=4096, lengths=MINILM_LENGTHS, batch_size=2, force=True)
+        data = {"case": "minilm", "folder": str(folder), "onnx": str(folder / "onnx"), "task": result.task,
+                "info": result.info, "passed": result.passed, "report": result.report.to_dict(),
+                "export_seconds": time.perf_counter() - export_started}
+    except Exception:
+        data = {"case": "minilm", "error": traceback.format_exc()}
+    data["seconds"] = time.perf_counter() - started
+    return data
+
+
+def worker_init():
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,0 +1,311 @@
+"""ONNX export (gather attention): one graph correct at every length, for every family and task.
+
+The exports run once, in two spawned worker processes (tests/_onnx_cases.py): every family x head
+(task) on tiny random checkpoints with the LSG options spread over the cases, a few extra cases
+(lsh, int8, O3, a task override) and the bundled MiniLM at --seq 4096. Each tiny case is compared
+with PyTorch at every length 1..40 (5 blocks of 8) and batch sizes 1, 2, 3 with padding."""
+import json
+import multiprocessing
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import _onnx_cases as cases  # noqa: E402
+
+from lsg_export.errors import LSGExportError  # noqa: E402
+from lsg_export.onnx import TASKS, export_onnx, validate_onnx  # noqa: E402
+from lsg_export.onnx.tasks import HEAD_TASKS  # noqa: E402
+
+MATRIX = cases.matrix_cases()
+EXTRA = {case.name: case for case in cases.extra_cases()}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """{case name: result dict} of every export, done in parallel (MiniLM first: the longest)."""
+    root = tmp_path_factory.mktemp("onnx-cases")
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch's threads
+    with ProcessPoolExecutor(max_workers=2, mp_context=context, initializer=cases.worker_init) as pool:
+        minilm = pool.submit(cases.run_minilm, str(root))
+        futures = {case.name: pool.submit(cases.run_case, case, str(root)) for case in MATRIX + list(EXTRA.values())}
+        results = {name: future.result() for name, future in futures.items()}
+        results["minilm"] = minilm.result()
+    return results
+
+
+def result(exported, name):
+    data = exported[name]
+    if "error" in data:
+        pytest.fail(f"{name}: the export raised\n{data['error']}")
+    return data
+
+
+# --- every family x task, every sparsity type: parity at every length ---------------------------
+
+@pytest.mark.parametrize("case", MATRIX, ids=[case.name for case in MATRIX])
+def test_parity_at_every_length(exported, case):
+    data = result(exported, case.name)
+    assert data["task"] == HEAD_TASKS[case.head]
+    assert data["passed"], data["info"]["validation"]
+    dense = data["dense"]
+    assert dense["runs"] == cases.SEQ * len(cases.BATCH_SIZES)
+    assert dense["first_bad"] is None, f"{case.name} ({case.lsg}): {dense['first_bad']}"
+    assert dense["max_diff"] <= 1e-4
+
+
+def test_matrix_covers_families_tasks_and_options():
+    from lsg_export.families import FAMILIES
+    assert {(c.model_type, c.head) for c in MATRIX} == {(f, h) for f in FAMILIES for h in FAMILIES[f].heads}
+    assert {HEAD_TASKS[c.head] for c in MATRIX} == set(TASKS)
+    seen = {(c.lsg["sparsity_type"], c.lsg["num_global_tokens"], c.lsg["mask_first_token"]) for c in MATRIX}
+    assert seen >= {(s, g, m) for s in cases.SPARSITY_TYPES for g in (1, 7) for m in (False, True)}
+
+
+def test_raw_graph_is_standard_onnx(exported):
+    """No op outside the standard domain, symbolic batch / sequence dims named as optimum does, IR <= 13;
+    onnx.checker and ONNX Runtime's symbolic shape inference accept it."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    checked = 0
+    for case in MATRIX:
+        if case.export:
+            continue
+        data = result(exported, case.name)
+        model = onnx.load(str(Path(data["onnx"]) / "model.onnx"))
+        assert {node.domain for node in model.graph.node} <= {""}, case.name
+        assert not model.functions
+        assert {o.domain for o in model.opset_import} <= {"", "ai.onnx"}
+        assert model.ir_version <= 13
+        axes = ["batch_size", "num_choices", "sequence_length"] if data["task"] == "multiple-choice" \
+            else ["batch_size", "sequence_length"]
+        for value in model.graph.input:
+            assert [d.dim_param for d in value.type.tensor_type.shape.dim] == axes, (case.name, value)
+        assert [v.name for v in model.graph.output] == list(TASKS[data["task"]].outputs)
+        if checked < 3:  # the export checked all; again here on a few, explicitly
+            onnx.checker.check_model(model)
+            assert SymbolicShapeInference.infer_shapes(model, auto_merge=True) is not None
+        checked += 1
+    assert checked >= 30
+
+
+def test_inputs_follow_the_family(exported):
+    for case in MATRIX:
+        data = result(exported, case.name)
+        expected = ["input_ids", "attention_mask"] + (["token_type_ids"] if case.model_type in ("bert", "albert")
+                                                      else [])
+        assert data["info"]["inputs"] == expected
+
+
+def test_export_json(exported):
+    data = result(exported, "bert-Model")
+    meta = json.loads((Path(data["onnx"]) / "export.json").read_text())
+    assert set(meta["versions"]) >= {"torch", "transformers", "onnx", "onnxruntime"}
+    assert meta["opset"] == 18 and meta["task"] == "feature-extraction" and meta["attention"] == "gather"
+    assert meta["lsg"]["block_size"] == cases.BLOCK and meta["lsg"]["sparsity_type"] == "norm"
+    assert meta["seq"] == cases.SEQ and meta["optimize"] is None and meta["precision"] == "fp32"
+    assert meta["validation"]["passed"] and meta["validation"]["lengths"] == [1, cases.BLOCK + 1, cases.SEQ]
+    folder = Path(data["onnx"])
+    assert {"model.onnx", "config.json", "export.json"} <= {p.name for p in folder.iterdir()}
+    config = json.loads((folder / "config.json").read_text())
+    assert "auto_map" not in config and config["model_type"] == "bert"
+    assert config["max_position_embeddings"] == cases.SEQ
+
+
+@pytest.mark.parametrize("case", MATRIX, ids=[case.name for case in MATRIX])
+def test_optimum_loads_the_folder(exported, case):
+    """optimum.onnxruntime's ORTModelFor<task> loads OUT (no trust_remote_code) and matches PyTorch."""
+    import optimum.onnxruntime
+
+    from lsg_export.onnx.pipeline import load_torch_model
+    from lsg_export.onnx.tasks import TaskModule, make_inputs, read_model_folder
+    data = result(exported, case.name)
+    task = TASKS[data["task"]]
+    ort_model = getattr(optimum.onnxruntime, task.ort_class).from_pretrained(data["onnx"])
+    info = read_model_folder(data["folder"])
+    inputs = make_inputs(info, data["task"], 2, 21, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = TaskModule(load_torch_model(info), data["task"]).eval()(*inputs.values())
+        got = ort_model(**inputs)
+    mask = inputs["attention_mask"].bool()
+    for name, reference in zip(task.outputs, expected):
+        value = torch.as_tensor(np.asarray(getattr(got, name)))
+        if reference.shape[:mask.dim()] == mask.shape:
+            reference, value = reference[mask], value[mask]
+        assert (value - reference).abs().max().item() <= 1e-4, name
+
+
+def test_input_longer_than_seq_fails(exported):
+    """--seq cuts the position table: a longer input is an error in the graph, not an unchecked result."""
+    import onnxruntime as ort
+
+    from lsg_export.onnx.tasks import make_inputs, read_model_folder
+    for name in ("bert-Model", "roberta-Model"):
+        data = result(exported, name)
+        info = read_model_folder(data["folder"])
+        session = ort.InferenceSession(str(Path(data["onnx"]) / "model.onnx"), providers=["CPUExecutionProvider"])
+        feeds = [i.name for i in session.get_inputs()]
+        inputs = make_inputs(info, data["task"], 1, cases.SEQ + 1)
+        with pytest.raises(Exception):
+            session.run(None, {k: inputs[k].numpy() for k in feeds})
+
+
+# --- optimisation and quantisation ---------------------------------------------------------------
+
+def test_optimize_keeps_parity_and_removes_nodes(exported):
+    for case in MATRIX:
+        level = case.export.get("optimize")
+        if not level:
+            continue
+        data = result(exported, case.name)
+        summary = data["info"]["optimize"]
+        assert summary["level"] == level
+        assert summary["nodes_after"] < data["info"]["graph"]["nodes"], (case.name, summary)
+        assert data["dense"]["max_diff"] <= 1e-4
+        model = onnx.load(str(Path(data["onnx"]) / "model.onnx"))
+        ops = {node.op_type for node in model.graph.node}
+        if level == "O2":
+            assert {"SkipLayerNormalization", "BiasGelu"} & ops or "LayerNormalization" in ops, (case.name, ops)
+            assert summary["fused"], summary
+
+
+def test_o3_gelu_approximation_is_close(exported, tmp_path):
+    """O3 (FastGelu, the tanh approximation) on a copy of a raw export: close to PyTorch, not equal."""
+    import shutil
+
+    from lsg_export.onnx.optimize import optimize_graph
+    data = result(exported, "distilbert-ForTokenClassification")
+    copy = tmp_path / "o3"
+    shutil.copytree(data["onnx"], copy)
+    config = json.loads((copy / "config.json").read_text())
+    summary = optimize_graph(copy / "model.onnx", "O3", config, "cpu", False)
+    assert summary["gelu_approximation"] and summary["nodes_after"] < data["info"]["graph"]["nodes"]
+    assert "FastGelu" in {node.op_type for node in onnx.load(str(copy / "model.onnx")).graph.node}
+    dense = cases.dense_compare(copy, data["folder"], data["task"], range(1, cases.SEQ + 1, 3), (2,))
+    assert 0 < dense["max_diff"] <= 1e-2
+
+
+def test_int8_runs_and_reports_its_error(exported):
+    data = result(exported, "int8")
+    info = data["info"]
+    assert info["precision"] == "int8" and info["quantize"]["quantized_matmuls"] > 0
+    validation = info["validation"]
+    assert validation["enforced"] is False and validation["passed"] is True  # reported, never failed
+    assert 0 < validation["max_abs_diff"] < 1  # the accuracy change is there, in the report
+    model = onnx.load(str(Path(data["onnx"]) / "model.onnx"))
+    assert {"MatMulInteger", "DynamicQuantizeMatMul", "DynamicQuantizeLinear"} & {n.op_type for n in model.graph.node}
+    assert model.ir_version <= 13 and info["final_graph"]["ir_version"] == model.ir_version
+
+
+def test_fp16_conversion_keeps_float32_io(exported, tmp_path):
+    """--fp16 is for CUDA (none here): the conversion of a copy, checked for its structure; ONNX
+    Runtime's CPU provider still runs it (inserting casts), and gives finite outputs."""
+    import shutil
+
+    import onnxruntime as ort
+
+    from lsg_export.onnx.optimize import to_float16
+    from lsg_export.onnx.tasks import make_inputs, read_model_folder
+    data = result(exported, "roberta-Model")
+    copy = tmp_path / "fp16"
+    shutil.copytree(data["onnx"], copy)
+    to_float16(copy / "model.onnx", False)
+    model = onnx.load(str(copy / "model.onnx"))
+    assert all(v.type.tensor_type.elem_type == onnx.TensorProto.INT64 for v in model.graph.input)
+    assert all(v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for v in model.graph.output)
+    floats = [i.data_type for i in model.graph.initializer if i.data_type in (onnx.TensorProto.FLOAT,
+                                                                               onnx.TensorProto.FLOAT16)]
+    assert floats and all(t == onnx.TensorProto.FLOAT16 for t in floats)
+    session = ort.InferenceSession(str(copy / "model.onnx"), providers=["CPUExecutionProvider"])
+    inputs = make_inputs(read_model_folder(data["folder"]), "feature-extraction", 2, 29)
+    out = session.run(None, {k: v.numpy() for k, v in inputs.items()})[0]
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+
+
+def test_lsh_exported_after_eager_forward(exported):
+    lsh = [case for case in MATRIX if case.lsg["sparsity_type"] == "lsh"]
+    assert len(lsh) == 1
+    data = result(exported, lsh[0].name)
+    assert data["info"]["lsg"]["sparsity_type"] == "lsh"
+    assert data["dense"]["first_bad"] is None and data["dense"]["max_diff"] <= 1e-4
+
+
+# --- the real MiniLM at 4096 ------------------------------------------------------------------
+
+def test_minilm_4096(exported):
+    data = result(exported, "minilm")
+    report = data["report"]
+    assert data["passed"] and report["passed"], report
+    assert report["lengths"] == cases.MINILM_LENGTHS and report["batch_size"] == 2
+    assert report["max_abs_diff"] <= 1e-4
+    assert {row["length"] for row in report["rows"]} == set(cases.MINILM_LENGTHS)
+    assert data["info"]["seq"] == 4096 and data["info"]["task"] == "feature-extraction"
+    assert data["info"]["graph"]["domains"] == [""]
+
+
+def test_minilm_with_optimum_and_real_text(exported, tmp_path):
+    """The MiniLM folder: ORTModelForFeatureExtraction + its tokenizer on a long text, and
+    `validate --text` on a real document."""
+    from optimum.onnxruntime import ORTModelForFeatureExtraction
+    from transformers import AutoTokenizer
+    data = result(exported, "minilm")
+    text = Path(__file__).read_text() * 3
+    tokenizer = AutoTokenizer.from_pretrained(data["onnx"])
+    assert tokenizer.model_max_length == 4096
+    encoded = tokenizer([text, "a short one"], padding=True, truncation=True, max_length=700, return_tensors="pt")
+    hidden = ORTModelForFeatureExtraction.from_pretrained(data["onnx"])(**encoded).last_hidden_state
+    assert hidden.shape == (2, encoded["input_ids"].shape[1], 384)
+    document = tmp_path / "doc.txt"
+    document.write_text(text)
+    report = validate_onnx(data["onnx"], lengths=[1, 300], text=str(document), record=False)
+    assert report.passed and report.inputs == "text doc.txt"
+
+
+# --- the gather backend's block attention is lsg_attention's -----------------------------------
+
+@pytest.mark.parametrize("sparsity_type", ["none", "norm", "pooling", "stride", "block_stride", "bos_pooling", "lsh"])
+def test_gather_block_attention_equals_block_attention(sparsity_type):
+    """Bit for bit in eager PyTorch, over globals, block sizes, factors and padding."""
+    from types import SimpleNamespace
+
+    from lsg_export.modeling.lsg_attention import LSGAttention
+    from lsg_export.onnx.attention import gather_block_attention
+    generator = torch.Generator().manual_seed(0)
+    checked = 0
+    for g, bs, sbs, sf, t, n in [(1, 8, 8, 2, 40, 2), (7, 8, 8, 4, 24, 1), (3, 4, 4, 2, 12, 3), (1, 8, 0, 2, 16, 2),
+                                 (2, 8, 16, 2, 48, 2), (1, 16, 8, 1, 32, 1)]:
+        config = SimpleNamespace(block_size=bs, sparse_block_size=sbs, sparsity_factor=sf,
+                                 sparsity_type=sparsity_type, num_global_tokens=g)
+        attention = LSGAttention(config).eval()
+        q, k, v = (torch.randn(n, 4, g + t, 16, generator=generator) for _ in range(3))
+        mask = torch.zeros(n, t)
+        mask[-1, (2 * t) // 3:] = torch.finfo(torch.float32).min
+        with torch.no_grad():
+            reference = attention(q, k, v, mask)
+            attention.block_attention = gather_block_attention
+            assert torch.equal(attention(q, k, v, mask), reference), (g, bs, sbs, sf, t, n)
+        checked += 1
+    assert checked == 6
+
+
+# --- API errors --------------------------------------------------------------------------------
+
+def test_api_errors_write_nothing(tmp_path):
+    folder = cases.convert_case(cases.Case("api-bert", "bert", "ForSequenceClassification"), tmp_path)
+    with pytest.raises(LSGExportError, match="needs a"):
+        export_onnx(folder, tmp_path / "out", task="fill-mask")
+    with pytest.raises(LSGExportError, match="unknown task"):
+        export_onnx(folder, tmp_path / "out", task="translation")
+    with pytest.raises(LSGExportError, match="outside 1..64"):
+        export_onnx(folder, tmp_path / "out", seq=65)
+    with pytest.raises(LSGExportError, match="--fp16 is for CUDA"):
+        export_onnx(folder, tmp_path / "out", fp16=True)
+    with pytest.raises(LSGExportError, match="below 18"):
+        export_onnx(folder, tmp_path / "out", opset=17)
+    with pytest.raises(LSGExportError, match="unknown attention kind"):
+        export_onnx(folder, tmp_path / "out", attention="flash")
+    assert not (tmp_path / "out").exists()
