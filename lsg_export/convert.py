@@ -66,6 +66,7 @@ def atomic_folder(output, force):
     """Yield a temporary folder beside `output`; rename it to `output` only if the block succeeds."""
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it 0700; the output is an ordinary shared folder
     try:
         yield tmp
         if output.exists():
