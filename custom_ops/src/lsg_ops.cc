@@ -67,25 +67,110 @@ float float_attribute(const OrtApi& api, const OrtKernelInfo* info, const char* 
   return fallback;
 }
 
-struct Present {
-  Ort::ConstValue value{nullptr};
+void check_attributes(const Attributes& a) {
+  if (a.block_size < 1) fail("block_size must be >= 1");
+  if (a.sparse_block_size < 0) fail("sparse_block_size must be >= 0");
+  if (a.sparsity_factor < 1 || a.block_size % a.sparsity_factor) fail("sparsity_factor must be >= 1 and divide block_size");
+  if (!(a.scale >= 0.0f) || std::isinf(a.scale)) fail("scale must be finite and >= 0 (0: 1/sqrt(head_dim))");
+}
+
+struct InputView {
   std::vector<int64_t> shape;
   size_t count = 0;
   bool present = false;  // given and non-empty
+  const void* data = nullptr;
 };
 
-template <bool kHalf>
+// The kernel shape from the attributes and the input shapes: every check of the contract
+// (custom_ops/README.md), shared by the CPU and CUDA kernels and the C entry of the CUDA kernel.
+lsg::BlockSparseShape resolve_shape(const Attributes& attrs, const InputView (&in)[kNumInputs]) {
+  auto expect = [&](size_t i, const std::vector<int64_t>& shape) {
+    if (in[i].shape != shape)
+      fail(std::string("input '") + kInputNames[i] + "' has shape " + shape_str(in[i].shape) + ", expected " +
+           shape_str(shape));
+  };
+  lsg::BlockSparseShape s;
+  if (in[kQ].shape.size() != 4) fail("input 'q' must be (batch, heads, length, head_dim), got " + shape_str(in[kQ].shape));
+  s.batch = in[kQ].shape[0];
+  s.heads = in[kQ].shape[1];
+  s.length = in[kQ].shape[2];
+  s.head_dim = in[kQ].shape[3];
+  s.block_size = attrs.block_size;
+  s.sparsity_factor = attrs.sparsity_factor;
+  s.sparse_block_size = attrs.sparse_block_size;
+  s.scale = attrs.scale > 0.0f ? attrs.scale : 1.0f / std::sqrt(static_cast<float>(s.head_dim));
+  if (s.length % s.block_size)
+    fail("length " + std::to_string(s.length) + " of 'q' is not a multiple of block_size " + std::to_string(s.block_size));
+  expect(kK, in[kQ].shape);
+  expect(kV, in[kQ].shape);
+  if (in[kKeyMask].shape == std::vector<int64_t>{s.batch, s.length}) {
+    // (n, T) accepted as well as (n, 1, T, 1)
+  } else {
+    expect(kKeyMask, {s.batch, 1, s.length, 1});
+  }
+  if (in[kGlobalK].shape.size() != 4) fail("input 'global_k' must be (batch, heads, G, head_dim)");
+  s.num_global = in[kGlobalK].shape[2];
+  expect(kGlobalK, {s.batch, s.heads, s.num_global, s.head_dim});
+  expect(kGlobalV, in[kGlobalK].shape);
+
+  const int present = in[kSparseK].present + in[kSparseV].present + in[kSparseMask].present;
+  if (present != 0 && present != 3) fail("sparse_k, sparse_v and sparse_mask must be given all three or none");
+  if (present == 3 && s.sparse_block_size > 0) {
+    s.sparse_length = s.length / s.sparsity_factor;
+    expect(kSparseK, {s.batch, s.heads, s.sparse_length, s.head_dim});
+    expect(kSparseV, in[kSparseK].shape);
+    const auto& ms = in[kSparseMask].shape;
+    s.sparse_mask_heads = ms.size() == 4 ? ms[1] : 0;
+    if (s.sparse_mask_heads != 1 && s.sparse_mask_heads != s.heads) s.sparse_mask_heads = 1;
+    expect(kSparseMask, {s.batch, s.sparse_mask_heads, s.sparse_length, 1});
+  }
+  return s;
+}
+
+// Typed views of the inputs (absent or empty ones: null), in the kernels' tensor structs.
+template <typename Tensors, typename Pointer>
+Tensors make_tensors(const InputView (&in)[kNumInputs], Pointer out) {
+  using Const = typename std::remove_pointer<decltype(Tensors::q)>::type;
+  auto view = [&](size_t i) -> Const* { return in[i].present ? static_cast<Const*>(in[i].data) : nullptr; };
+  Tensors t;
+  t.q = view(kQ);
+  t.k = view(kK);
+  t.v = view(kV);
+  t.key_mask = view(kKeyMask);
+  t.global_k = view(kGlobalK);
+  t.global_v = view(kGlobalV);
+  t.sparse_k = view(kSparseK);
+  t.sparse_v = view(kSparseV);
+  t.sparse_mask = view(kSparseMask);
+  t.out = out;
+  return t;
+}
+
+enum class Device { kCpu, kCuda };
+
+template <typename Element>
+constexpr ONNXTensorElementDataType kOnnxType =
+    std::is_same<Element, float>::value            ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT
+    : std::is_same<Element, Ort::Float16_t>::value ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16
+                                                   : ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16;
+
+#if defined(LSG_OPS_WITH_CUDA)
+template <typename Element>
+constexpr lsg::ElementType kElementType = std::is_same<Element, float>::value            ? lsg::ElementType::kFloat32
+                                          : std::is_same<Element, Ort::Float16_t>::value ? lsg::ElementType::kFloat16
+                                                                                         : lsg::ElementType::kBFloat16;
+#endif
+
+// Element: float or Ort::Float16_t on the CPU (float16 is computed in float32), float,
+// Ort::Float16_t or Ort::BFloat16_t on CUDA.
+template <typename Element, Device kDevice>
 struct BlockSparseAttentionKernel {
   BlockSparseAttentionKernel(const OrtApi& api, const OrtKernelInfo* info) : api_(api) {
     attrs_.block_size = int_attribute(api, info, "block_size", 0, true);
     attrs_.sparse_block_size = int_attribute(api, info, "sparse_block_size", 0, false);
     attrs_.sparsity_factor = int_attribute(api, info, "sparsity_factor", 1, false);
     attrs_.scale = float_attribute(api, info, "scale", 0.0f);
-    if (attrs_.block_size < 1) fail("block_size must be >= 1");
-    if (attrs_.sparse_block_size < 0) fail("sparse_block_size must be >= 0");
-    if (attrs_.sparsity_factor < 1 || attrs_.block_size % attrs_.sparsity_factor)
-      fail("sparsity_factor must be >= 1 and divide block_size");
-    if (!(attrs_.scale >= 0.0f) || std::isinf(attrs_.scale)) fail("scale must be finite and >= 0 (0: 1/sqrt(head_dim))");
+    check_attributes(attrs_);
   }
 
   OrtStatusPtr ComputeV2(OrtKernelContext* raw_context) {
@@ -102,155 +187,102 @@ struct BlockSparseAttentionKernel {
   }
 
  private:
-  using Element = typename std::conditional<kHalf, Ort::Float16_t, float>::type;
-
   void Compute(OrtKernelContext* raw_context) {
     Ort::KernelContext context(raw_context);
-    Present in[kNumInputs];
-    for (size_t i = 0; i < kNumInputs; ++i) {
-      if (i >= context.GetInputCount()) continue;
-      in[i].value = context.GetInput(i);
-      if (!in[i].value) continue;
-      auto info = in[i].value.GetTensorTypeAndShapeInfo();
+    InputView in[kNumInputs];
+    for (size_t i = 0; i < kNumInputs && i < context.GetInputCount(); ++i) {
+      Ort::ConstValue value = context.GetInput(i);
+      if (!value) continue;
+      auto info = value.GetTensorTypeAndShapeInfo();
       in[i].shape = info.GetShape();
       in[i].count = info.GetElementCount();
       in[i].present = in[i].count > 0;
+      in[i].data = in[i].present ? value.GetTensorRawData() : nullptr;
     }
-    auto expect = [&](size_t i, const std::vector<int64_t>& shape) {
-      if (in[i].shape != shape)
-        fail(std::string("input '") + kInputNames[i] + "' has shape " + shape_str(in[i].shape) + ", expected " +
-             shape_str(shape));
-    };
-
-    lsg::BlockSparseShape s;
-    if (in[kQ].shape.size() != 4) fail("input 'q' must be (batch, heads, length, head_dim), got " + shape_str(in[kQ].shape));
-    s.batch = in[kQ].shape[0];
-    s.heads = in[kQ].shape[1];
-    s.length = in[kQ].shape[2];
-    s.head_dim = in[kQ].shape[3];
-    s.block_size = attrs_.block_size;
-    s.sparsity_factor = attrs_.sparsity_factor;
-    s.sparse_block_size = attrs_.sparse_block_size;
-    s.scale = attrs_.scale > 0.0f ? attrs_.scale : 1.0f / std::sqrt(static_cast<float>(s.head_dim));
-    if (s.length % s.block_size)
-      fail("length " + std::to_string(s.length) + " of 'q' is not a multiple of block_size " + std::to_string(s.block_size));
-    expect(kK, in[kQ].shape);
-    expect(kV, in[kQ].shape);
-    if (in[kKeyMask].shape == std::vector<int64_t>{s.batch, s.length}) {
-      // (n, T) accepted as well as (n, 1, T, 1)
-    } else {
-      expect(kKeyMask, {s.batch, 1, s.length, 1});
-    }
-    if (in[kGlobalK].shape.size() != 4) fail("input 'global_k' must be (batch, heads, G, head_dim)");
-    s.num_global = in[kGlobalK].shape[2];
-    expect(kGlobalK, {s.batch, s.heads, s.num_global, s.head_dim});
-    expect(kGlobalV, in[kGlobalK].shape);
-
-    const int present = in[kSparseK].present + in[kSparseV].present + in[kSparseMask].present;
-    if (present != 0 && present != 3) fail("sparse_k, sparse_v and sparse_mask must be given all three or none");
-    if (present == 3 && s.sparse_block_size > 0) {
-      s.sparse_length = s.length / s.sparsity_factor;
-      expect(kSparseK, {s.batch, s.heads, s.sparse_length, s.head_dim});
-      expect(kSparseV, in[kSparseK].shape);
-      const auto& ms = in[kSparseMask].shape;
-      s.sparse_mask_heads = ms.size() == 4 ? ms[1] : 0;
-      if (s.sparse_mask_heads != 1 && s.sparse_mask_heads != s.heads) s.sparse_mask_heads = 1;
-      expect(kSparseMask, {s.batch, s.sparse_mask_heads, s.sparse_length, 1});
-    }
-
-    const std::vector<int64_t>& out_shape = in[kQ].shape;
-    auto output = context.GetOutput(0, out_shape);
+    const lsg::BlockSparseShape s = resolve_shape(attrs_, in);
+    auto output = context.GetOutput(0, in[kQ].shape);
     if (in[kQ].count == 0) return;
+    void* out = output.GetTensorMutableRawData();
+#if defined(LSG_OPS_WITH_CUDA)
+    if constexpr (kDevice == Device::kCuda) {
+      const char* error = lsg::block_sparse_attention_cuda(
+          s, make_tensors<lsg::BlockSparseDeviceTensors>(in, out), kElementType<Element>, context.GetGPUComputeStream());
+      if (error) throw std::runtime_error(error);
+      return;
+    }
+#endif
+    if constexpr (kDevice == Device::kCpu) compute_cpu(context, s, in, out);
+  }
 
-    lsg::BlockSparseTensors t;
+  static void compute_cpu(Ort::KernelContext& context, const lsg::BlockSparseShape& s, InputView (&in)[kNumInputs],
+                          void* out) {
     std::vector<float> converted;  // float16: every input once in float32, then the float32 kernel
-    if constexpr (kHalf) {
+    float* out_float = static_cast<float*>(out);
+    if constexpr (!std::is_same<Element, float>::value) {
       size_t total = in[kQ].count;  // output buffer first
       for (size_t i = 0; i < kNumInputs; ++i)
         if (in[i].present) total += in[i].count;
       converted.resize(total);
       float* cursor = converted.data() + in[kQ].count;
-      const float* views[kNumInputs] = {};
       for (size_t i = 0; i < kNumInputs; ++i) {
         if (!in[i].present) continue;
-        const auto* src = reinterpret_cast<const uint16_t*>(in[i].value.GetTensorData<Ort::Float16_t>());
-        lsg::half_to_float(src, cursor, in[i].count);
-        views[i] = cursor;
+        lsg::half_to_float(static_cast<const uint16_t*>(in[i].data), cursor, in[i].count);
+        in[i].data = cursor;
         cursor += in[i].count;
       }
-      t = make_tensors(views, converted.data());
-    } else {
-      const float* views[kNumInputs] = {};
-      for (size_t i = 0; i < kNumInputs; ++i)
-        if (in[i].present) views[i] = in[i].value.GetTensorData<float>();
-      t = make_tensors(views, output.GetTensorMutableData<float>());
+      out_float = converted.data();
     }
-
+    const lsg::BlockSparseTensors t = make_tensors<lsg::BlockSparseTensors>(in, out_float);
     struct Job {
       const lsg::BlockSparseShape* shape;
       const lsg::BlockSparseTensors* tensors;
     } job{&s, &t};
-    const int64_t tasks = s.num_tasks();
     context.ParallelFor(
         [](void* data, size_t task) {
           const Job* j = static_cast<const Job*>(data);
           lsg::block_sparse_attention_cpu_task(*j->shape, *j->tensors, static_cast<int64_t>(task));
         },
-        static_cast<size_t>(tasks), 0, &job);
-
-    if constexpr (kHalf) {
-      auto* dst = reinterpret_cast<uint16_t*>(output.GetTensorMutableData<Ort::Float16_t>());
-      lsg::float_to_half(converted.data(), dst, in[kQ].count);
-    }
-  }
-
-  static lsg::BlockSparseTensors make_tensors(const float* const* views, float* out) {
-    lsg::BlockSparseTensors t;
-    t.q = views[kQ];
-    t.k = views[kK];
-    t.v = views[kV];
-    t.key_mask = views[kKeyMask];
-    t.global_k = views[kGlobalK];
-    t.global_v = views[kGlobalV];
-    t.sparse_k = views[kSparseK];
-    t.sparse_v = views[kSparseV];
-    t.sparse_mask = views[kSparseMask];
-    t.out = out;
-    return t;
+        static_cast<size_t>(s.num_tasks()), 0, &job);
+    if constexpr (!std::is_same<Element, float>::value)
+      lsg::float_to_half(converted.data(), static_cast<uint16_t*>(out), in[kQ].count);
   }
 
   const OrtApi& api_;
   Attributes attrs_;
 };
 
-template <bool kHalf>
-struct BlockSparseAttentionOp
-    : Ort::CustomOpBase<BlockSparseAttentionOp<kHalf>, BlockSparseAttentionKernel<kHalf>, /*WithStatus=*/true> {
+template <typename Element, Device kDevice>
+struct BlockSparseAttentionOp : Ort::CustomOpBase<BlockSparseAttentionOp<Element, kDevice>,
+                                                  BlockSparseAttentionKernel<Element, kDevice>, /*WithStatus=*/true> {
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
     try {
-      *kernel = new BlockSparseAttentionKernel<kHalf>(api, info);
+      *kernel = new BlockSparseAttentionKernel<Element, kDevice>(api, info);
       return nullptr;
     } catch (const std::exception& e) {
       return api.CreateStatus(ORT_INVALID_ARGUMENT, e.what());
     }
   }
   const char* GetName() const { return kOpName; }
-  const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
+  const char* GetExecutionProviderType() const {
+    return kDevice == Device::kCuda ? "CUDAExecutionProvider" : "CPUExecutionProvider";
+  }
   size_t GetInputTypeCount() const { return kNumInputs; }
-  ONNXTensorElementDataType GetInputType(size_t) const { return kType; }
+  ONNXTensorElementDataType GetInputType(size_t) const { return kOnnxType<Element>; }
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
     return index >= kSparseK ? OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL
                              : OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED;
   }
   size_t GetOutputTypeCount() const { return 1; }
-  ONNXTensorElementDataType GetOutputType(size_t) const { return kType; }
-
-  static constexpr ONNXTensorElementDataType kType =
-      kHalf ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  ONNXTensorElementDataType GetOutputType(size_t) const { return kOnnxType<Element>; }
 };
 
-BlockSparseAttentionOp<false> g_op_float;
-BlockSparseAttentionOp<true> g_op_half;
+BlockSparseAttentionOp<float, Device::kCpu> g_op_float;
+BlockSparseAttentionOp<Ort::Float16_t, Device::kCpu> g_op_half;
+#if defined(LSG_OPS_WITH_CUDA)
+BlockSparseAttentionOp<float, Device::kCuda> g_cuda_op_float;
+BlockSparseAttentionOp<Ort::Float16_t, Device::kCuda> g_cuda_op_half;
+BlockSparseAttentionOp<Ort::BFloat16_t, Device::kCuda> g_cuda_op_bfloat16;
+#endif
 
 // "1.31.1" -> 31 when the major is 1; a newer major counts as new enough
 bool version_at_least(const char* version, int min_minor) {
@@ -284,6 +316,11 @@ extern "C" LSG_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOption
     Ort::CustomOpDomain domain{kDomain};
     domain.Add(&g_op_float);
     domain.Add(&g_op_half);
+#if defined(LSG_OPS_WITH_CUDA)
+    domain.Add(&g_cuda_op_float);
+    domain.Add(&g_cuda_op_half);
+    domain.Add(&g_cuda_op_bfloat16);
+#endif
     Ort::UnownedSessionOptions session_options(options);
     session_options.Add(domain);
     domains.push_back(std::move(domain));
@@ -294,3 +331,44 @@ extern "C" LSG_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOption
   }
   return nullptr;
 }
+
+#if defined(LSG_OPS_WITH_CUDA)
+// C entry of the CUDA kernel, for checks without onnxruntime-gpu (lsg_export/ops/cuda_harness.py):
+// the op's own attribute and shape checks, then the kernel, enqueued on `stream` (a cudaStream_t).
+// inputs[i]: device pointer of input i in the op's order (null: absent); dims[4 i .. 4 i + ranks[i]):
+// its shape; element_type: lsg::ElementType. Returns 0, or 1 with a message in `error`.
+extern "C" LSG_EXPORT int lsg_block_sparse_attention_cuda(const void* const* inputs, const int64_t* dims,
+                                                          const int64_t* ranks, int num_inputs, void* out,
+                                                          int element_type, int64_t block_size,
+                                                          int64_t sparse_block_size, int64_t sparsity_factor,
+                                                          float scale, void* stream, char* error, size_t error_size) {
+  try {
+    if (num_inputs < kSparseK || num_inputs > kNumInputs) fail("6 to 9 inputs");
+    if (element_type < 0 || element_type > static_cast<int>(lsg::ElementType::kBFloat16)) fail("unknown element type");
+    Attributes attrs;
+    attrs.block_size = block_size;
+    attrs.sparse_block_size = sparse_block_size;
+    attrs.sparsity_factor = sparsity_factor;
+    attrs.scale = scale;
+    check_attributes(attrs);
+    InputView in[kNumInputs];
+    for (int i = 0; i < num_inputs; ++i) {
+      if (ranks[i] < 0 || ranks[i] > 4) fail(std::string("input '") + kInputNames[i] + "' must have rank <= 4");
+      in[i].shape.assign(dims + 4 * i, dims + 4 * i + ranks[i]);
+      in[i].count = 1;
+      for (int64_t d : in[i].shape) in[i].count *= static_cast<size_t>(d);
+      in[i].present = inputs[i] != nullptr && in[i].count > 0;
+      in[i].data = in[i].present ? inputs[i] : nullptr;
+    }
+    const lsg::BlockSparseShape s = resolve_shape(attrs, in);
+    if (in[kQ].count == 0) return 0;
+    const char* message = lsg::block_sparse_attention_cuda(s, make_tensors<lsg::BlockSparseDeviceTensors>(in, out),
+                                                           static_cast<lsg::ElementType>(element_type), stream);
+    if (message) throw std::runtime_error(message);
+    return 0;
+  } catch (const std::exception& e) {
+    if (error && error_size) std::snprintf(error, error_size, "%s", e.what());
+    return 1;
+  }
+}
+#endif

@@ -11,6 +11,7 @@ C/C++ headers, fetched once with `npm pack` unless $ORT_INCLUDE_DIR names a fold
 and `ops-build/<key>/` (one build per source hash, CUDA choice and machine).
 """
 import contextlib
+import functools
 import hashlib
 import os
 import platform
@@ -60,6 +61,28 @@ def _find_nvcc():
         if home and (Path(home) / "bin" / "nvcc").is_file():
             return str(Path(home) / "bin" / "nvcc")
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def _gpu_visible():
+    """Whether this machine shows a CUDA GPU (device node or `nvidia-smi -L`)."""
+    if Path("/dev/nvidia0").exists():
+        return True
+    smi = shutil.which("nvidia-smi")
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        return bool(smi) and subprocess.run([smi, "-L"], capture_output=True, timeout=20).returncode == 0
+    return False
+
+
+def _cuda_choice(cuda):
+    """(build CUDA?, nvcc, architectures). cuda None: only where nvcc and a GPU are both found (a CPU
+    machine with a CUDA toolkit keeps the quick CPU build); True: require nvcc; False: CPU only.
+    $LSG_OPS_CUDA_ARCHS (e.g. "80") overrides CMake's architecture list (default 80;86;89;90)."""
+    nvcc = _find_nvcc()
+    if cuda and not nvcc:
+        raise LSGExportError("--cuda asked for, but nvcc is not found (put it on PATH or set CUDA_HOME)")
+    use_cuda = bool(nvcc) and _gpu_visible() if cuda is None else bool(cuda)
+    return use_cuda, nvcc, (os.environ.get("LSG_OPS_CUDA_ARCHS", "").strip() if use_cuda else "")
 
 
 def _machine_tag():
@@ -149,14 +172,12 @@ def build_ops(cuda=None, force=False, verbose=False):
     """Configure and build the custom-op library (CMake, Release); returns its path.
 
     Cached per source hash: nothing is rebuilt unless the sources, the headers, the CUDA choice or
-    the machine changed, or `force`. cuda: None = when nvcc is found, True = require nvcc, False = CPU only."""
-    nvcc = _find_nvcc()
-    if cuda and not nvcc:
-        raise LSGExportError("--cuda asked for, but nvcc is not found (put it on PATH or set CUDA_HOME)")
-    use_cuda = bool(nvcc) if cuda is None else bool(cuda)
+    the machine changed, or `force`. cuda: None = when nvcc is found and a GPU is visible, True =
+    require nvcc (a GPU is not needed to compile), False = CPU only; see `_cuda_choice`."""
+    use_cuda, nvcc, archs = _cuda_choice(cuda)
     src = source_dir()
     include_dir = ort_include_dir()
-    key = _source_key(src, include_dir, use_cuda)
+    key = _source_key(src, include_dir, f"{use_cuda}{archs}")
     if not force and (use_cuda, key) in _built:
         return _built[(use_cuda, key)]
     cmake = shutil.which("cmake")
@@ -175,6 +196,8 @@ def build_ops(cuda=None, force=False, verbose=False):
                          f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={build_dir}"]
             if use_cuda:
                 configure.append(f"-DCMAKE_CUDA_COMPILER={nvcc}")
+                if archs:
+                    configure.append(f"-DCMAKE_CUDA_ARCHITECTURES={archs}")
             jobs = str(max(1, min(2, os.cpu_count() or 1)))
             for step in (configure, [cmake, "--build", str(build_dir), "--config", "Release", "-j", jobs]):
                 result = subprocess.run(step, capture_output=not verbose, text=True)
@@ -201,7 +224,8 @@ def library_path(build=True):
         cache_dir() / "ort-headers" / ORT_HEADERS_PACKAGE.replace("@", "-"))
     if include_dir is None:  # headers never fetched: the library cannot have been built
         raise LSGExportError(f"the custom-op library is not built: {BUILD_HINT}")
-    key = _source_key(src, include_dir, bool(_find_nvcc()))
+    use_cuda, _, archs = _cuda_choice(None)
+    key = _source_key(src, include_dir, f"{use_cuda}{archs}")
     library = cache_dir() / "ops-build" / key / _library_name()
     if not (library.parent / "built.ok").is_file():
         raise LSGExportError(f"the custom-op library is not built: {BUILD_HINT}")

@@ -1,7 +1,8 @@
 // Shared contract of ai.lsg.BlockSparseAttention: shapes, window positions and the kernel entry
 // points. Device-neutral (no ONNX Runtime, no CUDA include): the CPU kernel
-// (src/block_sparse_attention_cpu.cc), the ORT registration (src/lsg_ops.cc) and a later CUDA
-// kernel all include this one file, so the window arithmetic exists once.
+// (src/block_sparse_attention_cpu.cc), the CUDA kernel (src/block_sparse_attention_cuda.cu, where
+// the functions below run on the device too) and the ORT registration (src/lsg_ops.cc) all
+// include this one file, so the window arithmetic exists once.
 //
 // Math, identical to lsg_export.modeling.lsg_attention.block_attention: block i (bs queries) of
 // every (batch, head) attends with softmax(q * scale . k + mask) to
@@ -105,5 +106,32 @@ void block_sparse_attention_cpu_task(const BlockSparseShape& shape, const BlockS
 // IEEE half <-> float conversions used by the float16 entry (computed in float32).
 void half_to_float(const uint16_t* src, float* dst, size_t count);
 void float_to_half(const float* src, uint16_t* dst, size_t count);
+
+// --- CUDA kernel (src/block_sparse_attention_cuda.cu, built with LSG_OPS_CUDA) ----------------
+
+// Element type of every input and of the output (the mask too).
+enum class ElementType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+// Device pointers in the layouts of BlockSparseTensors, in the inputs' element type. sparse_*
+// may be null when shape.has_sparse() is false, global_* when num_global is 0.
+struct BlockSparseDeviceTensors {
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  const void* key_mask = nullptr;
+  const void* global_k = nullptr;
+  const void* global_v = nullptr;
+  const void* sparse_k = nullptr;
+  const void* sparse_v = nullptr;
+  const void* sparse_mask = nullptr;
+  void* out = nullptr;
+};
+
+// Enqueues the whole op on `stream` (a cudaStream_t; nullptr: the legacy default stream) and
+// returns nullptr, or a static message when the shapes exceed the kernel's limits or the launch
+// fails. Tensor-core path: float16/bfloat16, head_dim 32, 64 or 128, 16-byte aligned pointers;
+// any other case (float32 included) takes the float32 CUDA-core path (head_dim <= 128).
+const char* block_sparse_attention_cuda(const BlockSparseShape& shape, const BlockSparseDeviceTensors& tensors,
+                                        ElementType type, void* stream);
 
 }  // namespace lsg
