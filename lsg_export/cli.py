@@ -73,6 +73,11 @@ from .ops.cli import build_ops_command  # noqa: E402  (the command lives beside 
 
 main.add_command(build_ops_command)
 
+from .deploy.cli import deploy_command, serve_command  # noqa: E402  (the commands live with the deploy package)
+
+main.add_command(deploy_command)
+main.add_command(serve_command)
+
 
 def _print_report(console, report, as_json, payload):
     from .onnx.validate import render_table

@@ -1,0 +1,17 @@
+"""Deployment of an export folder: a Triton model repository + KServe manifest, and a local v2 server.
+
+    from lsg_export.deploy import deploy
+    result = deploy("minilm-onnx", "triton-repo", max_batch_size=8)   # result.path, result.files
+
+    from lsg_export.deploy.server import make_model, serve          # imports kserve
+    serve(make_model("minilm-onnx"), port=8080, grpc_port=8081)
+
+Modules: folder (check and read an export: the graph's inputs / outputs), triton (config.pbtxt as
+Triton's ModelConfig message), kserve (the InferenceService manifest from the KServe SDK's models),
+readme (REPO/README.md), repository (deploy), server (the kserve.Model running ONNX Runtime), cli.
+Needs the `serve` extra: pip install 'lsg-export[serve]'.
+"""
+from .folder import ExportFolder, TensorSpec, open_export
+from .repository import DeployResult, deploy
+
+__all__ = ["deploy", "DeployResult", "open_export", "ExportFolder", "TensorSpec"]

@@ -1,0 +1,98 @@
+"""`lsg-export deploy` and `lsg-export serve`.
+
+Registered in lsg_export/cli.py with `main.add_command(deploy_command)` and `main.add_command(serve_command)`."""
+import json
+
+import click
+
+from ..errors import user_errors
+
+_UNVALIDATED = click.option("--allow-unvalidated", is_flag=True,
+                            help="Accept an export whose validation failed or never ran (export.json).")
+_NAME = click.option("--name", help="Model name (Triton, KServe, the v2 URLs) [default: from the export folder].")
+
+
+def _export_folder(console, export):
+    if export is None:
+        from ..sources import last_output
+        export = last_output("onnx")
+        console.print(f"using {export} (the last folder `lsg-export onnx` wrote from here)", soft_wrap=True)
+    return export
+
+
+@click.command("deploy", context_settings={"show_default": True})
+@click.argument("export", required=False)
+@click.option("-o", "--output", type=click.Path(file_okay=False), help="Repository folder [default: EXPORT-deploy].")
+@_NAME
+@click.option("--max-batch-size", default=8, type=int, help="Triton max_batch_size (0: no batching, full dims).")
+@click.option("--instances", default=1, type=int, help="Model instances per server (Triton instance_group count).")
+@click.option("--device", default="cpu", type=click.Choice(["cpu", "gpu"]), help="KIND_CPU or KIND_GPU instances.")
+@click.option("--dynamic-batching/--no-dynamic-batching", default=True, help="Triton's dynamic batcher.")
+@click.option("--max-queue-delay-us", default=100, type=int, help="Dynamic batching: longest wait for a batch, µs.")
+@_UNVALIDATED
+@click.option("--force", is_flag=True, help="Replace a non-empty output folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@user_errors
+def deploy_command(export, output, as_json, **options):
+    """Write a Triton model repository (onnxruntime backend) for EXPORT, a folder `lsg-export onnx`
+    wrote (default: the last one from here), with a KServe InferenceService manifest and a README.
+
+    \b
+    Examples:
+      lsg-export deploy minilm-onnx -o triton-repo
+      lsg-export deploy minilm-onnx -o triton-repo --device gpu --instances 2 --max-batch-size 16
+      lsg-export deploy --name minilm --no-dynamic-batching --force -o triton-repo
+    """
+    from rich.console import Console
+
+    from .repository import deploy
+
+    console = Console(stderr=True)
+    export = _export_folder(console, export)
+    with console.status("writing the repository"):
+        result = deploy(export, output, **options)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=1))
+    else:
+        library = f", custom-op library {result.op_library}" if result.op_library else ""
+        console.print(f"[green]wrote[/green] {result.path}: model {result.name} ({len(result.files)} files{library}); "
+                      f"see {result.path}/README.md", soft_wrap=True)
+
+
+@click.command("serve", context_settings={"show_default": True})
+@click.argument("export", required=False)
+@click.option("--host", default="127.0.0.1", help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", default=8080, type=int, help="HTTP port.")
+@click.option("--grpc-port", default=8081, type=int, help="gRPC port.")
+@click.option("--workers", default=1, type=int, help="HTTP server processes (each with its own session).")
+@_NAME
+@_UNVALIDATED
+@user_errors
+def serve_command(export, name, allow_unvalidated, **options):
+    """Serve EXPORT (default: the last `lsg-export onnx` output from here) with ONNX Runtime behind
+    KServe's ModelServer: Open Inference Protocol v2 over HTTP and gRPC, the same model name, inputs
+    and outputs as the `lsg-export deploy` repository, plus a `text` input (BYTES) tokenized by the
+    server. Stops on Ctrl-C / SIGTERM.
+
+    \b
+    Examples:
+      lsg-export serve minilm-onnx
+      curl localhost:8080/v2/models/minilm-onnx
+      curl -d '{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a long report"]}]}' \\
+        localhost:8080/v2/models/minilm-onnx/infer
+      lsg-export serve minilm-onnx --host 0.0.0.0 --port 9000 --grpc-port 9001 --workers 2
+    """
+    from rich.console import Console
+
+    from .server import make_model, serve
+
+    console = Console(stderr=True)
+    export = _export_folder(console, export)
+    with console.status("loading the model"):
+        model = make_model(export, name, allow_unvalidated)
+    host = f"[{options['host']}]" if ":" in options["host"] else options["host"]
+    text = ", or text" if model.get_input_types()[-1]["name"] == "text" else ""
+    console.print(f"serving [bold]{model.name}[/bold] ({model.export.meta.get('task')}, up to {model.seq} tokens"
+                  f"{text}): http://{host}:{options['port']}/v2/models/{model.name}, gRPC {host}:{options['grpc_port']}",
+                  soft_wrap=True)
+    serve(model, **options)

@@ -1,0 +1,154 @@
+"""An export folder (what `lsg-export onnx` writes), checked and read for serving.
+
+Everything a server needs is read from the files, never retyped: the inputs and outputs (names,
+Open Inference Protocol datatypes, dims with -1 for symbolic ones) come from the ONNX graph, the
+external data files from its initializers, the custom-op need from export.json and the graph's
+op domains. Light on purpose (no torch): `lsg-export serve` imports it.
+"""
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import LSGExportError
+
+EXPORT_JSON = "export.json"
+MODEL_FILE = "model.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str  # Open Inference Protocol (KServe v2 / Triton) name: INT64, FP32, ...
+    shape: tuple  # dims of the graph, -1 where symbolic
+    dim_names: tuple  # the symbolic names ("batch_size", "sequence_length"), None for fixed dims
+
+    def metadata(self):
+        """The v2 model-metadata entry."""
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+@dataclass
+class ExportFolder:
+    path: Path
+    meta: dict  # export.json
+    inputs: list  # TensorSpec per graph input
+    outputs: list  # TensorSpec per graph output
+    data_files: list = field(default_factory=list)  # external data files, relative to the folder
+    domains: list = field(default_factory=list)  # op domains of the graph
+
+    @property
+    def model_file(self):
+        return self.path / MODEL_FILE
+
+    @property
+    def seq(self):
+        return int(self.meta["seq"])
+
+    @property
+    def needs_custom_ops(self):
+        from ..ops import DOMAIN
+        return bool(self.meta.get("custom_ops")) or self.meta.get("attention") == "custom-op" or DOMAIN in self.domains
+
+    @property
+    def tokenizer_file(self):
+        path = self.path / TOKENIZER_FILE
+        return path if path.is_file() else None
+
+    @property
+    def config(self):
+        try:
+            return json.loads((self.path / "config.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def default_name(self):
+        """A model / InferenceService name from the folder ('<converted>/onnx' -> the converted folder's)."""
+        path = self.path.resolve()
+        base = path.parent.name if path.name in ("onnx", "") else path.name
+        return slug(base)
+
+
+def slug(text):
+    """A DNS-1035 label (Kubernetes object names; also a safe Triton model name)."""
+    out = "".join(c if c.isalnum() else "-" for c in text.lower())
+    out = "-".join(part for part in out.split("-") if part)[:63].rstrip("-")
+    if not out or not out[0].isalpha():
+        out = ("m-" + out)[:63].rstrip("-")
+    return out
+
+
+def check_name(name):
+    if name != slug(name):
+        raise LSGExportError(f"--name {name!r} is not usable as a Kubernetes / Triton model name: lower-case letters, "
+                             f"digits and '-', starting with a letter, at most 63 characters (e.g. {slug(name)!r})")
+    return name
+
+
+def tensor_specs(values):
+    """TensorSpec of graph inputs / outputs (onnx ValueInfoProto)."""
+    import onnx
+    from tritonclient.utils import np_to_triton_dtype
+
+    specs = []
+    for value in values:
+        tensor = value.type.tensor_type
+        datatype = np_to_triton_dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+        dims = tensor.shape.dim
+        shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims)
+        names = tuple(d.dim_param if d.HasField("dim_param") else None for d in dims)
+        specs.append(TensorSpec(value.name, datatype, shape, names))
+    return specs
+
+
+def _external_files(graph):
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+    found = set()
+    for tensor in graph.initializer:
+        if uses_external_data(tensor):
+            found.add(ExternalDataInfo(tensor).location)
+    for node in graph.node:  # initializers of subgraphs (If / Loop bodies)
+        for attribute in node.attribute:
+            for sub in [attribute.g] * attribute.HasField("g") + list(attribute.graphs):
+                found |= _external_files(sub)
+    return found
+
+
+def open_export(folder, allow_unvalidated=False):
+    """ExportFolder of `folder`; LSGExportError when a file is missing, export.json and the graph
+    disagree, or validation failed / never ran (unless allow_unvalidated)."""
+    import onnx
+
+    path = Path(folder)
+    if not path.is_dir():
+        raise LSGExportError(f"{path}: no such folder")
+    try:
+        meta = json.loads((path / EXPORT_JSON).read_text())
+    except (OSError, ValueError):
+        raise LSGExportError(f"{path}: no readable {EXPORT_JSON}, not a folder `lsg-export onnx` wrote") from None
+    missing = [name for name in (MODEL_FILE, "config.json") if not (path / name).is_file()]
+    if missing or not isinstance(meta, dict) or "seq" not in meta:
+        raise LSGExportError(f"{path}: incomplete export, {', '.join(missing) or EXPORT_JSON + ' without seq'} "
+                             f"missing; export it again with `lsg-export onnx`")
+    try:
+        proto = onnx.load(str(path / MODEL_FILE), load_external_data=False)
+    except Exception as error:  # protobuf DecodeError, truncated file, ...
+        raise LSGExportError(f"{path / MODEL_FILE}: not a readable ONNX model ({type(error).__name__})") from None
+    data_files = sorted(_external_files(proto.graph))
+    absent = [name for name in data_files if not (path / name).is_file()]
+    if absent:
+        raise LSGExportError(f"{path}: the graph's external data {', '.join(absent)} is missing")
+    inputs, outputs = tensor_specs(proto.graph.input), tensor_specs(proto.graph.output)
+    for kind, specs in (("inputs", inputs), ("outputs", outputs)):
+        named = meta.get(kind)
+        if named is not None and list(named) != [s.name for s in specs]:
+            raise LSGExportError(f"{path}: {EXPORT_JSON} names the {kind} {named} but model.onnx has "
+                                 f"{[s.name for s in specs]}; export it again")
+    domains = sorted({node.domain or "" for node in proto.graph.node})
+    validation = meta.get("validation") or {}
+    if validation.get("passed") is not True and not allow_unvalidated:
+        why = (f"failed validation at lengths {validation.get('failed_lengths')}" if validation.get("passed") is False
+               else "has no validation result")
+        raise LSGExportError(f"{path} {why} (see its {EXPORT_JSON}); rerun `lsg-export validate {path}`, or pass "
+                             f"--allow-unvalidated to deploy it anyway")
+    return ExportFolder(path, meta, inputs, outputs, data_files, domains)

@@ -1,0 +1,73 @@
+"""`lsg-export deploy`: an export folder -> a Triton model repository + a KServe manifest + README.
+
+    REPO/<name>/config.pbtxt           Triton model configuration (onnxruntime backend)
+    REPO/<name>/1/model.onnx           the graph (+ its external data file)
+    REPO/<name>/liblsg_ops.so          the custom-op library, when the graph uses it
+    REPO/inferenceservice.yaml         KServe InferenceService (Triton runtime) serving REPO
+    REPO/README.md                     how to run Triton on REPO and apply the manifest
+"""
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..convert import atomic_folder, check_output
+from . import kserve, triton
+from .folder import check_name, open_export
+from .readme import repository_readme
+
+MANIFEST = "inferenceservice.yaml"
+
+
+@dataclass
+class DeployResult:
+    path: Path  # REPO
+    name: str
+    config: object  # the ModelConfig message written to config.pbtxt
+    files: list  # paths written, relative to REPO
+    op_library: str = None  # file name of the copied custom-op library
+
+    def to_dict(self):
+        return {"repository": str(self.path), "name": self.name, "files": self.files, "op_library": self.op_library,
+                "max_batch_size": self.config.max_batch_size}
+
+
+def deploy(export=None, output=None, *, name=None, max_batch_size=8, instances=1, device="cpu",
+           dynamic_batching=True, max_queue_delay_us=100, allow_unvalidated=False, force=False):
+    """Write the deployment of an export folder (default: the last one `lsg-export onnx` wrote here)
+    to `output` (default: <export>-deploy). Returns a DeployResult; LSGExportError for bad input."""
+    from ..sources import last_output
+
+    folder = open_export(export if export is not None else last_output("onnx"), allow_unvalidated)
+    name = check_name(name) if name else folder.default_name()
+    output = Path(output) if output else folder.path.resolve().with_name(folder.path.resolve().name + "-deploy")
+    check_output(output, force)
+    op_library = None
+    library = None
+    if folder.needs_custom_ops:
+        from ..ops import library_path
+        library = library_path()
+        op_library = library.name
+    config = triton.model_config(folder, name, max_batch_size=max_batch_size, instances=instances, device=device,
+                                 dynamic_batching=dynamic_batching, max_queue_delay_us=max_queue_delay_us,
+                                 op_library=op_library)
+    model_files = [folder.model_file.name, *folder.data_files]
+    model_bytes = sum((folder.path / f).stat().st_size for f in model_files)
+    service = kserve.inference_service(name, storage_uri=f"pvc://lsg-models/{output.name}", model_bytes=model_bytes,
+                                       instances=instances, device=device, max_batch_size=max_batch_size)
+    with atomic_folder(output, force) as tmp:
+        version = tmp / name / "1"
+        version.mkdir(parents=True)
+        for file in model_files:
+            target = version / file
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(folder.path / file, target)
+        if library is not None:
+            shutil.copy2(library, tmp / name / op_library)
+        (tmp / name / "config.pbtxt").write_text(triton.to_text(config))
+        (tmp / MANIFEST).write_text(kserve.to_yaml(service, header=(
+            f"KServe InferenceService for the Triton repository written by lsg-export deploy.\n"
+            f"Copy the repository folder to the volume storageUri names (or change storageUri), then:\n"
+            f"  kubectl apply -f {MANIFEST}")))
+        (tmp / "README.md").write_text(repository_readme(folder, config, output.name, op_library, MANIFEST))
+        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+    return DeployResult(output, name, config, files, op_library)
