@@ -11,11 +11,11 @@ import torch
 from safetensors import SafetensorError
 
 from .errors import LSGExportError
-from .families import FAMILIES
+from .families import ALL_FAMILIES, AUTO_CLASSES
 from .modeling.lsg_attention import validate_lsg_options
 from .modeling.lsg_base import LSG_DEFAULTS
 from .sources import read_config_dict, remember_output, resolve_source
-from .weights import initial_global_embeddings, tile_positions
+from .weights import embedding_targets, initial_global_embeddings, tile_positions
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 MAX_LENGTH = 1 << 20  # a longer position table is a typo, not a model
@@ -140,9 +140,9 @@ def convert(model=None, output=None, *, max_sequence_length=4096, architecture=N
     source, display = resolve_source(model)
     config_dict = read_config_dict(source)
     model_type = config_dict.get("model_type")
-    family = FAMILIES.get(model_type)
+    family = ALL_FAMILIES.get(model_type)
     if family is None:
-        raise LSGExportError(f"model type {model_type!r} is not supported; accepted: {', '.join(FAMILIES)}")
+        raise LSGExportError(f"model type {model_type!r} is not supported; accepted: {', '.join(ALL_FAMILIES)}")
     head = _choose_architecture(family, config_dict, architecture)
     original_architecture = (list(config_dict.get("architectures") or []) or [""])[0]
     is_lsg = config_dict.get("base_model_prefix") == "lsg" or original_architecture.startswith("LSG")
@@ -195,25 +195,21 @@ def convert(model=None, output=None, *, max_sequence_length=4096, architecture=N
 
     status("extending positions and initialising global tokens")
     state = lsg_model.state_dict()
-    base = getattr(lsg_model, lsg_model.base_model_prefix, lsg_model)
-    embeddings = base.embeddings
-    prefix = "" if base is lsg_model else lsg_model.base_model_prefix + "."
-    table = embeddings.position_embeddings.weight.detach()
-    if not (is_lsg and resize_lsg):
+    targets = embedding_targets(lsg_model, family)
+    if targets.global_key and not (is_lsg and resize_lsg):
         bos_id, mask_id = _token_ids(tokenizer, config)
-        token_type = embeddings.token_type_embeddings.weight[0].detach() if family.token_type_in_globals else None
         try:
-            glob = initial_global_embeddings(
-                embeddings.word_embeddings.weight, table[family.position_offset:], bos_id, mask_id,
-                global_positional_stride, token_type, random_global_init, generator)
+            glob = initial_global_embeddings(targets.word, targets.positions, bos_id, mask_id,
+                                             global_positional_stride, targets.token_type, random_global_init,
+                                             generator)
         except ValueError as error:
             raise LSGExportError(str(error)) from None
-        key = prefix + "embeddings.global_embeddings.weight"
+        key = targets.global_key
         if keep_first_global_token and is_lsg:
             glob[0] = state[key][0]
         state[key] = glob.to(state[key].dtype)
-    state[prefix + "embeddings.position_embeddings.weight"] = tile_positions(
-        table, max_sequence_length, family.position_offset)
+    for key, offset in targets.tiled.items():
+        state[key] = tile_positions(state[key], max_sequence_length, offset)
 
     config.max_position_embeddings = max_sequence_length + family.position_offset
     config.architectures = [family.class_name(head)]
@@ -221,6 +217,7 @@ def convert(model=None, output=None, *, max_sequence_length=4096, architecture=N
     config._name_or_path = str(output)
     with quiet_transformers():
         lsg_model = lsg_class(config)
+    state.update({key: lsg_model.state_dict()[key] for key in targets.regenerated})  # sinusoidal, new length
     lsg_model.load_state_dict(state)
     lsg_model.eval()
 
@@ -252,8 +249,8 @@ global token(s) and 2 x {config.sparse_block_size} compressed tokens ({config.sp
 {config.sparsity_factor}). Positions are tiled up to {length}.
 
 ```python
-from transformers import AutoModel{AUTO_SUFFIX.get(head, '')}, AutoTokenizer
-model = AutoModel{AUTO_SUFFIX.get(head, '')}.from_pretrained("PATH", trust_remote_code=True)
+from transformers import {AUTO_CLASSES[head]}, AutoTokenizer
+model = {AUTO_CLASSES[head]}.from_pretrained("PATH", trust_remote_code=True)
 ```
 
 | option | value |
@@ -264,6 +261,3 @@ Architecture: `{family.class_name(head)}`. The global embeddings are new weights
 the model for long inputs.
 """
 
-
-AUTO_SUFFIX = {h: h for h in ("ForPreTraining", "ForMaskedLM", "ForSequenceClassification", "ForTokenClassification",
-                              "ForQuestionAnswering", "ForMultipleChoice")}

@@ -1,4 +1,6 @@
-"""The encoder families `convert` supports and what differs between them."""
+"""The families `convert` supports and what differs between them.
+
+FAMILIES: the encoders; SEQ2SEQ_FAMILIES: the encoder-decoders; ALL_FAMILIES: both."""
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +14,8 @@ AUTO_CLASSES = {
     "ForTokenClassification": "AutoModelForTokenClassification",
     "ForQuestionAnswering": "AutoModelForQuestionAnswering",
     "ForMultipleChoice": "AutoModelForMultipleChoice",
+    "ForConditionalGeneration": "AutoModelForSeq2SeqLM",
+    "ForCausalLM": "AutoModelForCausalLM",
 }
 COMMON_HEADS = ("Model", "ForMaskedLM", "ForSequenceClassification", "ForTokenClassification",
                 "ForQuestionAnswering", "ForMultipleChoice")
@@ -27,6 +31,9 @@ class Family:
     position_offset: int = 0  # leading rows of the position table that are not positions (RoBERTa: 2)
     token_type_in_globals: bool = False  # bert and albert add token type 0 to the global embeddings
     needs: tuple = ()  # other modeling files the module imports
+    seq2seq: bool = False  # encoder-decoder: LSG encoder, dense decoder
+    table_offset: int = 0  # seq2seq: leading rows of the position tables not counted in max_position_embeddings
+    sinusoidal: bool = False  # seq2seq: position tables are regenerated at the new length, not tiled
 
     def architecture(self, head):
         return f"{self.prefix}{head}"
@@ -71,3 +78,14 @@ FAMILIES = {f.model_type: f for f in (
     Family("albert", "Albert", "modeling_lsg_albert", COMMON_HEADS[:1] + ("ForPreTraining",) + COMMON_HEADS[1:],
            "ForPreTraining", token_type_in_globals=True),
 )}
+
+SEQ2SEQ_HEADS = ("Model", "ForConditionalGeneration", "ForSequenceClassification", "ForQuestionAnswering",
+                 "ForCausalLM")
+_SEQ2SEQ = dict(default_head="ForConditionalGeneration", seq2seq=True, needs=("lsg_seq2seq.py",))
+SEQ2SEQ_FAMILIES = {f.model_type: f for f in (
+    Family("bart", "Bart", "modeling_lsg_bart", SEQ2SEQ_HEADS, table_offset=2, **_SEQ2SEQ),
+    Family("mbart", "MBart", "modeling_lsg_mbart", SEQ2SEQ_HEADS, table_offset=2, **_SEQ2SEQ),
+    Family("pegasus", "Pegasus", "modeling_lsg_pegasus", ("Model", "ForConditionalGeneration", "ForCausalLM"),
+           sinusoidal=True, **_SEQ2SEQ),
+)}
+ALL_FAMILIES = {**FAMILIES, **SEQ2SEQ_FAMILIES}

@@ -1,4 +1,6 @@
 """Weight surgery of the conversion: tiled positions and the global embeddings' initialisation."""
+from dataclasses import dataclass, field
+
 import torch
 
 
@@ -56,3 +58,48 @@ def initial_global_embeddings(word, positions, bos_id, mask_id, stride, token_ty
     if token_type is not None:
         positions += token_type.unsqueeze(0)
     return positions
+
+
+@dataclass
+class EmbeddingTargets:
+    """Where the conversion writes in a model's state dict.
+
+    word / positions: the tables the global embeddings are initialised from (positions without
+    offset rows); global_key: the global embeddings (None: the model has no LSG encoder, e.g. a
+    decoder alone); tiled: {key: offset rows} of the position tables to tile; regenerated: keys of
+    sinusoidal tables the model rebuilds at the new length."""
+    word: torch.Tensor = None
+    positions: torch.Tensor = None
+    global_key: str = None
+    token_type: torch.Tensor = None
+    tiled: dict = field(default_factory=dict)
+    regenerated: list = field(default_factory=list)
+
+
+def embedding_targets(model, family):
+    """EmbeddingTargets of an LSG model of `family` (encoder or encoder-decoder)."""
+    if not family.seq2seq:
+        prefix = model.base_model_prefix
+        base = getattr(model, prefix, model)
+        prefix = "" if base is model else prefix + "."
+        embeddings = base.embeddings
+        token_type = embeddings.token_type_embeddings.weight[0].detach() if family.token_type_in_globals else None
+        return EmbeddingTargets(
+            embeddings.word_embeddings.weight.detach(),
+            embeddings.position_embeddings.weight.detach()[family.position_offset:],
+            prefix + "embeddings.global_embeddings.weight", token_type,
+            {prefix + "embeddings.position_embeddings.weight": family.position_offset})
+    # bart, mbart, pegasus: every `embed_positions` (encoder and decoder) changes; the globals are
+    # initialised from the shared (unscaled) token embeddings and the encoder's table
+    targets = EmbeddingTargets()
+    for name, module in model.named_modules():
+        if name.endswith("embed_positions"):
+            if family.sinusoidal:
+                targets.regenerated.append(name + ".weight")
+            else:
+                targets.tiled[name + ".weight"] = family.table_offset
+        if hasattr(module, "global_embeddings"):
+            targets.global_key = (name + "." if name else "") + "global_embeddings.weight"
+            targets.word = model.get_input_embeddings().weight.detach()
+            targets.positions = module.embed_positions.weight.detach()[family.table_offset:]
+    return targets

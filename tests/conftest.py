@@ -57,22 +57,40 @@ def tiny_config(model_type):
         return DistilBertConfig(vocab_size=TINY_VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
                                 max_position_embeddings=64, pad_token_id=0, initializer_range=0.2,
                                 cls_token_id=CLS_ID, mask_token_id=MASK_ID)
+    if model_type in ("bart", "mbart", "pegasus"):
+        return tiny_seq2seq_config(model_type)
     configs = {"roberta": RobertaConfig, "camembert": CamembertConfig, "xlm-roberta": XLMRobertaConfig}
     return configs[model_type](**roberta_like)
+
+
+def tiny_seq2seq_config(model_type):
+    """bart / mbart / pegasus: d_model 32, 2 + 2 layers, 4 heads, 64 positions, ids 0..4 special
+    (pad 1, bos 0, eos 2 as bart; pegasus: pad 0, eos 1); scale_embedding on, dropout off."""
+    from transformers import BartConfig, MBartConfig, PegasusConfig
+    common = dict(vocab_size=TINY_VOCAB, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                  decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
+                  init_std=0.2, scale_embedding=True, dropout=0.0, attention_dropout=0.0, mask_token_id=MASK_ID)
+    if model_type == "pegasus":
+        return PegasusConfig(**common, pad_token_id=0, eos_token_id=1, bos_token_id=CLS_ID, decoder_start_token_id=0,
+                             forced_eos_token_id=1)
+    config_class = BartConfig if model_type == "bart" else MBartConfig
+    return config_class(**common, pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2,
+                        forced_eos_token_id=2)
 
 
 def original_class(model_type, head):
     """The transformers class of `head` ('Model', 'ForMaskedLM', ...) for `model_type`."""
     import transformers
-    from lsg_export.families import FAMILIES
-    return getattr(transformers, FAMILIES[model_type].architecture(head))
+    from lsg_export.families import ALL_FAMILIES
+    return getattr(transformers, ALL_FAMILIES[model_type].architecture(head))
 
 
 def save_tiny_checkpoint(model_type, folder, seed=0):
     """Save a random original checkpoint with the family's pre-training head (so MLM weights exist)."""
-    from lsg_export.families import FAMILIES
+    from lsg_export.families import ALL_FAMILIES
     torch.manual_seed(seed)
-    head = "ForPreTraining" if "ForPreTraining" in FAMILIES[model_type].heads else "ForMaskedLM"
+    heads = ALL_FAMILIES[model_type].heads
+    head = next(h for h in ("ForPreTraining", "ForConditionalGeneration", "ForMaskedLM") if h in heads)
     model = original_class(model_type, head)(tiny_config(model_type)).eval()
     model.save_pretrained(folder)
     return folder
@@ -145,3 +163,16 @@ def minilm_lsg(minilm_path, tmp_path_factory):
     """MiniLM converted once (defaults: block 128, norm, 1 global) to 4096 tokens: a ConvertResult."""
     from lsg_export import convert
     return convert(None, tmp_path_factory.mktemp("minilm") / "lsg-minilm", max_sequence_length=4096)
+
+
+# --- ONNX exports ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """{case name: result dict} of every ONNX export case of tests/_onnx_cases.py, run once per session
+    (shared by the gather and the custom-op tests)."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parent))
+    import _onnx_cases
+    return _onnx_cases.run_all(tmp_path_factory.mktemp("onnx-cases"))

@@ -49,7 +49,8 @@ def convert_tiny(checkpoint, output, model_type, head, **options):
     return convert(str(checkpoint), output, architecture=FAMILIES[model_type].architecture(head), **options)
 
 
-# Runs in the fresh Python: blocks lsg_export, loads every head with its Auto class, saves the outputs.
+# Runs in the fresh Python: blocks lsg_export, loads every head with its Auto class, saves the outputs
+# (or, for a job with a "generate" entry, the tokens model.generate gives).
 REMOTE_SCRIPT = textwrap.dedent('''
     import importlib.abc, sys
 
@@ -73,7 +74,10 @@ REMOTE_SCRIPT = textwrap.dedent('''
     for head, job in jobs.items():
         model = getattr(transformers, job["auto_class"]).from_pretrained(job["folder"], trust_remote_code=True).eval()
         with torch.no_grad():
-            outputs = [x for x in model(**job["inputs"], return_dict=True).to_tuple() if isinstance(x, torch.Tensor)]
+            if "generate" in job:  # encoder-decoders: the generated tokens
+                outputs = [model.generate(**job["inputs"], **job["generate"])]
+            else:
+                outputs = [x for x in model(**job["inputs"], return_dict=True).to_tuple() if isinstance(x, torch.Tensor)]
         results["heads"][head] = {"class": type(model).__module__ + "." + type(model).__name__, "outputs": outputs}
     results["lsg_export_loaded"] = any(m == "lsg_export" or m.startswith("lsg_export.") for m in sys.modules)
     torch.save(results, sys.argv[2])

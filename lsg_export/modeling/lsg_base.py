@@ -87,12 +87,13 @@ def additive_mask(attention_mask, dtype):
     return (1.0 - attention_mask.to(dtype)) * torch.finfo(dtype).min
 
 
-def lsg_encode(config, embedded, attention_mask, run_layers):
-    """embedded: (n, G + t, D) -> (n, t, D).
+def lsg_encode(config, embedded, attention_mask, run_layers, keep_globals=False):
+    """embedded: (n, G + t, D) -> (n, t, D), or (n, G + t, D) with keep_globals.
 
     Pads to a multiple of block_size (always, so that one traced graph serves every length),
     masks padding (and the first token with mask_first_token), runs the layers, puts the first
-    global's output in place of the first token's (pool_with_global) and cuts globals and padding."""
+    global's output in place of the first token's (pool_with_global) and cuts globals and padding.
+    keep_globals (encoder-decoders passing the globals to the decoder): no pooling, globals kept."""
     g, block = config.num_global_tokens, config.block_size
     n, t = embedded.shape[0], embedded.shape[1] - g
     if attention_mask is None:
@@ -105,6 +106,8 @@ def lsg_encode(config, embedded, attention_mask, run_layers):
     if config.mask_first_token:
         key_mask = torch.cat([torch.full_like(key_mask[:, :1], torch.finfo(key_mask.dtype).min), key_mask[:, 1:]], 1)
     hidden, all_hidden = run_layers(hidden, key_mask)
+    if keep_globals:
+        return hidden[:, : g + t], all_hidden
     if config.pool_with_global:
         hidden = torch.cat([hidden[:, :g], hidden[:, :1], hidden[:, g + 1:]], dim=1)
     return hidden[:, g: g + t], all_hidden
