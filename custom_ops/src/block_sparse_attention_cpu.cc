@@ -113,6 +113,28 @@ Scratch& thread_scratch() {
   return scratch;
 }
 
+// kRows x kCols float32 accumulators held in registers (two 8-lane vectors per row), updated by
+// rank-1 products: the one inner loop of both Q.K^T and P.V.
+struct RegisterTile {
+  vf8 acc[kRows][2];
+
+  void load(const float* p, int64_t stride) {
+    for (int r = 0; r < kRows; ++r) acc[r][0] = load8(p + r * stride), acc[r][1] = load8(p + r * stride + 8);
+  }
+  void store(float* p, int64_t stride) const {
+    for (int r = 0; r < kRows; ++r) store8(p + r * stride, acc[r][0]), store8(p + r * stride + 8, acc[r][1]);
+  }
+  // acc[r] += x[r * x_stride] * (y0 | y1)
+  void add(const float* x, int64_t x_stride, vf8 y0, vf8 y1) {
+    for (int r = 0; r < kRows; ++r) {
+      const vf8 xr = splat8(x[r * x_stride]);
+      acc[r][0] += xr * y0;
+      acc[r][1] += xr * y1;
+    }
+  }
+};
+static_assert(kCols == 16, "a register tile row is two 8-lane vectors");
+
 // s[r][j] = bias[j] + sum_c q[r][c] * kt[c][j] for all rows and j < round_up(count, kCols).
 void tile_scores(Scratch& w, int64_t rows, int64_t d, int count) {
   const int cols = (count + kCols - 1) / kCols * kCols;
@@ -120,40 +142,14 @@ void tile_scores(Scratch& w, int64_t rows, int64_t d, int count) {
     w.bias[j] = -std::numeric_limits<float>::infinity();
     for (int64_t c = 0; c < d; ++c) w.kt[c * kTile + j] = 0.0f;
   }
-  static_assert(kRows == 4 && kCols == 16, "register tiles are written out for 4 x 16");
   for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
-    const float* q0 = &w.q[r0 * d];
-    const float* q1 = q0 + d;
-    const float* q2 = q1 + d;
-    const float* q3 = q2 + d;
+    const float* q = &w.q[r0 * d];
     for (int j0 = 0; j0 < cols; j0 += kCols) {
-      const vf8 b0 = load8(&w.bias[j0]), b1 = load8(&w.bias[j0 + 8]);
-      vf8 a00 = b0, a01 = b1, a10 = b0, a11 = b1, a20 = b0, a21 = b1, a30 = b0, a31 = b1;
+      RegisterTile tile;
+      tile.load(&w.bias[j0], 0);  // every row starts from the mask
       const float* kcol = &w.kt[j0];
-      for (int64_t c = 0; c < d; ++c, kcol += kTile) {
-        const vf8 k0 = load8(kcol), k1 = load8(kcol + 8);
-        vf8 x = splat8(q0[c]);
-        a00 += x * k0;
-        a01 += x * k1;
-        x = splat8(q1[c]);
-        a10 += x * k0;
-        a11 += x * k1;
-        x = splat8(q2[c]);
-        a20 += x * k0;
-        a21 += x * k1;
-        x = splat8(q3[c]);
-        a30 += x * k0;
-        a31 += x * k1;
-      }
-      float* out = &w.s[r0 * kTile + j0];
-      store8(out, a00);
-      store8(out + 8, a01);
-      store8(out + kTile, a10);
-      store8(out + kTile + 8, a11);
-      store8(out + 2 * kTile, a20);
-      store8(out + 2 * kTile + 8, a21);
-      store8(out + 3 * kTile, a30);
-      store8(out + 3 * kTile + 8, a31);
+      for (int64_t c = 0; c < d; ++c, kcol += kTile) tile.add(q + c, d, load8(kcol), load8(kcol + 8));
+      tile.store(&w.s[r0 * kTile + j0], kTile);
     }
   }
 }
@@ -192,41 +188,15 @@ void tile_accumulate(Scratch& w, int64_t rows, int64_t d, int count) {
   }
   const int64_t d_full = d / kCols * kCols;
   for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
-    const float* p0 = &w.s[r0 * kTile];
-    const float* p1 = p0 + kTile;
-    const float* p2 = p1 + kTile;
-    const float* p3 = p2 + kTile;
+    const float* p = &w.s[r0 * kTile];
     for (int64_t c0 = 0; c0 < d_full; c0 += kCols) {
-      float* o0 = &w.o[r0 * d + c0];
-      float* o1 = o0 + d;
-      float* o2 = o1 + d;
-      float* o3 = o2 + d;
-      vf8 a00 = load8(o0), a01 = load8(o0 + 8), a10 = load8(o1), a11 = load8(o1 + 8);
-      vf8 a20 = load8(o2), a21 = load8(o2 + 8), a30 = load8(o3), a31 = load8(o3 + 8);
+      RegisterTile tile;
+      tile.load(&w.o[r0 * d + c0], d);
       for (int j = 0; j < count; ++j) {
         const float* vrow = w.vrows[j] + c0;
-        const vf8 v0 = load8(vrow), v1 = load8(vrow + 8);
-        vf8 x = splat8(p0[j]);
-        a00 += x * v0;
-        a01 += x * v1;
-        x = splat8(p1[j]);
-        a10 += x * v0;
-        a11 += x * v1;
-        x = splat8(p2[j]);
-        a20 += x * v0;
-        a21 += x * v1;
-        x = splat8(p3[j]);
-        a30 += x * v0;
-        a31 += x * v1;
+        tile.add(p + j, kTile, load8(vrow), load8(vrow + 8));
       }
-      store8(o0, a00);
-      store8(o0 + 8, a01);
-      store8(o1, a10);
-      store8(o1 + 8, a11);
-      store8(o2, a20);
-      store8(o2 + 8, a21);
-      store8(o3, a30);
-      store8(o3 + 8, a31);
+      tile.store(&w.o[r0 * d + c0], d);
     }
     if (d_full < d) {  // head_dim not a multiple of kCols: plain loops for the rest
       for (int64_t rr = 0; rr < kRows; ++rr) {

@@ -1,0 +1,88 @@
+"""The CUDA kernel of ai.lsg.BlockSparseAttention on torch CUDA tensors, without ONNX Runtime.
+
+The library built with CUDA exports a C entry, `lsg_block_sparse_attention_cuda`, that runs the
+op's own shape checks and then the very kernel the ONNX Runtime CUDA op launches; this module
+calls it through ctypes on torch's current stream, so the kernel can be checked against
+`lsg_attention.block_attention` on any GPU machine with torch, onnxruntime-gpu or not.
+
+    from lsg_export.ops.cuda_harness import block_sparse_attention_cuda
+    out = block_sparse_attention_cuda(q, k, v, key_mask, global_k, global_v, sparse_k, sparse_v, sparse_mask,
+                                      block_size=128, sparse_block_size=128, sparsity_factor=2)
+"""
+import ctypes
+import functools
+
+from ..errors import LSGExportError
+
+ENTRY = "lsg_block_sparse_attention_cuda"
+NUM_INPUTS = 9
+ELEMENT_TYPES = {"float32": 0, "float16": 1, "bfloat16": 2}  # lsg::ElementType
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_entry(library=None):
+    """The C entry of `library` (default: the library built with CUDA, built first if needed)."""
+    if library is None:
+        from . import build_ops
+        library = build_ops(cuda=True)
+    handle = ctypes.CDLL(str(library))
+    entry = getattr(handle, ENTRY, None)
+    if entry is None:
+        raise LSGExportError(f"{library} was built without CUDA: run `lsg-export build-ops --cuda`")
+    entry.restype = ctypes.c_int
+    entry.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int64),
+                      ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                      ctypes.c_float, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+    return entry
+
+
+def call_entry(entry, pointers, shapes, out, element_type, block_size, sparse_block_size=0, sparsity_factor=1,
+               scale=0.0, stream=None):
+    """Raw call: device addresses (int or None) and shapes of the inputs in the op's order, the
+    output address, lsg::ElementType code. Raises LSGExportError with the library's message."""
+    if not 6 <= len(pointers) <= NUM_INPUTS or len(shapes) != len(pointers):
+        raise LSGExportError(f"6 to {NUM_INPUTS} inputs, each with a shape")
+    addresses = (ctypes.c_void_p * NUM_INPUTS)(*[p or None for p in pointers])
+    dims = (ctypes.c_int64 * (4 * NUM_INPUTS))()
+    ranks = (ctypes.c_int64 * NUM_INPUTS)()
+    for i, shape in enumerate(shapes):
+        if len(shape) > 4:
+            raise LSGExportError(f"input {i} has rank {len(shape)} > 4")
+        ranks[i] = len(shape)
+        for j, size in enumerate(shape):
+            dims[4 * i + j] = int(size)
+    error = ctypes.create_string_buffer(512)
+    status = entry(addresses, dims, ranks, len(pointers), out, element_type, block_size, sparse_block_size,
+                   sparsity_factor, scale, stream, error, len(error))
+    if status:
+        raise LSGExportError(error.value.decode(errors="replace"))
+
+
+def block_sparse_attention_cuda(q, k, v, key_mask, global_k, global_v, sparse_k=None, sparse_v=None, sparse_mask=None,
+                                *, block_size, sparse_block_size=0, sparsity_factor=1, scale=0.0, library=None):
+    """The op on CUDA tensors of one dtype (float32, float16 or bfloat16): returns a new (n, h, T, d)
+    tensor, computed on torch's current stream. Same contract as the ONNX op (custom_ops/README.md):
+    without compressed inputs pass None for all three; scale 0 = 1/sqrt(head_dim)."""
+    import torch
+
+    inputs = [q, k, v, key_mask, global_k, global_v]
+    if sparse_k is not None or sparse_v is not None or sparse_mask is not None:
+        inputs += [sparse_k, sparse_v, sparse_mask]
+    if any(not isinstance(x, torch.Tensor) for x in inputs):
+        raise LSGExportError("the compressed inputs are given all three or none")
+    if any(x.device != q.device or x.dtype != q.dtype for x in inputs) or q.device.type != "cuda":
+        raise LSGExportError("every input must be a CUDA tensor on one device, of one dtype")
+    dtype = str(q.dtype).removeprefix("torch.")
+    if dtype not in ELEMENT_TYPES:
+        raise LSGExportError(f"dtype {q.dtype} is not supported (float32, float16, bfloat16)")
+    inputs = [x.contiguous() for x in inputs]  # kept alive until the kernel is enqueued (same stream after)
+    out = torch.empty_like(inputs[0])
+    with torch.cuda.device(q.device):
+        stream = torch.cuda.current_stream(q.device).cuda_stream
+        call_entry(cuda_entry(library), [x.data_ptr() if x.numel() else None for x in inputs],
+                   [tuple(x.shape) for x in inputs], out.data_ptr() if out.numel() else None, ELEMENT_TYPES[dtype],
+                   block_size, sparse_block_size, sparsity_factor, scale, stream)
+    return out
+
+
+__all__ = ["block_sparse_attention_cuda", "call_entry", "cuda_entry", "ELEMENT_TYPES"]
