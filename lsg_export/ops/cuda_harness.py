@@ -15,7 +15,8 @@ import functools
 from ..errors import LSGExportError
 
 ENTRY = "lsg_block_sparse_attention_cuda"
-NUM_INPUTS = 9
+INPUT_NAMES = ("q", "k", "v", "key_mask", "global_k", "global_v", "sparse_k", "sparse_v", "sparse_mask")
+NUM_INPUTS = len(INPUT_NAMES)
 ELEMENT_TYPES = {"float32": 0, "float16": 1, "bfloat16": 2}  # lsg::ElementType
 
 
@@ -85,4 +86,4 @@ def block_sparse_attention_cuda(q, k, v, key_mask, global_k, global_v, sparse_k=
     return out
 
 
-__all__ = ["block_sparse_attention_cuda", "call_entry", "cuda_entry", "ELEMENT_TYPES"]
+__all__ = ["block_sparse_attention_cuda", "call_entry", "cuda_entry", "ELEMENT_TYPES", "INPUT_NAMES"]

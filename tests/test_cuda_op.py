@@ -1,0 +1,285 @@
+"""ai.lsg.BlockSparseAttention on CUDA.
+
+On any machine with nvcc (CI): the CUDA sources compile (one architecture), the library's C entry
+runs the op's checks, and the CPU kernel of that build still matches PyTorch. On a GPU (marked
+`gpu`): the kernel through the ctypes harness against lsg_attention.block_attention, the ONNX
+Runtime CUDA op against the CPU op, and the MiniLM-LSG export with the custom op on CUDA.
+"""
+import functools
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from lsg_export import ops
+from lsg_export.errors import LSGExportError
+from lsg_export.modeling.lsg_attention import LSGAttention, block_attention
+from lsg_export.ops import cuda_harness
+
+SPARSITY_TYPES = ("norm", "pooling", "stride", "block_stride", "bos_pooling", "none")
+DTYPES = {"float32": (torch.float32, 1e-4), "float16": (torch.float16, 2e-2), "bfloat16": (torch.bfloat16, 2e-2)}
+
+
+@functools.lru_cache(maxsize=None)
+def gpu_skip_reason(need_ort=False):
+    """None when the GPU tests can run, else the one reason they cannot."""
+    if not torch.cuda.is_available():
+        return "needs a CUDA GPU and a CUDA build of torch"
+    if ops._find_nvcc() is None:
+        return "needs nvcc to build the CUDA kernel"
+    if need_ort:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return "needs onnxruntime-gpu"
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            return "needs onnxruntime-gpu (this onnxruntime has no CUDAExecutionProvider)"
+    return None
+
+
+def requires_gpu(need_ort=False):
+    reason = gpu_skip_reason(need_ort)
+    if reason:
+        pytest.skip(reason)
+
+
+def make_case(seed, n, h, blocks, d, g, bs, sbs, sf, sparsity_type, lengths, device="cpu"):
+    """Float32 inputs of the op (masked tail per row) and block_attention's output, on `device`."""
+    generator = torch.Generator().manual_seed(seed)
+    t = blocks * bs
+    q, k, v = (torch.randn(n, h, t, d, generator=generator) for _ in range(3))
+    global_k, global_v = (torch.randn(n, h, g, d, generator=generator) for _ in range(2))
+    key_mask = torch.zeros(n, 1, t, 1)
+    for row, length in enumerate(lengths):
+        key_mask[row, :, length:] = torch.finfo(torch.float32).min
+    sparse = []
+    if sparsity_type != "none" and sbs:
+        config = types.SimpleNamespace(block_size=bs, sparse_block_size=sbs, sparsity_factor=sf,
+                                       sparsity_type=sparsity_type, num_global_tokens=max(g, 1))
+        sparse = list(LSGAttention(config).compress(q, k, v, key_mask))
+    expected = block_attention(q, k, v, key_mask, global_k, global_v, *(sparse or [None] * 3), bs, sbs, sf)
+    inputs = [x.contiguous().to(device) for x in [q, k, v, key_mask, global_k, global_v, *sparse]]
+    return inputs, expected.to(device)
+
+
+def as_dtype(inputs, dtype):
+    # masks: float16's lowest at most (finfo(float32).min would round to -inf, which is masked too)
+    return [x.clamp(min=-65504).to(dtype) if x.dtype != dtype else x for x in inputs]
+
+
+# --- CPU: the CUDA sources compile, the C entry checks its inputs ---------------------------------
+
+def test_cuda_sources_compile(tmp_path, monkeypatch):
+    if ops._find_nvcc() is None:
+        pytest.skip("nvcc not found")
+    monkeypatch.setenv("ORT_INCLUDE_DIR", str(ops.ort_include_dir()))
+    monkeypatch.setenv("LSG_EXPORT_CACHE", str(tmp_path))  # a fresh build, not the cached one
+    monkeypatch.setenv("LSG_OPS_CUDA_ARCHS", "80")  # one architecture: the CI time budget
+    library = ops.build_ops(cuda=True)
+    assert library.is_file() and str(tmp_path) in str(library)
+    entry = cuda_harness.cuda_entry(library)  # the C entry is exported
+
+    shapes = [(1, 2, 32, 64)] * 3 + [(1, 1, 32, 1), (1, 2, 1, 64), (1, 2, 1, 64)]
+    fake = [16] * 6  # never dereferenced: the checks come first
+    with pytest.raises(LSGExportError, match="not a multiple of block_size 12"):
+        cuda_harness.call_entry(entry, fake, shapes, 16, 1, 12)
+    with pytest.raises(LSGExportError, match="all three or none"):
+        cuda_harness.call_entry(entry, fake + [16, 16, None], shapes + [(1, 2, 16, 64)] * 2 + [(0,)], 16, 1, 16, 16, 2)
+    with pytest.raises(LSGExportError, match="'k' has shape"):
+        cuda_harness.call_entry(entry, fake, [shapes[0], (1, 2, 16, 64)] + shapes[2:], 16, 1, 16)
+    with pytest.raises(LSGExportError, match="sparsity_factor must be >= 1 and divide block_size"):
+        cuda_harness.call_entry(entry, fake, shapes, 16, 1, 16, 0, 3)
+    if not ops._gpu_visible():  # valid shapes reach CUDA, which reports the missing GPU as an error
+        with pytest.raises(LSGExportError) as error:
+            cuda_harness.call_entry(entry, fake, shapes, 16, 1, 16)
+        assert "block_size" not in str(error.value) and str(error.value)
+
+    # the CPU kernel of a CUDA build is the same
+    ort = pytest.importorskip("onnxruntime")
+    from test_custom_op import op_model
+
+    inputs, expected = make_case(0, 2, 3, 5, 32, 2, 16, 16, 2, "pooling", [80, 37])
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(str(library))
+    session = ort.InferenceSession(op_model(len(inputs), 16, 16, 2), options, providers=["CPUExecutionProvider"])
+    out = session.run(None, dict(zip(cuda_harness.INPUT_NAMES, [x.numpy() for x in inputs])))[0]
+    assert np.abs(out - expected.numpy()).max() <= 1e-5
+
+
+def test_default_build_needs_a_gpu(monkeypatch):
+    monkeypatch.setattr(ops, "_find_nvcc", lambda: "/usr/local/cuda/bin/nvcc")
+    monkeypatch.setattr(ops, "_gpu_visible", lambda: False)
+    assert ops._cuda_choice(None)[0] is False  # nvcc alone: the CPU build
+    assert ops._cuda_choice(True)[0] is True
+    monkeypatch.setattr(ops, "_gpu_visible", lambda: True)
+    monkeypatch.setenv("LSG_OPS_CUDA_ARCHS", "90")
+    assert ops._cuda_choice(None) == (True, "/usr/local/cuda/bin/nvcc", "90")
+    monkeypatch.setattr(ops, "_find_nvcc", lambda: None)
+    assert ops._cuda_choice(None)[0] is False
+    with pytest.raises(LSGExportError, match="nvcc is not found"):
+        ops._cuda_choice(True)
+
+
+# --- GPU: the kernel through the ctypes harness ---------------------------------------------------
+
+def run_harness(inputs, bs, sbs, sf, **kwargs):
+    return cuda_harness.block_sparse_attention_cuda(*inputs, block_size=bs, sparse_block_size=sbs,
+                                                    sparsity_factor=sf, **kwargs)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("sparsity_type", SPARSITY_TYPES)
+@pytest.mark.parametrize("d", [32, 64, 128])
+@pytest.mark.parametrize("g", [1, 7])
+def test_kernel_matches_block_attention(dtype, sparsity_type, d, g):
+    requires_gpu()
+    torch_dtype, atol = DTYPES[dtype]
+    bs, sf = 16, 2
+    sbs = 16 if sparsity_type != "none" else 0
+    for seed, (blocks, lengths) in enumerate([(1, [16, 9]), (2, [32, 20]), (6, [96, 41]), (11, [176, 3])]):
+        inputs, expected = make_case(seed, 2, 3, blocks, d, g, bs, sbs, sf, sparsity_type, lengths, "cuda")
+        out = run_harness(as_dtype(inputs, torch_dtype), bs, sbs, sf)
+        assert out.dtype == torch_dtype and out.shape == expected.shape
+        assert (out.float() - expected).abs().max().item() <= atol, (blocks, lengths)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("d", [64, 128])
+def test_kernel_bert_geometry(dtype, d):
+    """bs 128 (two query tiles per block), 641 keys per block (eleven 64-key tiles), padding."""
+    requires_gpu()
+    torch_dtype, atol = DTYPES[dtype]
+    inputs, expected = make_case(1, 2, 4, 12, d, 1, 128, 128, 2, "norm", [1536, 1000], "cuda")
+    out = run_harness(as_dtype(inputs, torch_dtype), 128, 128, 2)
+    assert (out.float() - expected).abs().max().item() <= atol
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bs,sbs,sf,sparsity_type", [(8, 4, 4, "pooling"), (16, 48, 2, "stride"),
+                                                     (32, 8, 8, "block_stride"), (4, 4, 1, "norm"),
+                                                     (16, 24, 4, "bos_pooling"), (64, 32, 4, "norm")])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_kernel_other_geometries(bs, sbs, sf, sparsity_type, dtype):
+    requires_gpu()
+    torch_dtype, atol = DTYPES[dtype]
+    inputs, expected = make_case(3, 1, 4, 7, 64, 2, bs, sbs, sf, sparsity_type, [7 * bs - 5], "cuda")
+    out = run_harness(as_dtype(inputs, torch_dtype), bs, sbs, sf)
+    assert (out.float() - expected).abs().max().item() <= atol
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_kernel_mask_shapes_scale_and_empty_sparse(dtype):
+    requires_gpu()
+    torch_dtype, atol = DTYPES[dtype]
+    inputs, expected = make_case(4, 2, 3, 4, 64, 1, 16, 16, 2, "pooling", [64, 30], "cuda")
+    inputs = as_dtype(inputs, torch_dtype)
+    flat_mask = inputs[3].reshape(2, 64)  # (n, T) as well as (n, 1, T, 1)
+    out = run_harness(inputs[:3] + [flat_mask] + inputs[4:], 16, 16, 2)
+    assert (out.float() - expected).abs().max().item() <= atol
+    scaled = run_harness([inputs[0] * 2] + inputs[1:], 16, 16, 2, scale=0.5 / 8.0)
+    assert (scaled.float() - out.float()).abs().max().item() <= atol
+    # sparse_block_size 0 ignores the compressed inputs; empty ones mean none
+    local, local_expected = make_case(4, 2, 3, 4, 64, 1, 16, 0, 2, "none", [64, 30], "cuda")
+    local = as_dtype(local, torch_dtype)
+    assert (run_harness(inputs, 16, 0, 2).float() - local_expected).abs().max().item() <= atol
+    empty = [inputs[0].new_zeros(2, 3, 0, 64)] * 2 + [inputs[0].new_zeros(2, 1, 0, 1)]
+    assert (run_harness(local + empty, 16, 16, 2).float() - local_expected).abs().max().item() <= atol
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_kernel_unaligned_and_odd_head_dim(dtype):
+    """The CUDA-core path: head_dim 48, and float16/bfloat16 pointers off 16-byte alignment."""
+    requires_gpu()
+    torch_dtype, atol = DTYPES[dtype]
+    inputs, expected = make_case(5, 1, 2, 5, 48, 3, 16, 16, 2, "norm", [70], "cuda")
+    out = run_harness(as_dtype(inputs, torch_dtype), 16, 16, 2)
+    assert (out.float() - expected).abs().max().item() <= atol
+    inputs, expected = make_case(6, 1, 2, 5, 64, 3, 16, 16, 2, "norm", [70], "cuda")
+    shifted = []
+    for x in as_dtype(inputs, torch_dtype):  # same values, data pointer 1 element past an aligned one
+        buffer = torch.empty(x.numel() + 1, dtype=x.dtype, device=x.device)
+        buffer[1:] = x.reshape(-1)
+        shifted.append(buffer[1:].view(x.shape))
+    out = run_harness(shifted, 16, 16, 2)
+    assert (out.float() - expected).abs().max().item() <= atol
+
+
+@pytest.mark.gpu
+def test_kernel_row_without_keys_outputs_zero():
+    requires_gpu()
+    inputs, expected = make_case(7, 2, 2, 3, 64, 0, 16, 0, 2, "none", [48, 0], "cuda")
+    for dtype in ("float32", "float16"):
+        torch_dtype, atol = DTYPES[dtype]
+        out = run_harness(as_dtype(inputs, torch_dtype), 16, 0, 2).float()
+        assert (out[0] - expected[0]).abs().max().item() <= atol
+        assert torch.count_nonzero(out[1]).item() == 0  # G = 0 and every key masked: 0, not NaN
+
+
+@pytest.mark.gpu
+def test_kernel_runs_on_the_current_stream():
+    requires_gpu()
+    inputs, expected = make_case(8, 1, 12, 16, 64, 1, 128, 128, 2, "norm", [2048], "cuda")
+    halves = as_dtype(inputs, torch.float16)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        out = run_harness(halves, 128, 128, 2)
+        out_sum = out.float().sum()  # ordered after the kernel on the same stream
+    stream.synchronize()
+    assert (out.float() - expected).abs().max().item() <= 2e-2
+    assert torch.isfinite(out_sum).item()
+
+
+# --- GPU: the ONNX Runtime CUDA op ---------------------------------------------------------------
+
+def ort_session(model, provider):
+    """A session of `model` on one provider; on CUDA, loading fails if any node would fall back to the CPU."""
+    import onnxruntime as ort
+
+    options = ops.session_options_with_ops()
+    if provider == "CUDAExecutionProvider":
+        options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    return ort.InferenceSession(model, options, providers=[provider])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("sparsity_type", ["norm", "stride", "none"])
+def test_ort_cuda_op_matches_cpu_op(dtype, sparsity_type):
+    requires_gpu(need_ort=True)
+    from onnx import TensorProto
+    from test_custom_op import op_model
+
+    torch_dtype, atol = DTYPES[dtype]
+    sbs = 128 if sparsity_type != "none" else 0
+    inputs, expected = make_case(9, 2, 4, 8, 64, 1, 128, sbs, 2, sparsity_type, [1024, 700])
+    arrays = [x.numpy() for x in as_dtype(inputs, torch_dtype)]
+    elem = TensorProto.FLOAT16 if dtype == "float16" else TensorProto.FLOAT
+    model = op_model(len(arrays), 128, sbs, 2, elem)
+    feeds = dict(zip(cuda_harness.INPUT_NAMES, arrays))
+    on_cuda = ort_session(model, "CUDAExecutionProvider").run(None, feeds)[0]
+    on_cpu = ort_session(model, "CPUExecutionProvider").run(None, feeds)[0]
+    assert on_cuda.dtype == arrays[0].dtype
+    assert np.abs(on_cuda.astype(np.float32) - on_cpu.astype(np.float32)).max() <= atol
+    assert np.abs(on_cuda.astype(np.float32) - expected.numpy()).max() <= atol
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("seq,fp16", [(4096, False), (4096, True), (16384, False), (16384, True)])
+def test_minilm_custom_op_export_on_cuda(tmp_path, seq, fp16):
+    requires_gpu(need_ort=True)
+    from lsg_export import convert
+    from lsg_export.onnx import export_onnx
+
+    folder = convert(None, tmp_path / "minilm", max_sequence_length=seq).path
+    atol = 2e-2 if fp16 else 1e-4
+    result = export_onnx(folder, tmp_path / "onnx", attention="custom-op", device="cuda", fp16=fp16, atol=atol,
+                         lengths=[1, 1000, seq])
+    report = result.report.to_dict()
+    assert result.passed and report["max_abs_diff"] <= atol, report
+    assert result.info["attention"] == "custom-op" and result.info["device"] == "cuda"
