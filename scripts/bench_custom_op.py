@@ -1,8 +1,8 @@
 """Time ai.lsg.BlockSparseAttention against the gather subgraph it replaces, in ONNX Runtime (CPU).
 
-Same inputs, same thread count: the gather graph is `lsg_attention.block_attention` exported alone
-with torch.onnx.export of a tiny wrapper module. Defaults: MiniLM shapes at 4096 tokens
-(12 heads, head dim 32, bs 128, sbs 128, sf 2, G 1, norm compression).
+Same inputs, same thread count: each attention kind's block attention exported alone
+(lsg_export.onnx.export.export_block_attention): the gather subgraph, and one ai.lsg node.
+Defaults: MiniLM shapes at 4096 tokens (12 heads, head dim 32, bs 128, sbs 128, sf 2, G 1, norm).
 
     python scripts/bench_custom_op.py [--tokens 4096] [--threads N] [--repeat 20]
 """
@@ -13,49 +13,17 @@ import sys
 import tempfile
 import time
 import types
-import warnings
 
 import numpy as np
 import onnxruntime as ort
 import torch
-from onnx import TensorProto, helper
 
-from lsg_export import ops
 from lsg_export.modeling.lsg_attention import LSGAttention, block_attention
+from lsg_export.onnx.backends import get_attention_backend
+from lsg_export.onnx.export import export_block_attention
+from lsg_export.onnx.validate import make_session
 
 NAMES = ("q", "k", "v", "key_mask", "global_k", "global_v", "sparse_k", "sparse_v", "sparse_mask")
-
-
-class BlockAttention(torch.nn.Module):
-    def __init__(self, bs, sbs, sf):
-        super().__init__()
-        self.geometry = (bs, sbs, sf)
-
-    def forward(self, q, k, v, key_mask, global_k, global_v, sparse_k, sparse_v, sparse_mask):
-        return block_attention(q, k, v, key_mask, global_k, global_v, sparse_k, sparse_v, sparse_mask,
-                               *self.geometry)
-
-
-def export_gather_graph(inputs, bs, sbs, sf, path):
-    module = BlockAttention(bs, sbs, sf)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(module, tuple(inputs), path, input_names=list(NAMES), output_names=["out"],
-                              opset_version=17, dynamo=False)
-        except Exception:  # the TorchScript exporter is gone from this torch: the dynamo one
-            torch.onnx.export(module, tuple(inputs), path, input_names=list(NAMES), output_names=["out"],
-                              opset_version=18, dynamo=True, external_data=False)
-
-
-def op_graph(bs, sbs, sf):
-    node = helper.make_node(ops.OP_TYPE, list(NAMES), ["out"], domain=ops.DOMAIN, block_size=bs,
-                            sparse_block_size=sbs, sparsity_factor=sf)
-    graph = helper.make_graph([node], "op", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in NAMES],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                    helper.make_opsetid(ops.DOMAIN, ops.OP_VERSION)], ir_version=10)
-    return model.SerializeToString()
 
 
 def timed(session, feeds, repeat, warmup=3):
@@ -102,15 +70,14 @@ def main(argv=None):
     options.intra_op_num_threads = args.threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "gather.onnx")
-        export_gather_graph(inputs, bs, sbs, sf, path)
-        gather = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        gather_time, gather_out = timed(gather, {i.name: feeds[i.name] for i in gather.get_inputs()}, args.repeat)
-
-    custom = ort.InferenceSession(op_graph(bs, sbs, sf), ops.session_options_with_ops(options),
-                                  providers=["CPUExecutionProvider"])
-    op_time, op_out = timed(custom, feeds, args.repeat)
+        for kind in ("gather", "custom-op"):  # each attention kind's block attention alone, same inputs
+            backend = get_attention_backend(kind)
+            path = export_block_attention(backend, inputs, os.path.join(tmp, f"{kind}.onnx"), bs, sbs, sf)
+            session = make_session(path, "cpu", backend, options)
+            results[kind] = timed(session, {i.name: feeds[i.name] for i in session.get_inputs()}, args.repeat)
+    (gather_time, gather_out), (op_time, op_out) = results["gather"], results["custom-op"]
 
     print(f"shapes: n={n} h={h} T={t} d={d} bs={bs} sbs={sbs} sf={sf} G={args.globals} "
           f"sparsity={args.sparsity_type}; ORT {ort.__version__}, {args.threads} intra-op threads, "

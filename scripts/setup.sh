@@ -7,3 +7,5 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 "$PY" -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
 "$PY" -m pip install -q -e ".[${EXTRAS:-cpu,test}]"
+# the custom-op library (CMake Release build, cached; ONNX Runtime headers fetched once with npm pack)
+"$PY" -m lsg_export.cli build-ops

@@ -81,6 +81,25 @@ def extra_cases():
                  dict(quantize="int8"), dense=False)]
 
 
+def custom_op_cases():
+    """--attention custom-op: the families and tasks spread over every deterministic sparsity type, G in
+    {1, 7}, mask_first_token on and off, sf 2 and 4, with --optimize O2 and int8 once."""
+    op = {"attention": "custom-op"}
+    return [Case("op-bert-Model", "bert", "Model", dict(sparsity_type="norm"), op),
+            Case("op-roberta-ForMaskedLM", "roberta", "ForMaskedLM",
+                 dict(sparsity_type="pooling", num_global_tokens=7, mask_first_token=True), op),
+            Case("op-distilbert-ForSequenceClassification", "distilbert", "ForSequenceClassification",
+                 dict(sparsity_type="bos_pooling", sparsity_factor=4), op),
+            Case("op-albert-ForTokenClassification", "albert", "ForTokenClassification",
+                 dict(sparsity_type="stride", num_global_tokens=7), {**op, "optimize": "O2"}),
+            Case("op-xlm-roberta-ForQuestionAnswering", "xlm-roberta", "ForQuestionAnswering",
+                 dict(sparsity_type="block_stride", mask_first_token=True), op),
+            Case("op-camembert-ForMultipleChoice", "camembert", "ForMultipleChoice",
+                 dict(sparsity_type="none", num_global_tokens=7), op),
+            Case("op-int8", "bert", "ForSequenceClassification", dict(sparsity_type="pooling"),
+                 {**op, "quantize": "int8"}, dense=False)]
+
+
 def convert_case(case, root):
     from lsg_export import convert
     from lsg_export.families import FAMILIES
@@ -111,6 +130,9 @@ def dense_compare(onnx_folder, model_folder, task, lengths, batch_sizes, seed=0)
     module = TaskModule(load_torch_model(info), task).eval()
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
+    if meta.get("custom_ops"):
+        from lsg_export.ops import session_options_with_ops
+        options = session_options_with_ops(options)
     session = ort.InferenceSession(str(Path(onnx_folder) / "model.onnx"), options,
                                    providers=["CPUExecutionProvider"])
     feeds = [i.name for i in session.get_inputs()]
@@ -158,10 +180,12 @@ def run_case(case, root):
 
 
 MINILM_LENGTHS = [1, 37, 129, 300, 1000, 4096]
+MINILM_OP_LENGTHS = [129, 4096]
 
 
 def run_minilm(root):
-    """Worker: the bundled MiniLM converted (defaults) and exported at --seq 4096, validated at MINILM_LENGTHS."""
+    """Worker: the bundled MiniLM converted (defaults) and exported at --seq 4096, validated at MINILM_LENGTHS,
+    then exported with --attention custom-op, validated at MINILM_OP_LENGTHS."""
     import torch
     torch.set_num_threads(1)
     from lsg_export import convert
@@ -175,6 +199,11 @@ def run_minilm(root):
         data = {"case": "minilm", "folder": str(folder), "onnx": str(folder / "onnx"), "task": result.task,
                 "info": result.info, "passed": result.passed, "report": result.report.to_dict(),
                 "export_seconds": time.perf_counter() - export_started}
+        # the same model with --attention custom-op, validated at the longest length
+        result = export_onnx(folder, folder / "onnx-op", seq=4096, lengths=MINILM_OP_LENGTHS, batch_size=2,
+                             attention="custom-op", force=True)
+        data["custom_op"] = {"onnx": str(folder / "onnx-op"), "info": result.info, "passed": result.passed,
+                             "report": result.report.to_dict()}
     except Exception:
         data = {"case": "minilm", "error": traceback.format_exc()}
     data["seconds"] = time.perf_counter() - started
@@ -184,3 +213,26 @@ def run_minilm(root):
 def worker_init():
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def run_all(root):
+    """{case name: result dict} of every export, in two spawned workers (MiniLM first: the longest)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch's threads
+    every = matrix_cases() + extra_cases() + custom_op_cases()
+    with ProcessPoolExecutor(max_workers=2, mp_context=context, initializer=worker_init) as pool:
+        minilm = pool.submit(run_minilm, str(root))
+        futures = {case.name: pool.submit(run_case, case, str(root)) for case in every}
+        results = {name: future.result() for name, future in futures.items()}
+        results["minilm"] = minilm.result()
+    return results
+
+
+def case_result(exported, name):
+    """One case's result dict; the test fails with the export's traceback if it raised."""
+    import pytest
+    data = exported[name]
+    if "error" in data:
+        pytest.fail(f"{name}: the export raised\n{data['error']}")
+    return data

@@ -69,17 +69,43 @@ def make_case(seed, n, h, blocks, d, g, block_size, sparse_block_size, sparsity_
 SPARSITY_TYPES = ("norm", "pooling", "stride", "block_stride", "bos_pooling", "none")
 
 
+@pytest.fixture(scope="module")
+def gather_graph(tmp_path_factory):
+    """gather_graph(d, sparse) -> an ONNX Runtime session on the gather backend's block attention alone
+    (what `--attention gather` puts in the graph), exported once per head dim and sparse part."""
+    from lsg_export.onnx.backends import get_attention_backend
+    from lsg_export.onnx.export import export_block_attention
+    sessions = {}
+
+    def make(d, sparse):
+        if (d, sparse) not in sessions:
+            arrays, _ = make_case(0, 2, 3, 3, d, 2, 16, 16 if sparse else 0, 2, "pooling" if sparse else "none",
+                                  [48, 30])
+            path = tmp_path_factory.mktemp("gather") / "block_attention.onnx"
+            export_block_attention(get_attention_backend("gather"), [torch.from_numpy(a) for a in arrays], path,
+                                   16, 16 if sparse else 0, 2)
+            sessions[(d, sparse)] = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return sessions[(d, sparse)]
+
+    return make
+
+
 @pytest.mark.parametrize("sparsity_type", SPARSITY_TYPES)
 @pytest.mark.parametrize("d", [32, 64])
 @pytest.mark.parametrize("g", [1, 7])
-def test_matches_block_attention(library, sparsity_type, d, g):
+def test_matches_block_attention_and_gather_graph(library, gather_graph, sparsity_type, d, g):
+    """The op against PyTorch (lsg_attention.block_attention) and against the gather subgraph it replaces,
+    on the same inputs: 1 to 11 blocks, a padded row."""
     bs, sbs, sf = 16, 16, 2
+    sparse = sparsity_type != "none"
+    gather = gather_graph(d, sparse)
     for seed, (blocks, lengths) in enumerate([(1, [16, 9]), (2, [32, 20]), (6, [96, 41]), (11, [176, 3])]):
-        arrays, expected = make_case(seed, 2, 3, blocks, d, g, bs, sbs if sparsity_type != "none" else 0, sf,
-                                     sparsity_type, lengths)
-        out = run_op(library, arrays, bs, sbs if sparsity_type != "none" else 0, sf)
+        arrays, expected = make_case(seed, 2, 3, blocks, d, g, bs, sbs if sparse else 0, sf, sparsity_type, lengths)
+        out = run_op(library, arrays, bs, sbs if sparse else 0, sf)
         assert out.shape == expected.shape and out.dtype == np.float32
         assert np.abs(out - expected).max() <= 1e-5, (blocks, lengths)
+        reference = gather.run(None, dict(zip(INPUTS, arrays)))[0]
+        assert np.abs(out - reference).max() <= 1e-5, (blocks, lengths)
 
 
 @pytest.mark.parametrize("bs,sbs,sf,sparsity_type", [(8, 4, 4, "pooling"), (16, 48, 2, "stride"),

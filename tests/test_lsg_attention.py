@@ -290,6 +290,7 @@ def test_half_precision_large_scores(sparsity_type, dtype):
     (8, 4, 2, "norm", -3, "num_global_tokens"),
     (8, 4, 2, "bogus", 1, "unknown sparsity_type"),
     (8, 4, 2.0, "norm", 1, "sparsity_factor"),
+    (8, 4, 4, "lsh", 1, "buckets: both must be even"),  # 4 tokens into 1 bucket: no projection to draw
 ])
 def test_validate_rejects(bs, sbs, sf, sparsity_type, g, message):
     with pytest.raises(ValueError, match=message):

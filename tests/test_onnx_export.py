@@ -1,13 +1,12 @@
 """ONNX export (gather attention): one graph correct at every length, for every family and task.
 
-The exports run once, in two spawned worker processes (tests/_onnx_cases.py): every family x head
+The exports run once per session, in two spawned worker processes (tests/_onnx_cases.py, the
+`exported` fixture of conftest.py): every family x head
 (task) on tiny random checkpoints with the LSG options spread over the cases, a few extra cases
 (lsh, int8, O3, a task override) and the bundled MiniLM at --seq 4096. Each tiny case is compared
 with PyTorch at every length 1..40 (5 blocks of 8) and batch sizes 1, 2, 3 with padding."""
 import json
-import multiprocessing
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -26,24 +25,7 @@ MATRIX = cases.matrix_cases()
 EXTRA = {case.name: case for case in cases.extra_cases()}
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """{case name: result dict} of every export, done in parallel (MiniLM first: the longest)."""
-    root = tmp_path_factory.mktemp("onnx-cases")
-    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch's threads
-    with ProcessPoolExecutor(max_workers=2, mp_context=context, initializer=cases.worker_init) as pool:
-        minilm = pool.submit(cases.run_minilm, str(root))
-        futures = {case.name: pool.submit(cases.run_case, case, str(root)) for case in MATRIX + list(EXTRA.values())}
-        results = {name: future.result() for name, future in futures.items()}
-        results["minilm"] = minilm.result()
-    return results
-
-
-def result(exported, name):
-    data = exported[name]
-    if "error" in data:
-        pytest.fail(f"{name}: the export raised\n{data['error']}")
-    return data
+result = cases.case_result  # the `exported` fixture (conftest.py) runs every export once per session
 
 
 # --- every family x task, every sparsity type: parity at every length ---------------------------

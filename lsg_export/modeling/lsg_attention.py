@@ -43,6 +43,12 @@ def validate_lsg_options(block_size, sparse_block_size, sparsity_factor, sparsit
             raise ValueError(f"sparsity_type {sparsity_type!r} works on chunks of min(block_size, sparse_block_size)"
                              f" = {chunk} tokens: it must divide block_size ({block_size}) and be a multiple of "
                              f"sparsity_factor ({sparsity_factor})")
+    if sparsity_type == "lsh" and sparse_block_size:
+        # each round hashes into `buckets` buckets with buckets/2 projections (x and -x): an even count
+        chunk = min(block_size, sparse_block_size)
+        if chunk % 2 or (chunk // sparsity_factor) % 2:
+            raise ValueError(f"sparsity_type 'lsh' hashes chunks of min(block_size, sparse_block_size) = {chunk} "
+                             f"tokens into {chunk // sparsity_factor} buckets: both must be even")
     return sparsity_type
 
 

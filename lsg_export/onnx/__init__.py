@@ -6,12 +6,14 @@
 
 Modules: tasks (task inference, input / output names, dummy inputs), export (torch -> ONNX and the
 attention backends), optimize (fusions, float16, int8), validate (comparison and tables),
-pipeline (the two entry points above).
+pipeline (the two entry points above), backends (gather / custom-op attention), custom_op (the
+torch op and its ONNX node), loading (optimum's ORTModel classes on an export, custom ops registered).
 """
-from .export import ATTENTION_BACKENDS, AttentionBackend, register_attention_backend
+from .backends import ATTENTION_BACKENDS, AttentionBackend, register_attention_backend
+from .loading import load_ort_model
 from .pipeline import ExportResult, export_onnx, validate_onnx
 from .tasks import TASKS
 from .validate import ValidationReport
 
-__all__ = ["export_onnx", "validate_onnx", "ExportResult", "ValidationReport", "TASKS", "ATTENTION_BACKENDS",
+__all__ = ["export_onnx", "validate_onnx", "load_ort_model", "ExportResult", "ValidationReport", "TASKS", "ATTENTION_BACKENDS",
            "AttentionBackend", "register_attention_backend"]

@@ -10,76 +10,19 @@ import contextlib
 import logging
 import time
 import warnings
-from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import LSGExportError
-from ..modeling.lsg_attention import LSGAttention
-from .attention import gather_block_attention
+from ..modeling.lsg_attention import block_attention
+from .backends import (ATTENTION_BACKENDS, MIN_OPSET, AttentionBackend, get_attention_backend,  # noqa: F401
+                       register_attention_backend)
 
-MIN_OPSET = 18  # torch.onnx's dynamo exporter emits opset 18 and above
 MAX_OPSET = 25  # opset 25 needs IR 13, the highest onnxruntime 1.31 loads (18..25 checked)
 DEFAULT_OPSET = 18
 MAX_IR_VERSION = 13  # onnxruntime 1.31 loads IR <= 13 (onnx 1.23 writes 14 by default); the exporter writes 10
 EXTERNAL_DATA_BYTES = 1_800_000_000  # above, weights go to model.onnx.data (protobuf's limit is 2 GB)
 EXTERNAL_DATA_NAME = "model.onnx.data"
-
-
-# --- attention backends: how LSGAttention.block_attention becomes ONNX ---------------------------
-
-@dataclass(frozen=True)
-class AttentionBackend:
-    """One way of putting LSG attention in the graph.
-
-    block_attention: replaces every LSGAttention's `block_attention` while exporting (None: keep the
-        module's own), e.g. a function calling a torch custom op;
-    translations: torch.onnx's custom_translation_table entries (that custom op -> an ONNX node);
-    domains: the op domains the raw graph may use ('' is the standard one);
-    providers: the ONNX Runtime execution providers it runs on;
-    setup_session: called with the SessionOptions of every session that runs the graph (e.g. to
-        register a custom-op library)."""
-    name: str
-    description: str
-    block_attention: object = None
-    translations: dict = field(default_factory=dict)
-    min_opset: int = MIN_OPSET
-    domains: tuple = ("", "ai.onnx")
-    providers: tuple = ("CPUExecutionProvider", "CUDAExecutionProvider")
-    setup_session: object = None
-
-    @contextlib.contextmanager
-    def installed(self, model):
-        modules = [m for m in model.modules() if isinstance(m, LSGAttention)]
-        saved = [m.block_attention for m in modules]
-        try:
-            if self.block_attention is not None:
-                for m in modules:
-                    m.block_attention = self.block_attention
-            yield
-        finally:
-            for m, original in zip(modules, saved):
-                m.block_attention = original
-
-
-ATTENTION_BACKENDS = {}
-
-
-def register_attention_backend(backend):
-    ATTENTION_BACKENDS[backend.name] = backend
-    return backend
-
-
-register_attention_backend(AttentionBackend(
-    "gather", "LSG attention from standard ONNX ops only: every block's keys read by one Gather (attention.py)",
-    block_attention=gather_block_attention))
-
-
-def get_attention_backend(name):
-    try:
-        return ATTENTION_BACKENDS[name]
-    except KeyError:
-        raise LSGExportError(f"unknown attention kind {name!r}; available: {', '.join(ATTENTION_BACKENDS)}") from None
 
 
 # --- export ---------------------------------------------------------------------------------------
@@ -109,13 +52,15 @@ def check_opset(opset, backend):
                              f"ONNX Runtime loads")
 
 
-def export_graph(module, inputs, path, *, output_names, backend, opset, external_data):
-    """module(**inputs) -> path (ONNX), every input dim symbolic. Returns the seconds spent."""
+def export_graph(module, inputs, path, *, output_names, backend, opset, external_data, dynamic_dims=None):
+    """module(**inputs) -> path (ONNX), every input dim symbolic but where `dynamic_dims` ({input name:
+    its symbolic dims}) says otherwise. Returns the seconds spent."""
     start = time.perf_counter()
     names = list(inputs)
     args = tuple(inputs[n] for n in names)
-    dims = {i: torch.export.Dim.DYNAMIC for i in range(args[0].dim())}
-    dynamic_shapes = {name: dims for name in names}
+    dynamic_dims = dynamic_dims or {}
+    dynamic_shapes = {name: {i: torch.export.Dim.DYNAMIC for i in dynamic_dims.get(name, range(inputs[name].dim()))}
+                      for name in names}
     try:
         with quiet_exporter(), torch.no_grad(), backend.installed(module):
             module(*args)  # one eager forward: lsh creates its projections lazily
@@ -273,3 +218,39 @@ def final_graph(path):
         onnx.save_model(model, str(path))  # external data references, if any, are kept as they are
     return {"nodes": len(model.graph.node), "domains": graph_domains(model), "ir_version": model.ir_version,
             "opsets": {o.domain or "ai.onnx": o.version for o in model.opset_import}}
+
+
+# --- the block attention alone (tests and benchmarks of the attention kinds) ----------------------
+
+BLOCK_ATTENTION_INPUTS = ("q", "k", "v", "key_mask", "global_k", "global_v", "sparse_k", "sparse_v", "sparse_mask")
+
+
+class BlockAttention(torch.nn.Module):
+    """One LSGAttention's block attention as a module: what each attention backend puts in the graph."""
+
+    def __init__(self, block_size, sparse_block_size, sparsity_factor):
+        super().__init__()
+        self.geometry = (block_size, sparse_block_size, sparsity_factor)
+        self.block_attention = block_attention
+
+    def forward(self, q, k, v, key_mask, global_k, global_v, sparse_k=None, sparse_v=None, sparse_mask=None):
+        return self.block_attention(q, k, v, key_mask, global_k, global_v, sparse_k, sparse_v, sparse_mask,
+                                    *self.geometry)
+
+
+def export_block_attention(backend, inputs, path, block_size, sparse_block_size, sparsity_factor,
+                           opset=DEFAULT_OPSET):
+    """The `backend`'s block attention alone -> path (ONNX), valid for every batch, head count and length.
+
+    inputs: q, k, v, key_mask, global_k, global_v [, sparse_k, sparse_v, sparse_mask] (tensors);
+    the graph's inputs carry those names, its output is `out`."""
+    module = BlockAttention(block_size, sparse_block_size, sparsity_factor)
+    if backend.block_attention is not None:
+        module.block_attention = backend.block_attention
+    named = dict(zip(BLOCK_ATTENTION_INPUTS, inputs))
+    # batch, heads and lengths symbolic; the head dim is the example's (the scale 1/sqrt(d) is a constant),
+    # and key_mask's head and last dims are 1 (sparse_mask has 1 head or one per head)
+    dims = {name: (0, 2) if name == "key_mask" else (0, 1, 2) for name in named}
+    export_graph(module, named, path, output_names=["out"], backend=backend, opset=opset, external_data=False,
+                 dynamic_dims=dims)
+    return path

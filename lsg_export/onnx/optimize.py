@@ -51,8 +51,38 @@ def heads_and_width(config):
     return heads, width
 
 
-def optimize_graph(path, level, config, device, external_data):
-    """Rewrite `path` in place with optimum's `level`; returns what changed."""
+# what onnxruntime.transformers.optimize_model disables in ONNX Runtime's pass when its own fusions follow
+# (they would hide the patterns the fusions look for); ConstantSharing always
+FUSION_UNFRIENDLY = ["MatMulScaleFusion", "MatMulAddFusion", "MatmulTransposeFusion", "GemmActivationFusion",
+                     "BiasSoftmaxFusion"]
+
+
+def onnxruntime_pass(path, opt_level, device, setup_session, fusions_follow, external_data):
+    """ONNX Runtime's graph optimisations at `opt_level` (1 basic, 2 extended), written to a new file.
+
+    The step optimize_model runs first, done here so that the session is set up as the attention
+    backend needs (a graph with the custom op needs its library registered to load at all)."""
+    import onnxruntime as ort
+    out = path.with_name("model.ort.onnx")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_BASIC if opt_level == 1
+                                        else ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
+    options.optimized_model_filepath = str(out)
+    if external_data:
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                         out.name + ".data")
+    if setup_session is not None:
+        setup_session(options)
+    disabled = ["ConstantSharing"] + (FUSION_UNFRIENDLY if fusions_follow and opt_level > 1 else [])
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    ort.InferenceSession(str(path), options, providers=providers, disabled_optimizers=disabled)
+    return out
+
+
+def optimize_graph(path, level, config, device, external_data, setup_session=None):
+    """Rewrite `path` in place with optimum's `level`; returns what changed.
+
+    setup_session: the attention backend's session set-up (e.g. registering the custom-op library)."""
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
@@ -64,17 +94,28 @@ def optimize_graph(path, level, config, device, external_data):
     options.enable_attention = False
     options.enable_gelu_approximation = spec["gelu_approximation"]
     heads, width = heads_and_width(config)
+    optimized = None
     try:
         with quiet_exporter():
-            optimizer = optimize_model(str(path), "bert", heads, width, optimization_options=options,
-                                       opt_level=spec["opt_level"], use_gpu=device == "cuda",
-                                       only_onnxruntime=not spec["fusions"])
+            optimized = onnxruntime_pass(path, spec["opt_level"], device, setup_session, spec["fusions"],
+                                         external_data)
+            if spec["fusions"]:  # onnxruntime.transformers' fusions on ONNX Runtime's output (opt_level 0: no 2nd pass)
+                model = optimize_model(str(optimized), "bert", heads, width, optimization_options=options,
+                                       opt_level=0, use_gpu=device == "cuda").model
+            else:
+                model = onnx.load(str(optimized))
+    except LSGExportError:
+        raise
     except Exception as error:
         raise LSGExportError(f"--optimize {level} failed ({error.__class__.__name__}: "
                              f"{str(error).splitlines()[0][:200] if str(error) else ''})") from None
-    set_ir_version(optimizer.model)
-    save_model(optimizer.model, path, external_data)
-    after = op_counts(optimizer.model)
+    finally:
+        if optimized is not None:
+            optimized.unlink(missing_ok=True)
+            optimized.with_name(optimized.name + ".data").unlink(missing_ok=True)
+    set_ir_version(model)
+    save_model(model, path, external_data)
+    after = op_counts(model)
     return {"level": level, "opt_level": spec["opt_level"], "transformer_fusions": spec["fusions"],
             "gelu_approximation": spec["gelu_approximation"], "nodes_before": sum(before.values()),
             "nodes_after": sum(after.values()),

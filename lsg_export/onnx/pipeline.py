@@ -167,7 +167,7 @@ def export_onnx(model=None, output=None, *, seq=None, task="auto", opset=DEFAULT
         steps = {"optimize": None, "fp16": False, "quantize": None}
         if optimize != "none":
             status(f"optimizing ({optimize})")
-            steps["optimize"] = optimize_graph(path, optimize, info.config, device, external)
+            steps["optimize"] = optimize_graph(path, optimize, info.config, device, external, backend.setup_session)
         if fp16:
             status("converting to float16")
             steps["fp16"] = to_float16(path, external)
@@ -184,7 +184,7 @@ def export_onnx(model=None, output=None, *, seq=None, task="auto", opset=DEFAULT
         meta = {
             "model": str(info.path.resolve()), "architecture": info.family.class_name(info.head),
             "model_type": info.family.model_type, "task": task, "seq": seq, "opset": opset,
-            "attention": backend.name, "device": device, "inputs": names, "outputs": outputs,
+            "attention": backend.name, "custom_ops": backend.custom_ops, "device": device, "inputs": names, "outputs": outputs,
             "input_axes": list(input_axes(task)), "lsg": info.lsg_options, "graph": graph, **steps,
             "final_graph": final,
             "precision": "fp16" if fp16 else ("int8" if quantize else "fp32"),

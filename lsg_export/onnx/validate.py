@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import LSGExportError
+from ..ops import explain_missing_ops
 from .tasks import make_inputs
 
 DEFAULT_ATOL = {"fp32": 1e-4, "fp16": 1e-2, "O3": 1e-3}  # O3: the tanh Gelu moves results ~1e-4..1e-3
@@ -111,18 +112,23 @@ def text_chunks(ids, batch, length):
     return repeated[:need].reshape(batch, length)
 
 
-def make_session(path, device, backend=None):
-    """An ONNX Runtime session on `device`, set up as the attention backend needs."""
+def make_session(path, device, backend=None, options=None):
+    """An ONNX Runtime session on `device`, set up as the attention backend needs (options: the caller's
+    SessionOptions, e.g. a thread count)."""
     import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
+    if options is None:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
     if backend is not None:
         providers = [p for p in providers if p in backend.providers]
         if backend.setup_session is not None:
             backend.setup_session(options)
     try:
-        return ort.InferenceSession(str(path), options, providers=providers)
+        with explain_missing_ops():  # a graph with the custom op, opened without its library: how to build it
+            return ort.InferenceSession(str(path), options, providers=providers)
+    except LSGExportError:
+        raise
     except Exception as error:
         raise LSGExportError(f"ONNX Runtime cannot load {path} ({str(error).splitlines()[0][:300]})") from None
 

@@ -1,0 +1,81 @@
+"""Attention backends: how LSGAttention.block_attention becomes ONNX.
+
+An export swaps every LSGAttention's `block_attention` for the backend's function while torch.export
+traces the model, so the kind of attention in the graph is one switch (`--attention`):
+
+  gather     standard ONNX ops only: every block's keys read by one Gather (attention.py);
+  custom-op  one ai.lsg.BlockSparseAttention node per layer, run by the custom-op library (custom_op.py).
+"""
+import contextlib
+from dataclasses import dataclass, field
+
+from ..errors import LSGExportError
+from ..modeling.lsg_attention import LSGAttention
+from . import custom_op
+from .attention import gather_block_attention
+
+MIN_OPSET = 18  # torch.onnx's dynamo exporter emits opset 18 and above
+
+
+@dataclass(frozen=True)
+class AttentionBackend:
+    """One way of putting LSG attention in the graph.
+
+    block_attention: replaces every LSGAttention's `block_attention` while exporting (None: keep the
+        module's own), e.g. a function calling a torch custom op;
+    translations: torch.onnx's custom_translation_table entries (that custom op -> an ONNX node);
+    domains: the op domains the raw graph may use ('' is the standard one);
+    providers: the ONNX Runtime execution providers it runs on;
+    setup_session: called with the SessionOptions of every session that runs the graph (e.g. to
+        register a custom-op library);
+    custom_ops: what export.json records about a library the graph needs (None: none)."""
+    name: str
+    description: str
+    block_attention: object = None
+    translations: dict = field(default_factory=dict)
+    min_opset: int = MIN_OPSET
+    domains: tuple = ("", "ai.onnx")
+    providers: tuple = ("CPUExecutionProvider", "CUDAExecutionProvider")
+    setup_session: object = None
+    custom_ops: dict = None
+
+    @contextlib.contextmanager
+    def installed(self, model):
+        modules = [m for m in model.modules() if isinstance(m, LSGAttention)]
+        saved = [m.block_attention for m in modules]
+        try:
+            if self.block_attention is not None:
+                for m in modules:
+                    m.block_attention = self.block_attention
+            yield
+        finally:
+            for m, original in zip(modules, saved):
+                m.block_attention = original
+
+
+ATTENTION_BACKENDS = {}
+
+
+def register_attention_backend(backend):
+    ATTENTION_BACKENDS[backend.name] = backend
+    return backend
+
+
+def get_attention_backend(name):
+    try:
+        return ATTENTION_BACKENDS[name]
+    except KeyError:
+        raise LSGExportError(f"unknown attention kind {name!r}; available: {', '.join(ATTENTION_BACKENDS)}") from None
+
+
+register_attention_backend(AttentionBackend(
+    "gather", "LSG attention from standard ONNX ops only: every block's keys read by one Gather (attention.py)",
+    block_attention=gather_block_attention))
+register_attention_backend(AttentionBackend(
+    "custom-op", f"LSG block attention as one {custom_op.DOMAIN}.{custom_op.OP_TYPE} node per layer, run by the "
+    "custom-op library (lsg-export build-ops; custom_op.py)",
+    block_attention=custom_op.custom_op_block_attention,
+    translations={custom_op.TORCH_OP: custom_op.translate_block_sparse_attention},
+    domains=("", "ai.onnx", custom_op.DOMAIN),
+    setup_session=custom_op.register_library,
+    custom_ops=custom_op.LIBRARY_RECORD))
