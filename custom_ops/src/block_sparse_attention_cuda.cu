@@ -10,9 +10,11 @@
 // global memory and every key a tile holds is visible (only the last tile has padding keys).
 //
 // Two paths:
-// - tensor cores (float16 / bfloat16, head_dim 32, 64, 128): 4 warps x 16 query rows, 64-key
-//   tiles, mma.sync m16n8k16 with float32 accumulators; S = Q K^T and O = P V stay in registers
-//   (the S accumulator fragment is the P operand fragment, as in FlashAttention-2);
+// - tensor cores (float16 / bfloat16, head_dim 32, 64, 128): 8 warps (4 for head_dim 128) x 16
+//   query rows, 64-key tiles, mma.sync m16n8k16 with float32 accumulators; S = Q K^T and O = P V
+//   stay in registers (the S accumulator fragment is the P operand fragment, as in
+//   FlashAttention-2), and (head_dim <= 64) the next tile's keys and values are loaded while the
+//   current one is computed;
 // - CUDA cores (float32, other head dims, unaligned pointers): 8 threads per query row, 32-key
 //   tiles, float32 FMA; exact enough for the float32 contract (1e-4 against PyTorch).
 #include <cuda_bf16.h>
@@ -258,20 +260,27 @@ __global__ void __launch_bounds__(kSimtThreads) simt_kernel(const Params p) {
 // ---------------------------------------------------------------------------------------------
 // Tensor-core path: float16 / bfloat16, head_dim D in {32, 64, 128}.
 
-constexpr int kMmaWarps = 4;
-constexpr int kMmaThreads = 32 * kMmaWarps;
-constexpr int kMmaRows = 16 * kMmaWarps;  // query rows per thread block: 16 per warp
-constexpr int kMmaKeys = 64;              // keys per tile
-constexpr int kVStride = kMmaKeys + 8;    // elements per row of the transposed value tile
+// Warps per thread block: 8 (128 query rows, one thread block per LSG block of 128) where the
+// registers allow two such blocks per SM, 4 for head_dim 128. More rows per thread block means
+// fewer reads of the same keys.
+template <int D>
+constexpr int kMmaWarps = D == 128 ? 4 : 8;
+template <int D>
+constexpr int kMmaRows = 16 * kMmaWarps<D>;  // query rows per thread block: 16 per warp
+constexpr int kMmaKeys = 64;                 // keys per tile
+constexpr int kVStride = kMmaKeys + 8;       // elements per row of the transposed value tile
 
 // Elements per row of the query/key tile: 8 more than D keeps rows 16-byte aligned and makes
 // the 32-bit fragment reads of 8 rows x 4 columns hit 32 different banks.
 template <int D>
 constexpr int kKStride = D + 8;
+template <int D>
+constexpr int kTileRows = kMmaRows<D> > kMmaKeys ? kMmaRows<D> : kMmaKeys;  // the queries, then each key tile
 
 template <int D>
 __host__ __device__ constexpr size_t mma_tile_bytes() {
-  return (static_cast<size_t>(kMmaRows) * kKStride<D> + static_cast<size_t>(D) * kVStride) * 2 + kMmaKeys * sizeof(float);
+  return (static_cast<size_t>(kTileRows<D>) * kKStride<D> + static_cast<size_t>(D) * kVStride) * 2 +
+         kMmaKeys * sizeof(float);
 }
 
 __device__ __forceinline__ uint32_t load32(const void* shared) { return *static_cast<const uint32_t*>(shared); }
@@ -312,32 +321,35 @@ __device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], uint32
 //   B (16 x 8):  b0 = (k 2t..2t+1, n g), b1 = (k 2t+8..2t+9, n g)
 //   C (16 x 8):  c[0..1] = (g, 2t..2t+1), c[2..3] = (g+8, 2t..2t+1)
 template <typename T, int D>
-__global__ void __launch_bounds__(kMmaThreads) mma_kernel(const Params p) {
-  constexpr int kStride = kKStride<D>;
-  constexpr int kVectors = D / 8;  // 16-byte vectors per row
+__global__ void __launch_bounds__(32 * kMmaWarps<D>) mma_kernel(const Params p) {
+  constexpr int kThreads = 32 * kMmaWarps<D>, kRows = kMmaRows<D>, kStride = kKStride<D>;
+  constexpr int kVectors = D / 8;                            // 16-byte vectors per row
+  constexpr int kPerThread = kMmaKeys * kVectors / kThreads;  // key (and value) vectors per thread per tile
+  static_assert(kMmaKeys * kVectors % kThreads == 0, "whole vectors per thread");
+  constexpr bool kPrefetch = kPerThread <= 4;  // registers for the next tile (not with head_dim 128)
   extern __shared__ float4 smem4[];
   const BlockSparseShape& s = p.s;
   const int bs = static_cast<int>(s.block_size);
-  const int tiles = (bs + kMmaRows - 1) / kMmaRows;
+  const int tiles = (bs + kRows - 1) / kRows;
   const int64_t block = blockIdx.x / tiles;
-  const int row0 = (blockIdx.x % tiles) * kMmaRows;
+  const int row0 = (blockIdx.x % tiles) * kRows;
   const int64_t h = blockIdx.y, b = blockIdx.z, bh = b * s.heads + h;
 
-  T* ks = reinterpret_cast<T*>(smem4);  // kMmaRows x kStride: the queries first, then each key tile
-  T* vt = ks + kMmaRows * kStride;      // D x kVStride: the value tile, transposed
+  T* ks = reinterpret_cast<T*>(smem4);     // kTileRows x kStride: the queries first, then each key tile
+  T* vt = ks + kTileRows<D> * kStride;     // D x kVStride: the value tile, transposed
   float* tile_bias = reinterpret_cast<float*>(vt + D * kVStride);
   int* codes = reinterpret_cast<int*>(tile_bias + kMmaKeys);
   float* biases = reinterpret_cast<float*>(codes + s.max_keys());
   int* warp_counts = reinterpret_cast<int*>(biases + s.max_keys());
 
   const T* q = static_cast<const T*>(p.t.q) + (bh * s.length + block * bs) * D;
-  for (int i = threadIdx.x; i < kMmaRows * kVectors; i += kMmaThreads) {
+  for (int i = threadIdx.x; i < kRows * kVectors; i += kThreads) {
     const int r = i / kVectors, c = (i % kVectors) * 8;
     float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     if (row0 + r < bs) x = __ldg(reinterpret_cast<const float4*>(q + (row0 + r) * static_cast<int64_t>(D) + c));
     *reinterpret_cast<float4*>(ks + r * kStride + c) = x;
   }
-  const int count = build_key_list<T, kMmaThreads>(p, b, h, block, codes, biases, warp_counts);
+  const int count = build_key_list<T, kThreads>(p, b, h, block, codes, biases, warp_counts);
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
@@ -353,6 +365,24 @@ __global__ void __launch_bounds__(kMmaThreads) mma_kernel(const Params p) {
       qf[kk][3] = load32(q1 + kk * 16 + 8);
     }
   }
+
+  // The next tile's keys and values travel in registers while the current tile is computed
+  // (kPrefetch): thread i holds vectors i, i + kThreads, ... of the tile (key j = i / kVectors).
+  float4 next_k[kPerThread], next_v[kPerThread];
+  auto fetch = [&](int t0) {
+#pragma unroll
+    for (int e = 0; e < kPerThread; ++e) {
+      const int i = threadIdx.x + e * kThreads, j = i / kVectors, c = (i % kVectors) * 8;
+      next_k[e] = next_v[e] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);  // padding keys: zeros (never NaN)
+      if (t0 + j < count) {
+        const T *krow, *vrow;
+        key_rows<T>(p, bh, codes[t0 + j], krow, vrow);
+        next_k[e] = __ldg(reinterpret_cast<const float4*>(krow + c));
+        next_v[e] = __ldg(reinterpret_cast<const float4*>(vrow + c));
+      }
+    }
+  };
+  if (kPrefetch && count > 0) fetch(0);
   __syncthreads();  // the query tile is in registers: ks now holds keys
 
   float o[D / 8][4];
@@ -361,23 +391,19 @@ __global__ void __launch_bounds__(kMmaThreads) mma_kernel(const Params p) {
   float max0 = -INFINITY, max1 = -INFINITY, sum0 = 0.0f, sum1 = 0.0f;  // rows g and g + 8
 
   for (int t0 = 0; t0 < count; t0 += kMmaKeys) {
-    for (int i = threadIdx.x; i < kMmaKeys * kVectors; i += kMmaThreads) {
-      const int j = i / kVectors, c = (i % kVectors) * 8;
-      float4 kx = make_float4(0.0f, 0.0f, 0.0f, 0.0f), vx = kx;  // padding keys: zeros (never NaN)
-      if (t0 + j < count) {
-        const T *krow, *vrow;
-        key_rows<T>(p, bh, codes[t0 + j], krow, vrow);
-        kx = __ldg(reinterpret_cast<const float4*>(krow + c));
-        vx = __ldg(reinterpret_cast<const float4*>(vrow + c));
-      }
-      *reinterpret_cast<float4*>(ks + j * kStride + c) = kx;
-      const T* v8 = reinterpret_cast<const T*>(&vx);
+    if (!kPrefetch) fetch(t0);
 #pragma unroll
-      for (int e = 0; e < 8; ++e) vt[(c + e) * kVStride + j] = v8[e];
+    for (int e = 0; e < kPerThread; ++e) {
+      const int i = threadIdx.x + e * kThreads, j = i / kVectors, c = (i % kVectors) * 8;
+      *reinterpret_cast<float4*>(ks + j * kStride + c) = next_k[e];
+      const T* v8 = reinterpret_cast<const T*>(&next_v[e]);
+#pragma unroll
+      for (int x = 0; x < 8; ++x) vt[(c + x) * kVStride + j] = v8[x];
     }
     if (threadIdx.x < kMmaKeys)
       tile_bias[threadIdx.x] = t0 + threadIdx.x < count ? biases[t0 + threadIdx.x] * kLog2e : -INFINITY;
     __syncthreads();
+    if (kPrefetch && t0 + kMmaKeys < count) fetch(t0 + kMmaKeys);
 
     // S = Q K^T: 16 rows x 64 keys per warp
     float sc[kMmaKeys / 8][4];
@@ -490,16 +516,21 @@ const char* launch(Kernel kernel, const Params& params, int rows_per_cta, int th
   return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
 }
 
+template <typename T, int D>
+const char* launch_mma(const Params& params, cudaStream_t stream) {
+  return launch(mma_kernel<T, D>, params, kMmaRows<D>, 32 * kMmaWarps<D>, mma_tile_bytes<D>() + list_bytes(params.s),
+                stream);
+}
+
 template <typename T>
 const char* launch_mma(const Params& params, cudaStream_t stream) {
-  const size_t list = list_bytes(params.s);
   switch (params.s.head_dim) {
     case 32:
-      return launch(mma_kernel<T, 32>, params, kMmaRows, kMmaThreads, mma_tile_bytes<32>() + list, stream);
+      return launch_mma<T, 32>(params, stream);
     case 64:
-      return launch(mma_kernel<T, 64>, params, kMmaRows, kMmaThreads, mma_tile_bytes<64>() + list, stream);
+      return launch_mma<T, 64>(params, stream);
     default:
-      return launch(mma_kernel<T, 128>, params, kMmaRows, kMmaThreads, mma_tile_bytes<128>() + list, stream);
+      return launch_mma<T, 128>(params, stream);
   }
 }
 
