@@ -78,6 +78,10 @@ from .deploy.cli import deploy_command, serve_command  # noqa: E402  (the comman
 main.add_command(deploy_command)
 main.add_command(serve_command)
 
+from .bench.cli import bench_command  # noqa: E402  (the command lives with the benchmark package)
+
+main.add_command(bench_command)
+
 
 def _print_report(console, report, as_json, payload):
     from .onnx.validate import render_table

@@ -1,0 +1,14 @@
+"""`lsg-export bench`: an LSG model (converted folder or ONNX export) against PyTorch and the alternatives.
+
+    from lsg_export.bench import run_bench
+    result = run_bench("lsg-all-MiniLM-L6-v2-4096", seq=[1024, 4096], backends=["torch-lsg", "ort-gather"])
+    result.to_dict()   # every measurement, the environment and a summary
+
+Modules: backends (how each backend is loaded and run), exports (the ONNX exports the ort-* backends
+need, cached), target (what is benchmarked, at which lengths), measure (timing loop, peak memory, one
+process per backend), run (run_bench), report (table, JSON, CSV), plot (--plot), cli (the command).
+"""
+from .backends import BACKENDS
+from .run import SCHEMA, BenchResult, run_bench
+
+__all__ = ["run_bench", "BenchResult", "BACKENDS", "SCHEMA"]

@@ -1,0 +1,313 @@
+"""The benchmarked backends: how each one is loaded and run on a (batch, length) input.
+
+Every backend runs the task the target computes (the export's task, or the converted head's), on
+full rows of random token ids (no padding: a benchmark measures whole documents):
+
+  torch-lsg            the converted PyTorch LSG model (eager; float16 on CUDA)
+  torch-dense          the same weights in the family's own transformers class (BertModel, ...) with
+                       the tiled position table and scaled_dot_product_attention: full quadratic attention
+  torch-chunked        the original 512-token model (first 512 position rows) on independent 512-token
+                       chunks of the document, all chunks in one batch: the cheapest thing users do
+  torch-longformer     a random-weight Longformer of the same size whose window covers the LSG local span
+  ort-*                ONNX Runtime sessions on exports (exports.py makes the missing ones); IO binding on CUDA
+
+A loader returns a Runner; the measuring loop (measure.py) calls `runner.prepare(batch, length)` and
+times the zero-argument function it returns.
+"""
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import LSGExportError
+
+CHUNK = 512  # the length the original encoders were trained at
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    description: str
+    engine: str  # "torch" or "ort"
+    devices: tuple = ("cpu", "cuda")
+    default: bool = True  # run when --backends is not given (and the device fits)
+    export: dict = field(default_factory=dict)  # ORT: export_onnx options of its graph
+
+    def load(self, spec):
+        return LOADERS[self.name](spec)
+
+
+BACKENDS = {b.name: b for b in (
+    Backend("torch-lsg", "PyTorch LSG model (eager; float16 on CUDA)", "torch"),
+    Backend("torch-dense", "same weights, family's transformers class, full attention (sdpa)", "torch"),
+    Backend("torch-chunked", f"original {CHUNK}-token model on independent {CHUNK}-token chunks", "torch"),
+    Backend("ort-gather", "ONNX Runtime, gather graph", "ort", export={"attention": "gather"}),
+    Backend("ort-gather-optimized", "ONNX Runtime, gather graph --optimize O2", "ort",
+            export={"attention": "gather", "optimize": "O2"}),
+    Backend("ort-int8", "ONNX Runtime, gather graph O2 + int8 MatMul weights", "ort", devices=("cpu",),
+            export={"attention": "gather", "optimize": "O2", "quantize": "int8"}),
+    Backend("ort-fp16", "ONNX Runtime, gather graph O2 in float16", "ort", devices=("cuda",),
+            export={"attention": "gather", "optimize": "O2", "fp16": True, "device": "cuda"}),
+    Backend("ort-custom-op", "ONNX Runtime, custom-op attention (ai.lsg.BlockSparseAttention)", "ort",
+            export={"attention": "custom-op"}),
+    Backend("torch-longformer", "random-weight Longformer of the same size, window = LSG local span", "torch"),
+)}
+
+
+def export_kind(meta):
+    """The ort-* backend an export folder (its export.json) serves."""
+    if meta.get("fp16"):
+        return "ort-fp16"
+    if meta.get("quantize"):
+        return "ort-int8"
+    if meta.get("attention", "gather") != "gather":
+        return "ort-custom-op" if meta["attention"] == "custom-op" else None
+    return "ort-gather-optimized" if meta.get("optimize") else "ort-gather"
+
+
+def select_backends(names, device):
+    """Backend names to run: `names` (list or "a,b") checked, else the defaults for the device."""
+    if not names:
+        return [b.name for b in BACKENDS.values() if b.default and device in b.devices]
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown:
+        raise LSGExportError(f"unknown backend {', '.join(unknown)}; available: {', '.join(BACKENDS)}")
+    wrong = [n for n in names if device not in BACKENDS[n].devices]
+    if wrong:
+        raise LSGExportError(f"{', '.join(wrong)} does not run on {device} (it runs on "
+                             f"{' / '.join(BACKENDS[wrong[0]].devices)})")
+    return list(dict.fromkeys(names))
+
+
+# --- runners ------------------------------------------------------------------------------------
+
+class Runner:
+    """prepare(batch, length) -> a function running one forward on that input; sync() waits for the device."""
+
+    def __init__(self, prepare, sync=None, max_length=None, note=None):
+        self._prepare, self.sync, self.max_length, self.note = prepare, sync or (lambda: None), max_length, note
+
+    def limit(self, batch, length):
+        """Why this length cannot run here (None: it can)."""
+        if self.max_length is not None and length > self.max_length:
+            return f"above its maximum length {self.max_length}"
+        return None
+
+    def prepare(self, batch, length):
+        return self._prepare(batch, length)
+
+
+def bench_inputs(info, task, batch, length):
+    """Full rows (no padding) of random ids, in ONNX input order, as int64 torch tensors."""
+    from ..onnx.tasks import make_inputs
+    return make_inputs(info, task, batch, length, lengths=[length] * batch,
+                       generator=torch.Generator().manual_seed(length))
+
+
+def torch_settings(spec):
+    device = torch.device(spec["device"])
+    return device, torch.float16 if device.type == "cuda" else torch.float32
+
+
+def torch_runner(module, spec, info, task, transform=None, max_length=None, note=None):
+    """A Runner over a torch module called with the ONNX inputs in order (after `transform`)."""
+    device, dtype = torch_settings(spec)
+    module = module.to(device=device, dtype=dtype).eval()
+
+    def prepare(batch, length):
+        inputs = bench_inputs(info, task, batch, length)
+        if transform is not None:
+            inputs = transform(inputs)
+        args = [value.to(device) for value in inputs.values()]
+
+        def call():
+            with torch.inference_mode():
+                return module(*args)
+        return call
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    return Runner(prepare, sync, max_length, note)
+
+
+def target_info(spec):
+    from ..onnx.tasks import read_model_folder
+    return read_model_folder(spec["model"])
+
+
+def load_torch_lsg(spec):
+    from ..onnx.pipeline import load_torch_model
+    from ..onnx.tasks import TaskModule
+    info = target_info(spec)
+    return torch_runner(TaskModule(load_torch_model(info), spec["task"]), spec, info, spec["task"],
+                        max_length=info.max_length)
+
+
+def lsg_state_dict(info):
+    """The converted weights as a state dict (any format the folder holds), without the global tokens."""
+    from ..onnx.pipeline import load_torch_model
+    state = load_torch_model(info).state_dict()
+    return {k: v for k, v in state.items() if "global_embeddings" not in k}
+
+
+def family_model(info, positions, state):
+    """The family's own transformers class (same head) with `positions` position rows, loaded from `state`."""
+    import transformers
+    from transformers.modeling_utils import no_init_weights
+
+    from ..convert import quiet_transformers
+    from ..modeling.lsg_base import LSG_DEFAULTS
+    config_dict = {k: v for k, v in info.config.items() if k not in (*LSG_DEFAULTS, "auto_map", "architectures")}
+    config_dict["max_position_embeddings"] = positions + info.family.position_offset
+    cls = getattr(transformers, info.family.architecture(info.head))
+    config = cls.config_class.from_dict(config_dict)
+    for implementation in ("sdpa", "eager"):  # sdpa where the family has it
+        try:
+            config._attn_implementation = implementation
+            with quiet_transformers(), no_init_weights():
+                model = cls(config)
+            break
+        except ValueError:
+            continue
+    rows = positions + info.family.position_offset
+    state = {k: (v[:rows] if k.endswith("position_embeddings.weight") else v) for k, v in state.items()}
+    with torch.no_grad():
+        missing, _ = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]
+    if missing:
+        raise LSGExportError(f"{cls.__name__} lacks weights the LSG folder should have: {', '.join(missing[:3])}")
+    return model.eval(), config._attn_implementation
+
+
+def load_torch_dense(spec):
+    from ..onnx.tasks import TaskModule
+    info = target_info(spec)
+    model, implementation = family_model(info, info.max_length, lsg_state_dict(info))
+    return torch_runner(TaskModule(model, spec["task"]), spec, info, spec["task"], max_length=info.max_length,
+                        note=f"{type(model).__name__}, attention {implementation}")
+
+
+def chunked(inputs, chunk, pad_id):
+    """(B, L) inputs -> (B * ceil(L / chunk), chunk): independent chunks, the last one padded."""
+    out = {}
+    for name, value in inputs.items():
+        batch, length = value.shape
+        total = -(-length // chunk) * chunk
+        fill = pad_id if name == "input_ids" else 0
+        padded = torch.nn.functional.pad(value, (0, total - length), value=fill)
+        out[name] = padded.reshape(batch * (total // chunk), chunk)
+    return out
+
+
+def load_torch_chunked(spec):
+    from ..onnx.tasks import TaskModule
+    info = target_info(spec)
+    if spec["task"] == "multiple-choice":
+        raise LSGExportError("torch-chunked does not run multiple-choice inputs")
+    chunk = min(CHUNK, info.max_length)
+    model, _ = family_model(info, chunk, lsg_state_dict(info))
+    pad = info.config.get("pad_token_id")
+    return torch_runner(TaskModule(model, spec["task"]), spec, info, spec["task"],
+                        transform=lambda inputs: chunked(inputs, chunk, pad if isinstance(pad, int) else 0),
+                        note=f"{type(model).__name__} on {chunk}-token chunks")
+
+
+class LongformerModule(torch.nn.Module):
+    """Longformer called with the ONNX inputs; the first token is global, as the LSG models' one global."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        global_mask = torch.zeros_like(attention_mask)
+        global_mask[:, 0] = 1
+        return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                          global_attention_mask=global_mask).last_hidden_state
+
+
+def load_torch_longformer(spec):
+    from transformers import LongformerConfig, LongformerModel
+
+    from ..convert import quiet_transformers
+    info = target_info(spec)
+    if spec["task"] == "multiple-choice":
+        raise LSGExportError("torch-longformer does not run multiple-choice inputs")
+    config = info.family.config_class().from_dict(info.config)
+    block = info.config["block_size"]
+    window = 3 * block + (3 * block) % 2  # keys per query: the LSG local span (previous, own, next block)
+    longest = max(spec["lengths"])
+    with quiet_transformers():
+        longformer = LongformerConfig(
+            vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_hidden_layers,
+            num_attention_heads=config.num_attention_heads, intermediate_size=config.intermediate_size,
+            attention_window=window, max_position_embeddings=longest + window + 2, pad_token_id=1, type_vocab_size=1)
+        torch.manual_seed(0)
+        model = LongformerModel(longformer, add_pooling_layer=False)
+    ids_only = lambda inputs: {"input_ids": inputs["input_ids"].clamp(min=2), "attention_mask": inputs["attention_mask"]}
+    return torch_runner(LongformerModule(model), spec, info, spec["task"], transform=ids_only,
+                        note=f"random weights, attention window {window}, first token global")
+
+
+def ort_session(path, device, attention, threads):
+    """An ONNX Runtime session as lsg_export.onnx.validate.make_session opens it (providers and session set-up
+    of the attention backend, e.g. the custom-op library), with `threads` intra-op threads."""
+    import onnxruntime as ort
+
+    from ..onnx.export import get_attention_backend
+    backend = get_attention_backend(attention)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    providers = [p for p in providers if p in backend.providers]
+    if backend.setup_session is not None:
+        backend.setup_session(options)
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as error:
+        raise LSGExportError(f"ONNX Runtime cannot load {path} ({str(error).splitlines()[0][:300]})") from None
+
+
+def load_ort(spec):
+    import json
+    from pathlib import Path
+    folder = Path(spec["export"])
+    meta = json.loads((folder / "export.json").read_text())
+    info = target_info(spec)
+    device = spec["device"]
+    session = ort_session(folder / "model.onnx", device, meta.get("attention", "gather"), spec["threads"])
+    if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
+        raise LSGExportError("ONNX Runtime has no CUDAExecutionProvider here")
+    feeds = [i.name for i in session.get_inputs()]
+    outputs = [o.name for o in session.get_outputs()]
+
+    def prepare(batch, length):
+        inputs = bench_inputs(info, meta["task"], batch, length)
+        arrays = {name: inputs[name].numpy() for name in feeds}
+        if device != "cuda":
+            return lambda: session.run(outputs, arrays)
+        import onnxruntime as ort
+        binding = session.io_binding()  # inputs copied to the GPU once; outputs stay there
+        for name, array in arrays.items():
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
+        for name in outputs:
+            binding.bind_output(name, "cuda")
+
+        def call():
+            session.run_with_iobinding(binding)
+            binding.synchronize_outputs()
+        return call
+
+    return Runner(prepare, max_length=int(meta["seq"]), note=f"{folder} ({meta.get('precision', 'fp32')}, "
+                  f"optimize {(meta.get('optimize') or {}).get('level', 'none')}, attention {meta.get('attention')})")
+
+
+LOADERS = {
+    "torch-lsg": load_torch_lsg,
+    "torch-dense": load_torch_dense,
+    "torch-chunked": load_torch_chunked,
+    "torch-longformer": load_torch_longformer,
+    **{name: load_ort for name, b in BACKENDS.items() if b.engine == "ort"},
+}

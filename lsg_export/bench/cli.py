@@ -1,0 +1,81 @@
+"""`lsg-export bench`: registered in lsg_export/cli.py with `main.add_command(bench_command)`."""
+import click
+
+from ..errors import user_errors
+
+BACKEND_NAMES = ("torch-lsg, torch-dense, torch-chunked, ort-gather, ort-gather-optimized, ort-int8 (cpu), "
+                 "ort-fp16 (cuda), ort-custom-op, torch-longformer")
+
+
+@click.command("bench", context_settings={"show_default": True})
+@click.argument("model_or_export", required=False)
+@click.option("--seq", help="Lengths, e.g. 512,1024,4096 [default: 512,1024,2048,4096,8192 up to the model's "
+              "maximum; --quick: 128,256].")
+@click.option("--batch-size", default="1", help="Batch sizes, e.g. 1,4.")
+@click.option("--backends", help=f"Comma-separated, among {BACKEND_NAMES} [default: all that run on the device].")
+@click.option("--device", default="cpu", help="cpu or cuda.")
+@click.option("--threads", type=int, help="Threads of every backend (torch.set_num_threads, ONNX Runtime "
+              "intra_op_num_threads) [default: the CPUs available].")
+@click.option("--warmup", default=3, type=int, help="Untimed runs before each measurement (fewer when a run is long).")
+@click.option("--repeat", default=20, type=int, help="Timed runs per measurement (fewer when a run is long).")
+@click.option("--json", "json_file", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Write every measurement and the environment as JSON ('-': stdout).")
+@click.option("--csv", "csv_file", type=click.Path(dir_okay=False, allow_dash=True), help="Same as CSV, a row per run.")
+@click.option("--plot", "plot_file", type=click.Path(dir_okay=False), help="PNG: latency and memory against length, "
+              "speed-ups at the longest length.")
+@click.option("--quick", is_flag=True, help="Seconds-long smoke run: lengths 128,256, 1 warm-up, 2 runs.")
+@user_errors
+def bench_command(model_or_export, json_file, csv_file, plot_file, **options):
+    """Time MODEL_OR_EXPORT (a converted folder or an `lsg-export onnx` folder; default: the last export
+    made from here, else the last convert) with PyTorch, ONNX Runtime and the alternatives: latency
+    p50/p90/p99, tokens/s, peak memory (each backend in its own process), speed-ups against torch-lsg
+    and torch-chunked. Missing ONNX exports are made into MODEL/bench-exports and reused. A backend that
+    fails, or a length it cannot run, is reported as such; the others go on.
+
+    \b
+    Examples:
+      lsg-export bench --quick
+      lsg-export bench lsg-all-MiniLM-L6-v2-4096 --seq 1024,4096 --threads 2 --json bench.json --plot bench.png
+      lsg-export bench minilm-onnx --backends torch-lsg,ort-gather,torch-chunked --batch-size 1,4
+      lsg-export bench lsg-roberta --device cuda --backends torch-lsg,ort-fp16
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .backends import select_backends
+    from .plot import plot
+    from .report import render_table, write_csv, write_json
+    from .run import check_device, run_bench
+    from .target import choose_lengths, parse_ints, resolve_target
+
+    console = Console(stderr=True)
+    # arguments checked before any work: the counts of the progress bar come from them
+    check_device(options["device"])
+    names = select_backends(options["backends"], options["device"])
+    target = resolve_target(model_or_export)
+    if target.chosen != "given":
+        console.print(f"using {target.describe()}", soft_wrap=True)
+    lengths = choose_lengths(options["seq"], target, options["quick"])
+    total = len(names) * len(lengths) * len(parse_ints(options["batch_size"], "--batch-size"))
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("preparing", total=total)
+        result = run_bench(str(target.export or target.model), **options,
+                           status=lambda message: bar.update(task, description=message),
+                           progress=lambda cell: bar.update(task, advance=1,
+                                                            description=f"{cell.backend} {cell.length} x {cell.batch}"))
+    result.target["chosen"] = target.chosen
+    # the table goes to stderr when stdout carries the JSON or CSV
+    out = console if "-" in (json_file, csv_file) else Console()
+    if not out.is_terminal:
+        out.width = max(out.width, 150)  # a file or pipe: no reason to squeeze the columns
+    out.print(render_table(result))
+    for name, record in result.backends.items():
+        if record["status"] != "ok":
+            console.print(f"[red]{name} failed:[/red] {record['error']}", soft_wrap=True)
+    if json_file:
+        write_json(result, json_file)
+    if csv_file:
+        write_csv(result, csv_file)
+    if plot_file:
+        console.print(f"[green]wrote[/green] {plot(result, plot_file)}")

@@ -1,0 +1,95 @@
+"""The ONNX exports the ort-* backends run: the target export for its own kind, the others made with
+lsg_export.onnx.export_onnx into <model>/bench-exports/<backend> and reused while up to date.
+
+Up to date: same export options, task, weights (modification time) and exporter code (a hash of
+lsg_export/onnx and lsg_export/modeling), same library versions; recorded in bench-stamp.json."""
+import contextlib
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from ..errors import LSGExportError
+from .backends import BACKENDS
+
+CACHE_DIR = "bench-exports"
+STAMP = "bench-stamp.json"
+
+
+def code_hash():
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted([*(root / "onnx").glob("*.py"), *(root / "modeling").glob("*.py")]):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def weights_mtime(folder):
+    return max((p.stat().st_mtime for p in Path(folder).iterdir() if p.suffix in (".safetensors", ".bin")),
+               default=0.0)
+
+
+def stamp_for(name, target):
+    from ..onnx.pipeline import versions
+    return {"backend": name, "options": BACKENDS[name].export, "task": target.task, "seq": target.info.max_length,
+            "weights_mtime": weights_mtime(target.model), "code": code_hash(), "versions": versions()}
+
+
+def validation_lengths(info):
+    """A couple of small lengths across the first block boundaries: the bench only needs a sound graph."""
+    block = info.config["block_size"]
+    return sorted({min(n, info.max_length) for n in (block // 2 + 1, 2 * block + 3)})
+
+
+def cached_export(name, target, status):
+    """The folder of an up-to-date export for backend `name` (made now if missing or stale)."""
+    from ..onnx import export_onnx
+    folder = target.model / CACHE_DIR / name
+    stamp = stamp_for(name, target)
+    try:
+        if json.loads((folder / STAMP).read_text()) == stamp and (folder / "model.onnx").is_file():
+            return folder
+    except (OSError, ValueError):
+        pass
+    status(f"exporting {name} (cached in {folder})")
+    result = export_onnx(target.model, folder, seq=target.info.max_length, task=target.task, force=True,
+                         lengths=validation_lengths(target.info), **BACKENDS[name].export)
+    if not result.passed:
+        raise LSGExportError(f"its export failed validation: {result.report.failure_message()}")
+    (folder / STAMP).write_text(json.dumps(stamp, indent=1) + "\n")
+    return folder
+
+
+@contextlib.contextmanager
+def inside(folder):
+    """Work from `folder`: export_onnx records its output as the last export made from the current
+    directory, and the cache exports are not what the user exported last from theirs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    previous = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def prepare_exports(names, target, status=None):
+    """{backend: export folder or LSGExportError} for the ort-* backends in `names`.
+
+    A backend whose export cannot be made is reported as failed by the caller; the others go on."""
+    status = status or (lambda message: None)
+    folders = {}
+    needed = [n for n in names if BACKENDS[n].engine == "ort" and not (target.export and target.export_kind == n)]
+    if target.export is not None and target.export_kind in names:
+        folders[target.export_kind] = target.export
+    if not needed:
+        return folders
+    with inside(target.model / CACHE_DIR):
+        for name in needed:
+            try:
+                folders[name] = cached_export(name, target, status)
+            except LSGExportError as error:
+                folders[name] = error
+            except Exception as error:  # an exporter bug must not stop the other backends
+                folders[name] = LSGExportError(f"its export failed ({type(error).__name__}: {error})")
+    return folders

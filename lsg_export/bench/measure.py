@@ -1,0 +1,287 @@
+"""The measurement: a timing loop with percentiles and peak memory, run in one process per backend.
+
+Each backend runs in its own process (forked from a server that imported torch / transformers /
+onnxruntime once), so that one backend's allocations, caches and thread pools never show in another's
+figures, and an out-of-memory kill ends only that backend. The process sends its results over a pipe.
+
+Memory is the increase over the process's state once the model is loaded: on CPU the peak resident
+set (VmHWM, reset before each (length, batch) on Linux), on CUDA torch's max allocated bytes, and for
+ONNX Runtime on CUDA the process's GPU memory from NVML after the runs (its arena only grows).
+"""
+import multiprocessing
+import os
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+
+MIN_RUNS = 3  # timed runs kept even when one run is long
+LIMITS = {  # (seconds of timed runs per (length, batch), predicted seconds of one run above which it is skipped)
+    "full": (120.0, 150.0),
+    "quick": (5.0, 20.0),
+}
+OOM_MARKERS = ("out of memory", "can't allocate memory", "failed to allocate memory", "bad_alloc", "memoryerror")
+
+
+@dataclass
+class Cell:
+    """One (backend, length, batch) measurement."""
+    backend: str
+    length: int
+    batch: int
+    status: str = "ok"  # ok, skipped, out of memory, failed
+    reason: str = None
+    warmup: int = 0
+    runs: int = 0
+    p50_ms: float = None
+    p90_ms: float = None
+    p99_ms: float = None
+    mean_ms: float = None
+    min_ms: float = None
+    tokens_per_s: float = None
+    peak_memory_mb: float = None
+    memory_kind: str = None
+    speedup_vs_torch_lsg: float = None  # torch-lsg p50 / this p50
+    speedup_vs_torch_chunked: float = None  # torch-chunked p50 / this p50 (< 1: slower than the floor)
+    times_ms: list = field(default_factory=list)
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def summarize(cell, times):
+    import numpy as np
+    ms = np.asarray(times) * 1000.0
+    cell.times_ms = [round(float(t), 4) for t in ms]
+    cell.runs = len(times)
+    cell.p50_ms, cell.p90_ms, cell.p99_ms = (round(float(v), 4) for v in np.percentile(ms, [50, 90, 99]))
+    cell.mean_ms, cell.min_ms = round(float(ms.mean()), 4), round(float(ms.min()), 4)
+    cell.tokens_per_s = round(cell.batch * cell.length / (cell.p50_ms / 1000.0), 1)
+    return cell
+
+
+def time_runs(call, sync, warmup, repeat, cell_seconds):
+    """Warm-up then timed runs; long runs cut the counts (at least one warm-up, MIN_RUNS timed)."""
+    def once():
+        start = time.perf_counter()
+        call()
+        sync()
+        return time.perf_counter() - start
+
+    first = once()
+    warm = 1
+    while warm < warmup and first * (warm + 1) <= cell_seconds / 2:
+        once()
+        warm += 1
+    runs = max(min(repeat, MIN_RUNS), min(repeat, int(cell_seconds / max(first, 1e-9))))
+    return [once() for _ in range(runs)], warm
+
+
+# --- memory ------------------------------------------------------------------------------------
+
+def _status_kb(field_name):
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    return None
+
+
+class PeakMemory:
+    """Peak memory of this process above its state after loading (MB), as the device and engine allow."""
+
+    def __init__(self, device, engine):
+        self.device, self.engine = device, engine
+        self.nvml = None
+        if device == "cuda" and engine == "torch":
+            self.kind = "cuda max allocated"
+        elif device == "cuda":
+            self.kind = self._open_nvml()
+        else:
+            self.kind = "RSS increase"
+        self.baseline = self._now()
+
+    def _open_nvml(self):
+        try:
+            import pynvml
+            pynvml.nvmlInit()
+            self.nvml = pynvml
+            return "cuda process memory (NVML: ONNX Runtime arena)"
+        except Exception:
+            return None  # nvidia-ml-py missing: no figure rather than a wrong one
+
+    def _now(self):
+        if self.kind == "cuda max allocated":
+            import torch
+            return torch.cuda.memory_allocated()
+        if self.nvml is not None:
+            handle = self.nvml.nvmlDeviceGetHandleByIndex(0)
+            used = [p.usedGpuMemory or 0 for p in self.nvml.nvmlDeviceGetComputeRunningProcesses(handle)
+                    if p.pid == os.getpid()]
+            return sum(used)
+        if self.kind is None:
+            return 0
+        if sys.platform.startswith("linux"):
+            return _status_kb("VmRSS") * 1024
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+    def reset(self):
+        if self.kind == "cuda max allocated":
+            import torch
+            torch.cuda.reset_peak_memory_stats()
+        elif self.kind == "RSS increase" and sys.platform.startswith("linux"):
+            try:  # "5" resets VmHWM to the current RSS (Linux >= 4.0); without it the peak is monotonic
+                with open("/proc/self/clear_refs", "w") as refs:
+                    refs.write("5")
+            except OSError:
+                pass
+
+    def peak_mb(self):
+        if self.kind is None:
+            return None
+        if self.kind == "cuda max allocated":
+            import torch
+            peak = torch.cuda.max_memory_allocated()
+        elif self.nvml is not None:
+            peak = self._now()
+        elif sys.platform.startswith("linux"):
+            peak = _status_kb("VmHWM") * 1024
+        else:
+            peak = self._now()
+        return round(max(0, peak - self.baseline) / 2**20, 1)
+
+
+# --- one backend, in its own process -------------------------------------------------------------
+
+def is_oom(error):
+    text = f"{type(error).__name__} {error}".lower()
+    return isinstance(error, MemoryError) or any(marker in text for marker in OOM_MARKERS)
+
+
+def first_line(error):
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:300]}" if text else type(error).__name__
+
+
+def predicted_seconds(history, length):
+    """One run's time at `length` from the earlier lengths of this batch (growth at least linear)."""
+    if not history:
+        return 0.0
+    (n1, t1) = history[-1]
+    exponent = 2.0
+    if len(history) > 1:
+        import math
+        (n0, t0) = history[-2]
+        exponent = max(1.0, math.log(t1 / t0) / math.log(n1 / n0)) if t0 > 0 and n1 > n0 else 2.0
+    return t1 * (length / n1) ** exponent
+
+
+def measure_backend(spec, send):
+    """Load spec['backend'] and measure every (length, batch); `send` gets one dict per event."""
+    import torch
+
+    from transformers.utils import logging
+
+    from .backends import BACKENDS
+    logging.set_verbosity_error()  # e.g. Longformer's line about padding to its window, at every new length
+    torch.set_num_threads(spec["threads"])
+    backend = BACKENDS[spec["backend"]]
+    start = time.perf_counter()
+    memory_before = PeakMemory("cpu", "torch")
+    runner = backend.load(spec)
+    memory = PeakMemory(spec["device"], backend.engine)
+    send({"event": "loaded", "seconds": round(time.perf_counter() - start, 2), "note": runner.note,
+          "load_memory_mb": round((memory.baseline - memory_before.baseline) / 2**20, 1)
+          if memory.kind == "RSS increase" else None})
+    cell_seconds, run_limit = LIMITS["quick" if spec["quick"] else "full"]
+    history = {}
+    for length in spec["lengths"]:
+        for batch in spec["batches"]:
+            cell = Cell(backend.name, length, batch, memory_kind=memory.kind)
+            predicted = predicted_seconds(history.get(batch, []), length)
+            reason = runner.limit(batch, length)
+            if reason is None and predicted > run_limit:
+                reason = f"one run would take ~{predicted:.0f} s (limit {run_limit:.0f} s)"
+            if reason:
+                cell.status, cell.reason = "skipped", reason
+                send({"event": "cell", **cell.to_dict()})
+                continue
+            try:
+                call = runner.prepare(batch, length)
+                memory.reset()
+                times, cell.warmup = time_runs(call, runner.sync, spec["warmup"], spec["repeat"], cell_seconds)
+                summarize(cell, times)
+                cell.peak_memory_mb = memory.peak_mb()
+                history.setdefault(batch, []).append((length, cell.p50_ms / 1000))
+            except Exception as error:  # reported in the table, the other lengths go on
+                cell.status = "out of memory" if is_oom(error) else "failed"
+                cell.reason = first_line(error)
+                if spec["device"] == "cuda":
+                    torch.cuda.empty_cache()
+            finally:
+                call = None
+            send({"event": "cell", **cell.to_dict()})
+
+
+def worker_main(spec, connection):
+    """Process entry point: events go to `connection`; an error while loading is one 'failed' event."""
+    try:
+        measure_backend(spec, connection.send)
+    except BaseException as error:  # noqa: B902 - whatever it is, the parent must hear of it
+        from ..errors import LSGExportError
+        message = str(error) if isinstance(error, LSGExportError) else first_line(error)
+        detail = None if isinstance(error, LSGExportError) else traceback.format_exc(limit=-3)
+        connection.send({"event": "failed", "error": message, "oom": is_oom(error), "detail": detail})
+    finally:
+        connection.send({"event": "done"})
+        connection.close()
+
+
+PRELOAD = ["torch", "transformers", "onnxruntime", "numpy", "lsg_export.bench.backends", "lsg_export.onnx.pipeline",
+           "lsg_export.modeling.modeling_lsg_bert"]
+
+
+def process_context():
+    """Workers fork from a server that imported the heavy modules once (spawn where forking is unavailable)."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(PRELOAD)
+        return context
+    return multiprocessing.get_context("spawn")
+
+
+def run_in_process(spec, on_event):
+    """Run one backend in its own process; returns its exit code (None when it ended normally)."""
+    context = process_context()
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=worker_main, args=(spec, send), daemon=True)
+    process.start()
+    send.close()
+    done = False
+    try:
+        while not done:
+            if receive.poll(0.2):
+                try:
+                    event = receive.recv()
+                except EOFError:
+                    break
+                done = event["event"] == "done"
+                if not done:
+                    on_event(event)
+            elif not process.is_alive():
+                while receive.poll():  # what it sent before dying
+                    try:
+                        event = receive.recv()
+                    except EOFError:
+                        break
+                    done = done or event["event"] == "done"
+                    if event["event"] != "done":
+                        on_event(event)
+                break
+    finally:
+        process.join(timeout=30 if done else 5)
+        if process.is_alive():
+            process.kill()
+            process.join()
+    return None if done else process.exitcode

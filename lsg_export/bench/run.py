@@ -1,0 +1,151 @@
+"""run_bench: resolve the target, make the exports, run each backend in its own process, gather the cells."""
+import os
+import time
+from dataclasses import dataclass, field
+
+from ..errors import LSGExportError
+from .backends import BACKENDS, select_backends
+from .measure import Cell, run_in_process
+from .target import choose_lengths, parse_ints, resolve_target
+
+SCHEMA = "lsg-export-bench/1"
+
+
+@dataclass
+class BenchResult:
+    target: dict
+    settings: dict
+    environment: dict
+    backends: dict  # name -> {"status": ok / failed, "error", "note", "load_seconds", "export"}
+    cells: list = field(default_factory=list)  # Cell, in backend, length, batch order
+
+    def cell(self, backend, length, batch):
+        for cell in self.cells:
+            if (cell.backend, cell.length, cell.batch) == (backend, length, batch):
+                return cell
+        return None
+
+    def to_dict(self):
+        from .report import summary
+        return {"schema": SCHEMA, "target": self.target, "settings": self.settings, "environment": self.environment,
+                "backends": self.backends, "results": [c.to_dict() for c in self.cells], "summary": summary(self)}
+
+
+def check_device(device):
+    if device not in ("cpu", "cuda"):
+        raise LSGExportError(f"unknown --device {device!r}; accepted: cpu, cuda")
+    if device == "cuda":
+        import onnxruntime
+        import torch
+        if not torch.cuda.is_available() and "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            raise LSGExportError("--device cuda: no CUDA GPU is usable here (torch.cuda.is_available() is False and "
+                                 "ONNX Runtime has no CUDAExecutionProvider)")
+
+
+def add_ratios(cells):
+    """Speed-ups against torch-lsg and torch-chunked at the same length and batch (their p50 / this p50)."""
+    reference = {(c.backend, c.length, c.batch): c.p50_ms for c in cells if c.status == "ok"}
+    for cell in cells:
+        if cell.status != "ok":
+            continue
+        for base, attribute in (("torch-lsg", "speedup_vs_torch_lsg"), ("torch-chunked", "speedup_vs_torch_chunked")):
+            other = reference.get((base, cell.length, cell.batch))
+            if other:
+                setattr(cell, attribute, round(other / cell.p50_ms, 3))
+
+
+def run_bench(target=None, *, seq=None, batch_size=None, backends=None, device="cpu", threads=None, warmup=3,
+              repeat=20, quick=False, status=None, progress=None):
+    """Benchmark MODEL_OR_EXPORT `target` (None: the last export made here, else the last convert).
+
+    seq / batch_size: lists or "512,1024". backends: names (default: those of the device).
+    status(message): what is being done; progress(backend, length, batch, cell or None): after each cell.
+    Returns a BenchResult; bad arguments raise LSGExportError before any work."""
+    from .report import environment
+    status = status or (lambda message: None)
+    check_device(device)
+    names = select_backends(backends, device)
+    found = resolve_target(target)
+    lengths = choose_lengths(seq, found, quick)
+    batches = parse_ints(batch_size or "1", "--batch-size")
+    threads = threads or os.cpu_count() or 1
+    if threads < 1 or warmup < 0 or repeat < 1:
+        raise LSGExportError("--threads and --repeat must be positive, --warmup at least 0")
+    if quick:
+        warmup, repeat = min(warmup, 1), min(repeat, 2)
+    settings = {"backends": names, "lengths": lengths, "batch_sizes": batches, "device": device, "threads": threads,
+                "warmup": warmup, "repeat": repeat, "quick": quick}
+    target_info = {"model": str(found.model), "export": str(found.export) if found.export else None,
+                   "export_kind": found.export_kind, "task": found.task, "chosen": found.chosen,
+                   "architecture": found.info.family.class_name(found.info.head),
+                   "max_length": found.info.max_length, "lsg": found.info.lsg_options}
+    started = time.time()
+    result = BenchResult(target_info, settings, environment(device, threads), {})
+
+    from .exports import prepare_exports
+    exports = prepare_exports(names, found, status)
+    for name in names:
+        record = {"status": "ok", "error": None, "note": None, "load_seconds": None, "description":
+                  BACKENDS[name].description, "export": None}
+        result.backends[name] = record
+        cells = {(n, b): Cell(name, n, b) for n in lengths for b in batches}
+        reported = set()
+        export = exports.get(name)
+        if isinstance(export, LSGExportError):
+            fail(record, cells, str(export))
+        else:
+            record["export"] = str(export) if export else None
+            status(f"running {name}")
+            spec = {"backend": name, "model": str(found.model), "export": record["export"], "task": found.task,
+                    "device": device, "threads": threads, "lengths": lengths, "batches": batches, "warmup": warmup,
+                    "repeat": repeat, "quick": quick}
+
+            def on_event(event, record=record, cells=cells, reported=reported):
+                kind = event.pop("event")
+                if kind == "loaded":
+                    record.update(note=event["note"], load_seconds=event["seconds"],
+                                  load_memory_mb=event["load_memory_mb"])
+                elif kind == "cell":
+                    cell = Cell(**event)
+                    cells[(cell.length, cell.batch)] = cell
+                    reported.add((cell.length, cell.batch))
+                    if progress:
+                        progress(cell)
+                elif kind == "failed":
+                    fail(record, cells, event["error"], oom=event["oom"], detail=event.get("detail"))
+
+            exit_code = run_in_process(spec, on_event)
+            if exit_code is not None and record["status"] == "ok":
+                killed = exit_code < 0 and -exit_code == 9
+                fail(record, {k: c for k, c in cells.items() if not c.runs and c.status == "ok"},
+                     f"its process ended with code {exit_code}" + (" (killed: out of memory?)" if killed else ""),
+                     oom=killed)
+        for cell in cells.values():
+            if cell.status == "ok" and not cell.runs:  # never measured (the process failed first)
+                cell.status, cell.reason = "failed", record["error"] or "not measured"
+        if progress:
+            for key, cell in cells.items():
+                if key not in reported:
+                    progress(cell)
+        result.cells.extend(cells[(n, b)] for n in lengths for b in batches)
+    add_ratios(result.cells)
+    result.settings["seconds"] = round(time.time() - started, 1)
+    result.environment["load_average_end"] = load_average()
+    return result
+
+
+def fail(record, cells, message, oom=False, detail=None):
+    """Mark a backend failed and its unmeasured cells with the reason (progress is told too)."""
+    record.update(status="failed", error=message)
+    if detail:
+        record["detail"] = detail
+    for cell in cells.values():
+        if not cell.runs and cell.status == "ok":
+            cell.status, cell.reason = ("out of memory" if oom else "failed"), message
+
+
+def load_average():
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None

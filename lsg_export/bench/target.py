@@ -1,0 +1,78 @@
+"""What is benchmarked: a converted folder or an export folder (export.json names its model), and at which lengths."""
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import LSGExportError
+from ..sources import last_output
+from .backends import export_kind
+
+DEFAULT_LENGTHS = (512, 1024, 2048, 4096, 8192)
+QUICK_LENGTHS = (128, 256)
+
+
+@dataclass
+class Target:
+    model: Path  # the converted LSG folder
+    info: object  # its lsg_export.onnx.tasks.ModelInfo
+    task: str
+    export: Path = None  # the export folder given (or the last one made here)
+    export_kind: str = None  # the ort-* backend that export serves
+    chosen: str = "given"  # how the target was found: given, last export, last convert
+
+    def describe(self):
+        what = f"{self.export} (export of {self.model})" if self.export else str(self.model)
+        return what if self.chosen == "given" else f"{what}, the {self.chosen} made from here"
+
+
+def resolve_target(path=None):
+    """A Target from MODEL_OR_EXPORT; None: the last `lsg-export onnx` output from here, else the last convert."""
+    from ..onnx.tasks import infer_task, read_model_folder
+    chosen = "given"
+    if path is None:
+        try:
+            path, chosen = last_output("onnx"), "last export"
+        except LSGExportError:
+            try:
+                path, chosen = last_output("convert"), "last convert"
+            except LSGExportError:
+                raise LSGExportError("no MODEL_OR_EXPORT given and neither `lsg-export onnx` nor `lsg-export convert` "
+                                     "has written anything from this directory: name a folder") from None
+    path = Path(path).resolve()
+    if (path / "export.json").is_file():
+        from ..onnx.pipeline import read_export_folder
+        meta = read_export_folder(path)
+        model = meta.get("model")
+        if not model or not Path(model).is_dir():
+            raise LSGExportError(f"{path}/export.json names the PyTorch model {model}, which is gone")
+        info = read_model_folder(Path(model).resolve())
+        return Target(info.path, info, meta["task"], path, export_kind(meta), chosen)
+    info = read_model_folder(path.resolve())
+    return Target(info.path, info, infer_task(info), chosen=chosen)
+
+
+def parse_ints(text, what):
+    """'512,1024' (or a list) -> sorted unique positive ints; LSGExportError otherwise."""
+    if isinstance(text, str):
+        try:
+            values = [int(v) for v in text.replace(" ", "").split(",") if v]
+        except ValueError:
+            raise LSGExportError(f"{what} must be comma-separated integers, got {text!r}") from None
+    else:
+        values = list(text)
+    if not values or any(not isinstance(v, int) or v < 1 for v in values):
+        raise LSGExportError(f"{what} must be positive integers, got {text!r}")
+    return sorted(set(values))
+
+
+def choose_lengths(seq, target, quick):
+    """The lengths to run: --seq (each at most the model's maximum), else the defaults that fit."""
+    longest = target.info.max_length
+    if seq:
+        lengths = parse_ints(seq, "--seq")
+        above = [n for n in lengths if n > longest]
+        if above:
+            raise LSGExportError(f"--seq {','.join(map(str, above))} is above {target.model}'s maximum length {longest}")
+        return lengths
+    defaults = QUICK_LENGTHS if quick else DEFAULT_LENGTHS
+    return sorted({min(n, longest) for n in defaults})
+
