@@ -216,15 +216,11 @@ def bench_model(args, results):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokens", type=int, default=16384)
-    parser.add_argument("--heads", type=int, default=12)
-    parser.add_argument("--head-dim", type=int, default=64)
-    parser.add_argument("--block-size", type=int, default=128)
-    parser.add_argument("--sparse-block-size", type=int, default=128)
-    parser.add_argument("--sparsity-factor", type=int, default=2)
+    shapes = dict(tokens=16384, heads=12, head_dim=64, block_size=128, sparse_block_size=128, sparsity_factor=2,
+                  globals=1, batch=1)  # BERT-base shapes
+    for name, default in shapes.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=int, default=default)
     parser.add_argument("--sparsity-type", default="norm")
-    parser.add_argument("--globals", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--padding", type=float, default=0.0, help="fraction of masked tokens at the end")
     parser.add_argument("--repeat", type=int, default=50)
     parser.add_argument("--peak-tflops", type=float, help="the GPU's dense float16 tensor-core peak [default: table]")

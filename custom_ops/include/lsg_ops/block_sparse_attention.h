@@ -80,23 +80,28 @@ LSG_HD KeyRange sparse_keys(const BlockSparseShape& s, int64_t block, int side) 
   return clip_range(begin, begin + s.sparse_block_size, s.sparse_length);
 }
 
-// Float32 views of the inputs, row-major and contiguous, in the op's layout:
+// Views of the inputs, row-major and contiguous, in the op's layout:
 //   q, k, v:      (n, h, T, d)       key_mask: (n, T) (the (n, 1, T, 1) input)
 //   global_k/v:   (n, h, G, d)
 //   sparse_k/v:   (n, h, T/sf, d)    sparse_mask: (n, sparse_mask_heads, T/sf)
 //   out:          (n, h, T, d)
-struct BlockSparseTensors {
-  const float* q = nullptr;
-  const float* k = nullptr;
-  const float* v = nullptr;
-  const float* key_mask = nullptr;
-  const float* global_k = nullptr;
-  const float* global_v = nullptr;
-  const float* sparse_k = nullptr;
-  const float* sparse_v = nullptr;
-  const float* sparse_mask = nullptr;
-  float* out = nullptr;
+// Element: float for the CPU kernel (float32 views), void for the CUDA kernel (device pointers in
+// the inputs' element type). sparse_* may be null when the shape has no compressed part,
+// global_* when num_global is 0.
+template <typename Element>
+struct BlockSparseViews {
+  const Element* q = nullptr;
+  const Element* k = nullptr;
+  const Element* v = nullptr;
+  const Element* key_mask = nullptr;
+  const Element* global_k = nullptr;
+  const Element* global_v = nullptr;
+  const Element* sparse_k = nullptr;
+  const Element* sparse_v = nullptr;
+  const Element* sparse_mask = nullptr;
+  Element* out = nullptr;
 };
+using BlockSparseTensors = BlockSparseViews<float>;
 
 // CPU kernel (src/block_sparse_attention_cpu.cc). Computes task `task` in [0, num_tasks()):
 // thread-safe, any order; per-thread scratch is reused across tasks (no allocation per block).
@@ -112,20 +117,7 @@ void float_to_half(const float* src, uint16_t* dst, size_t count);
 // Element type of every input and of the output (the mask too).
 enum class ElementType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
-// Device pointers in the layouts of BlockSparseTensors, in the inputs' element type. sparse_*
-// may be null when shape.has_sparse() is false, global_* when num_global is 0.
-struct BlockSparseDeviceTensors {
-  const void* q = nullptr;
-  const void* k = nullptr;
-  const void* v = nullptr;
-  const void* key_mask = nullptr;
-  const void* global_k = nullptr;
-  const void* global_v = nullptr;
-  const void* sparse_k = nullptr;
-  const void* sparse_v = nullptr;
-  const void* sparse_mask = nullptr;
-  void* out = nullptr;
-};
+using BlockSparseDeviceTensors = BlockSparseViews<void>;
 
 // Enqueues the whole op on `stream` (a cudaStream_t; nullptr: the legacy default stream) and
 // returns nullptr, or a static message when the shapes exceed the kernel's limits or the launch
