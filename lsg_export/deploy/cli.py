@@ -91,7 +91,7 @@ def serve_command(export, name, allow_unvalidated, **options):
     with console.status("loading the model"):
         model = make_model(export, name, allow_unvalidated)
     host = f"[{options['host']}]" if ":" in options["host"] else options["host"]
-    text = ", or text" if model.get_input_types()[-1]["name"] == "text" else ""
+    text = ", or text" if model.has_text else ""
     console.print(f"serving [bold]{model.name}[/bold] ({model.export.meta.get('task')}, up to {model.seq} tokens"
                   f"{text}): http://{host}:{options['port']}/v2/models/{model.name}, gRPC {host}:{options['grpc_port']}",
                   soft_wrap=True)

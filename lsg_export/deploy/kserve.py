@@ -73,12 +73,27 @@ def to_yaml(service, header=""):
 
 
 def from_yaml(text):
-    """YAML -> V1beta1InferenceService through the SDK's deserialiser (validates required fields)."""
+    """YAML -> V1beta1InferenceService through the SDK's deserialiser (it checks required fields).
+
+    KServe's ApiClient resolves type names in kserve.models only, while its models hold Kubernetes
+    types (V1ObjectMeta, V1ResourceRequirements): those are looked up in kubernetes.client.models,
+    whose generator spells maps dict[str, str] where KServe's parser wants dict(str, str)."""
     import json
 
     import yaml
+    from kubernetes.client import models as k8s_models
 
-    class _Response:  # what ApiClient.deserialize reads: a body with .data
+    kserve = import_kserve()
+
+    class ManifestClient(kserve.ApiClient):
+        def _ApiClient__deserialize(self, data, klass):  # the (name-mangled) private resolver
+            if isinstance(klass, str) and klass.startswith("dict[") and klass.endswith("]"):
+                klass = f"dict({klass[5:-1]})"
+            elif isinstance(klass, str) and not hasattr(kserve.models, klass) and hasattr(k8s_models, klass):
+                klass = getattr(k8s_models, klass)
+            return super()._ApiClient__deserialize(data, klass)
+
+    class Response:  # what ApiClient.deserialize reads: a body with .data
         data = json.dumps(yaml.safe_load(text))
 
-    return import_kserve().ApiClient().deserialize(_Response(), "V1beta1InferenceService")
+    return ManifestClient().deserialize(Response(), "V1beta1InferenceService")

@@ -21,6 +21,7 @@ kserve = import_kserve()
 from kserve.errors import InvalidInput  # noqa: E402
 from kserve.protocol.grpc.server import GRPCServer  # noqa: E402
 from kserve.protocol.infer_type import InferOutput, InferResponse  # noqa: E402
+from kserve.protocol.rest.server import RESTServer  # noqa: E402
 
 TEXT_INPUT = "text"
 
@@ -36,6 +37,7 @@ class LSGModel(kserve.Model):
         # id ranges, checked so that an out-of-range id is a 400, not an ONNX Runtime Gather failure
         self.limits = {"input_ids": config.get("vocab_size"), "token_type_ids": config.get("type_vocab_size"),
                        "attention_mask": 2}
+        self.has_text = export.tokenizer_file is not None and "input_ids" in self._names()
         self.load()
 
     def load(self):
@@ -60,10 +62,9 @@ class LSGModel(kserve.Model):
 
         from tokenizers import Tokenizer
 
-        path = self.export.tokenizer_file
-        if path is None or "input_ids" not in self._names():
+        if not self.has_text:
             return None
-        tokenizer = Tokenizer.from_file(str(path))
+        tokenizer = Tokenizer.from_file(str(self.export.tokenizer_file))
         tokenizer.no_truncation()
         special = {}
         for name in ("tokenizer_config.json", "special_tokens_map.json"):
@@ -83,20 +84,29 @@ class LSGModel(kserve.Model):
     # pickled into `--workers` processes: the session is re-created there
     def __getstate__(self):
         state = dict(self.__dict__)
-        for key in ("_session", "_tokenizer", "_tokenizer_lock"):
+        for key in ("_session", "_tokenizer", "_tokenizer_lock", "_load_lock"):
             state.pop(key, None)
         return state
 
     def __setstate__(self, state):
+        # loaded at the first request: KServe kills a worker that does not answer its liveness ping
+        # within 5 s of starting, and unpickling happens before that ping is served
         self.__dict__.update(state)
-        self.load()
+        self._session = None
+        self._load_lock = threading.Lock()
+
+    def _ensure_loaded(self):
+        if self._session is None:
+            with self._load_lock:
+                if self._session is None:
+                    self.load()
 
     def _names(self):
         return [spec.name for spec in self.export.inputs]
 
     def get_input_types(self):
         types = [spec.metadata() for spec in self.export.inputs]
-        if self._tokenizer is not None:
+        if self.has_text:
             types.append({"name": TEXT_INPUT, "datatype": "BYTES", "shape": [-1]})
         return types
 
@@ -104,7 +114,7 @@ class LSGModel(kserve.Model):
         return [spec.metadata() for spec in self.export.outputs]
 
     def _signature(self):
-        text = f" (or {TEXT_INPUT}: BYTES [batch])" if self._tokenizer is not None else ""
+        text = f" (or {TEXT_INPUT}: BYTES [batch])" if self.has_text else ""
         return ", ".join(f"{s.name}: {s.datatype} {list(s.shape)}" for s in self.export.inputs) + text
 
     # --- request checks ------------------------------------------------------------------------
@@ -116,7 +126,7 @@ class LSGModel(kserve.Model):
             raise InvalidInput(f"the request has no inputs; {self.name} takes {self._signature()}")
         names = [i.name for i in inputs]
         expected = self._names()
-        known = expected + ([TEXT_INPUT] if self._tokenizer is not None else [])
+        known = expected + ([TEXT_INPUT] if self.has_text else [])
         for name in names:
             if name not in known:
                 hint = f"; {TEXT_INPUT} needs a tokenizer.json in the export" if name == TEXT_INPUT else ""
@@ -201,6 +211,7 @@ class LSGModel(kserve.Model):
 
     def run(self, request):
         """Check, tokenize if needed and run one request (in a worker thread); returns {output: array}."""
+        self._ensure_loaded()
         outputs = self._requested(request)
         feeds = self.feeds(request)
         return dict(zip(outputs, self._session.run(outputs, feeds)))
@@ -212,8 +223,12 @@ class LSGModel(kserve.Model):
         results = await asyncio.get_running_loop().run_in_executor(None, self.run, payload)
         from tritonclient.utils import np_to_triton_dtype
 
-        outputs = [InferOutput(name, list(array.shape), np_to_triton_dtype(array.dtype), data=array)
-                   for name, array in results.items()]
+        outputs = []
+        for name, array in results.items():
+            output = InferOutput(name, list(array.shape), np_to_triton_dtype(array.dtype), data=array)
+            if payload.from_grpc:  # raw bytes now: kserve's to_grpc() tests an array's truth value otherwise
+                output.set_data_from_numpy(array, binary_data=True)
+            outputs.append(output)
         return InferResponse(payload.id or str(uuid.uuid4()), self.name, outputs,
                              use_binary_outputs=payload.use_binary_outputs, requested_outputs=payload.request_outputs)
 
@@ -229,21 +244,20 @@ class LocalModelServer(kserve.ModelServer):
         from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
         from kserve.model_server import args
         from kserve.protocol.rest.multiprocess.server import RESTServerMultiProcess
-        from kserve.protocol.rest.server import RESTServer
 
         self._register_and_check_atleast_one_model_is_ready(models)
         options = dict(workers=self.workers, grace_period=self.grace_period, event_loop=self.event_loop,
                        timeout_keep_alive=self.timeout_keep_alive)
+        rest = _RESTServer(self.host, FASTAPI_APP_IMPORT_STRING, self.dataplane, self.model_repository_extension,
+                           self.http_port, **options)
         if self.workers > 1:
             self._rest_multiprocess_server = RESTServerMultiProcess(
                 FASTAPI_APP_IMPORT_STRING, self.dataplane, self.model_repository_extension, self.http_port, **options)
-            self._rest_multiprocess_server._rest_server.config.host = self.host
+            self._rest_multiprocess_server._rest_server = rest  # what its worker processes run
             self.servers.append(self._rest_multiprocess_server.start())
         else:
-            self._rest_server = RESTServer(FASTAPI_APP_IMPORT_STRING, self.dataplane, self.model_repository_extension,
-                                           self.http_port, **options)
-            self._rest_server.config.host = self.host
-            self.servers.append(self._rest_server.start())
+            self._rest_server = rest
+            self.servers.append(rest.start())
         if self.enable_grpc:
             self._grpc_server = _GRPCServer(self.host, self.grpc_port, self.dataplane, self.model_repository_extension,
                                             kwargs=vars(args), grace_period=self.grace_period)
@@ -251,6 +265,36 @@ class LocalModelServer(kserve.ModelServer):
         self.setup_event_loop()
         self.register_signal_handler()
         asyncio.run(self._serve())
+
+
+class _RESTServer(RESTServer):
+    """KServe's REST server on `host`, reading v2 request bodies as JSON whatever their Content-Type."""
+
+    def __init__(self, host, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.config.host = host
+
+    def _add_middlewares(self, app):
+        super()._add_middlewares(app)
+        app.add_middleware(JSONBodyByDefault)
+
+
+class JSONBodyByDefault:
+    """ASGI middleware: an infer request without Inference-Header-Content-Length is JSON.
+
+    The v2 protocol's body is a JSON object, followed by binary tensors only when that header gives the
+    JSON's length; Triton reads it so whatever the Content-Type. FastAPI parses JSON only when the
+    Content-Type says so, and tritonclient.http sends none with JSON-only tensors (binary_data=False)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].endswith("/infer"):
+            if not any(k.lower() == b"inference-header-content-length" for k, _ in scope["headers"]):
+                headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-type"]
+                scope = dict(scope, headers=headers + [(b"content-type", b"application/json")])
+        await self.app(scope, receive, send)
 
 
 class _GRPCServer(GRPCServer):
