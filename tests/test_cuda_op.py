@@ -1,8 +1,9 @@
 """ai.lsg.BlockSparseAttention on CUDA.
 
 On any machine with nvcc (CI): the CUDA sources compile (one architecture), the library's C entry
-runs the op's checks, and the CPU kernel of that build still matches PyTorch. On a GPU (marked
-`gpu`): the kernel through the ctypes harness against lsg_attention.block_attention, the ONNX
+runs the op's checks, and the CPU kernel of that build still matches PyTorch. With a C++ compiler:
+the CUDA kernels themselves, run by a CPU emulation of CUDA (custom_ops/emulation/), against
+PyTorch. On a GPU (marked `gpu`): the kernel through the ctypes harness against lsg_attention.block_attention, the ONNX
 Runtime CUDA op against the CPU op, and the MiniLM-LSG export with the custom op on CUDA.
 """
 import functools
@@ -119,6 +120,57 @@ def test_default_build_needs_a_gpu(monkeypatch):
     assert ops._cuda_choice(None)[0] is False
     with pytest.raises(LSGExportError, match="nvcc is not found"):
         ops._cuda_choice(True)
+
+
+# --- CPU: the CUDA kernels themselves, run by the CPU emulation of CUDA -----------------------------
+
+@pytest.fixture(scope="module")
+def emulated_library(tmp_path_factory):
+    try:
+        return cuda_harness.build_emulation(tmp_path_factory.mktemp("cuda-emulation"))
+    except LSGExportError as error:
+        pytest.skip(str(error).splitlines()[0])
+
+
+# (dtype, head_dim, G, sparsity, blocks, bs, sbs, sf, lengths): each kernel path once: tensor cores with 8
+# warps and prefetch (d 32, 64), with 4 warps and 2 query tiles per block (d 128, bs 128), bfloat16,
+# several key tiles, the float32 CUDA-core path, per-head compressed masks, padded rows
+EMULATED_CASES = [
+    ("float16", 64, 7, "norm", 6, 16, 16, 2, [96, 41]),
+    ("bfloat16", 32, 1, "stride", 3, 16, 16, 2, [48, 20]),
+    ("float16", 128, 1, "pooling", 2, 128, 64, 4, [256, 200]),
+    ("float32", 64, 3, "block_stride", 4, 16, 16, 2, [64, 30]),
+]
+
+
+@pytest.mark.parametrize("case", EMULATED_CASES, ids=lambda c: f"{c[0]}-d{c[1]}-{c[3]}")
+def test_emulated_kernel_matches_block_attention(emulated_library, case):
+    dtype, d, g, sparsity_type, blocks, bs, sbs, sf, lengths = case
+    torch_dtype, atol = DTYPES[dtype]
+    inputs, expected = make_case(11, len(lengths), 2, blocks, d, g, bs, sbs, sf, sparsity_type, lengths)
+    out = cuda_harness.block_sparse_attention_emulated(*as_dtype(inputs, torch_dtype), block_size=bs,
+                                                       sparse_block_size=sbs, sparsity_factor=sf,
+                                                       library=emulated_library)
+    assert out.dtype == torch_dtype
+    assert (out.float() - expected).abs().max().item() <= atol
+
+
+def test_emulated_kernel_edge_cases(emulated_library):
+    """float16 off 16-byte alignment and head_dim 48 (CUDA-core path), a row that sees no key (0)."""
+    run = functools.partial(cuda_harness.block_sparse_attention_emulated, library=emulated_library)
+    inputs, expected = make_case(12, 1, 2, 3, 48, 2, 16, 16, 2, "norm", [40])
+    out = run(*as_dtype(inputs, torch.float16), block_size=16, sparse_block_size=16, sparsity_factor=2)
+    assert (out.float() - expected).abs().max().item() <= 2e-2
+    shifted = [torch.empty(x.numel() + 1, dtype=torch.float16)[1:].view(x.shape).copy_(x)
+               for x in as_dtype(make_case(12, 1, 2, 3, 64, 2, 16, 16, 2, "norm", [40])[0], torch.float16)]
+    assert shifted[0].data_ptr() % 16
+    expected = make_case(12, 1, 2, 3, 64, 2, 16, 16, 2, "norm", [40])[1]
+    out = run(*shifted, block_size=16, sparse_block_size=16, sparsity_factor=2)
+    assert (out.float() - expected).abs().max().item() <= 2e-2
+    inputs, expected = make_case(13, 2, 2, 2, 64, 0, 16, 0, 2, "none", [32, 0])
+    out = run(*as_dtype(inputs, torch.float16), block_size=16)
+    assert (out[0].float() - expected[0]).abs().max().item() <= 2e-2
+    assert torch.count_nonzero(out[1]).item() == 0
 
 
 # --- GPU: the kernel through the ctypes harness ---------------------------------------------------

@@ -17,12 +17,19 @@
 //   current one is computed;
 // - CUDA cores (float32, other head dims, unaligned pointers): 8 threads per query row, 32-key
 //   tiles, float32 FMA; exact enough for the float32 contract (1e-4 against PyTorch).
+#if defined(LSG_CUDA_EMULATION)  // the kernels on the CPU, for tests: custom_ops/emulation/cuda_emulation.h
+#include "cuda_emulation.h"
+#else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#define LSG_DYNAMIC_SHARED(name) extern __shared__ float4 name[]
+#define LSG_LAUNCH(kernel, grid, threads, smem, stream, ...) kernel<<<grid, threads, smem, stream>>>(__VA_ARGS__)
+#endif
 
 #include <climits>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "lsg_ops/block_sparse_attention.h"
@@ -156,7 +163,7 @@ __host__ __device__ inline size_t simt_tile_floats(int64_t d) {
 
 template <typename T, int kChunks>
 __global__ void __launch_bounds__(kSimtThreads) simt_kernel(const Params p) {
-  extern __shared__ float4 smem4[];
+  LSG_DYNAMIC_SHARED(smem4);
   const BlockSparseShape& s = p.s;
   const int d = static_cast<int>(s.head_dim), bs = static_cast<int>(s.block_size);
   const int tiles = (bs + kSimtRows - 1) / kSimtRows;
@@ -200,7 +207,7 @@ __global__ void __launch_bounds__(kSimtThreads) simt_kernel(const Params p) {
       vs[j * d + c] = vx;
     }
     if (threadIdx.x < kSimtKeys)
-      tile_bias[threadIdx.x] = t0 + threadIdx.x < count ? biases[t0 + threadIdx.x] * kLog2e : -INFINITY;
+      tile_bias[threadIdx.x] = t0 + static_cast<int>(threadIdx.x) < count ? biases[t0 + threadIdx.x] * kLog2e : -INFINITY;
     __syncthreads();
 
     float score[kSimtKeys / 8];
@@ -288,11 +295,15 @@ __device__ __forceinline__ uint32_t load32(const void* shared) { return *static_
 
 __device__ __forceinline__ uint32_t pack2(float lo, float hi, __half) {
   const __half2 x = __floats2half2_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&x);
+  uint32_t word;
+  memcpy(&word, &x, sizeof(word));
+  return word;
 }
 __device__ __forceinline__ uint32_t pack2(float lo, float hi, __nv_bfloat16) {
   const __nv_bfloat162 x = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&x);
+  uint32_t word;
+  memcpy(&word, &x, sizeof(word));
+  return word;
 }
 
 // c (16 x 8, float32) += a (16 x 16, row-major) . b (16 x 8, column-major), T = __half or __nv_bfloat16
@@ -310,6 +321,8 @@ __device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], uint32
     LSG_MMA("bf16");
   }
 #undef LSG_MMA
+#elif defined(LSG_CUDA_EMULATION)
+  LSG_MMA_EMULATED(T, c, a, b0, b1);
 #else
   __trap();
 #endif
@@ -326,7 +339,7 @@ __global__ void __launch_bounds__(32 * kMmaWarps<D>) mma_kernel(const Params p) 
   constexpr int kPerThread = kMmaKeys * kVectors / kThreads;  // key (and value) vectors per thread per tile
   static_assert(kMmaKeys * kVectors % kThreads == 0, "whole vectors per thread");
   constexpr bool kPrefetch = kPerThread <= 4;  // registers for the next tile (not with head_dim 128)
-  extern __shared__ float4 smem4[];
+  LSG_DYNAMIC_SHARED(smem4);
   const BlockSparseShape& s = p.s;
   const int bs = static_cast<int>(s.block_size);
   const int tiles = (bs + kRows - 1) / kRows;
@@ -400,7 +413,7 @@ __global__ void __launch_bounds__(32 * kMmaWarps<D>) mma_kernel(const Params p) 
       for (int x = 0; x < 8; ++x) vt[(c + x) * kVStride + j] = v8[x];
     }
     if (threadIdx.x < kMmaKeys)
-      tile_bias[threadIdx.x] = t0 + threadIdx.x < count ? biases[t0 + threadIdx.x] * kLog2e : -INFINITY;
+      tile_bias[threadIdx.x] = t0 + static_cast<int>(threadIdx.x) < count ? biases[t0 + threadIdx.x] * kLog2e : -INFINITY;
     __syncthreads();
     if (kPrefetch && t0 + kMmaKeys < count) fetch(t0 + kMmaKeys);
 
@@ -510,7 +523,7 @@ const char* launch(Kernel kernel, const Params& params, int rows_per_cta, int th
     return "BlockSparseAttention (CUDA): more than 65535 heads or batch rows, or too many blocks";
   const dim3 grid(static_cast<unsigned>(s.num_blocks() * tiles), static_cast<unsigned>(s.heads),
                   static_cast<unsigned>(s.batch));
-  kernel<<<grid, threads, smem, stream>>>(params);
+  LSG_LAUNCH(kernel, grid, threads, smem, stream, params);
   err = cudaGetLastError();
   return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
 }

@@ -343,7 +343,7 @@ extern "C" LSG_EXPORT int lsg_block_sparse_attention_cuda(const void* const* inp
                                                           int64_t sparse_block_size, int64_t sparsity_factor,
                                                           float scale, void* stream, char* error, size_t error_size) {
   try {
-    if (num_inputs < kSparseK || num_inputs > kNumInputs) fail("6 to 9 inputs");
+    if (num_inputs < static_cast<int>(kSparseK) || num_inputs > static_cast<int>(kNumInputs)) fail("6 to 9 inputs");
     if (element_type < 0 || element_type > static_cast<int>(lsg::ElementType::kBFloat16)) fail("unknown element type");
     Attributes attrs;
     attrs.block_size = block_size;

@@ -11,6 +11,7 @@ calls it through ctypes on torch's current stream, so the kernel can be checked 
 """
 import ctypes
 import functools
+import os
 
 from ..errors import LSGExportError
 
@@ -66,24 +67,66 @@ def block_sparse_attention_cuda(q, k, v, key_mask, global_k, global_v, sparse_k=
     without compressed inputs pass None for all three; scale 0 = 1/sqrt(head_dim)."""
     import torch
 
-    inputs = [q, k, v, key_mask, global_k, global_v]
-    if sparse_k is not None or sparse_v is not None or sparse_mask is not None:
-        inputs += [sparse_k, sparse_v, sparse_mask]
-    if any(not isinstance(x, torch.Tensor) for x in inputs):
-        raise LSGExportError("the compressed inputs are given all three or none")
-    if any(x.device != q.device or x.dtype != q.dtype for x in inputs) or q.device.type != "cuda":
-        raise LSGExportError("every input must be a CUDA tensor on one device, of one dtype")
-    dtype = str(q.dtype).removeprefix("torch.")
-    if dtype not in ELEMENT_TYPES:
-        raise LSGExportError(f"dtype {q.dtype} is not supported (float32, float16, bfloat16)")
-    inputs = [x.contiguous() for x in inputs]  # kept alive until the kernel is enqueued (same stream after)
-    out = torch.empty_like(inputs[0])
+    inputs = _checked_inputs([q, k, v, key_mask, global_k, global_v], [sparse_k, sparse_v, sparse_mask], "cuda")
     with torch.cuda.device(q.device):
         stream = torch.cuda.current_stream(q.device).cuda_stream
-        call_entry(cuda_entry(library), [x.data_ptr() if x.numel() else None for x in inputs],
-                   [tuple(x.shape) for x in inputs], out.data_ptr() if out.numel() else None, ELEMENT_TYPES[dtype],
-                   block_size, sparse_block_size, sparsity_factor, scale, stream)
+        return _run(cuda_entry(library), inputs, block_size, sparse_block_size, sparsity_factor, scale, stream)
+
+
+def block_sparse_attention_emulated(q, k, v, key_mask, global_k, global_v, sparse_k=None, sparse_v=None,
+                                    sparse_mask=None, *, block_size, sparse_block_size=0, sparsity_factor=1, scale=0.0,
+                                    library):
+    """The same kernels run by the CPU emulation of CUDA (`build_emulation`) on CPU tensors: slow, for
+    checking the kernels' logic on machines without a GPU."""
+    inputs = _checked_inputs([q, k, v, key_mask, global_k, global_v], [sparse_k, sparse_v, sparse_mask], "cpu")
+    return _run(cuda_entry(library), inputs, block_size, sparse_block_size, sparsity_factor, scale, None)
+
+
+def _checked_inputs(required, sparse, device_type):
+    import torch
+
+    inputs = required + (sparse if any(x is not None for x in sparse) else [])
+    if any(not isinstance(x, torch.Tensor) for x in inputs):
+        raise LSGExportError("the compressed inputs are given all three or none")
+    q = inputs[0]
+    if q.device.type != device_type or any(x.device != q.device or x.dtype != q.dtype for x in inputs):
+        raise LSGExportError(f"every input must be a {device_type} tensor on one device, of one dtype")
+    if str(q.dtype).removeprefix("torch.") not in ELEMENT_TYPES:
+        raise LSGExportError(f"dtype {q.dtype} is not supported (float32, float16, bfloat16)")
+    return [x.contiguous() for x in inputs]  # alive until the kernel is enqueued (same stream after)
+
+
+def _run(entry, inputs, block_size, sparse_block_size, sparsity_factor, scale, stream):
+    import torch
+
+    out = torch.empty_like(inputs[0])
+    call_entry(entry, [x.data_ptr() if x.numel() else None for x in inputs], [tuple(x.shape) for x in inputs],
+               out.data_ptr() if out.numel() else None, ELEMENT_TYPES[str(out.dtype).removeprefix("torch.")],
+               block_size, sparse_block_size, sparsity_factor, scale, stream)
     return out
 
 
-__all__ = ["block_sparse_attention_cuda", "call_entry", "cuda_entry", "ELEMENT_TYPES", "INPUT_NAMES"]
+def build_emulation(folder):
+    """Compile the library with its CUDA kernels for the CPU emulation (custom_ops/emulation/) into
+    `folder`; returns the library path. Needs a C++20 compiler, not nvcc nor a GPU."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from . import ort_include_dir, source_dir
+    compiler = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
+    if compiler is None:
+        raise LSGExportError("the CUDA emulation needs a C++20 compiler (g++ or c++ on PATH, or $CXX)")
+    src, library = source_dir(), Path(folder) / "liblsg_ops_emulated.so"
+    command = [compiler, "-std=c++20", "-O2", "-shared", "-fPIC", "-DLSG_CUDA_EMULATION", "-DLSG_OPS_WITH_CUDA=1",
+               f"-I{src / 'include'}", f"-I{src / 'emulation'}", "-isystem", str(ort_include_dir()),
+               "-x", "c++", str(src / "src" / "block_sparse_attention_cuda.cu"), "-x", "none",
+               str(src / "src" / "lsg_ops.cc"), str(src / "src" / "block_sparse_attention_cpu.cc"), "-o", str(library)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        raise LSGExportError(f"compiling the CUDA emulation failed:\n{result.stderr.strip()[-2000:]}")
+    return library
+
+
+__all__ = ["block_sparse_attention_cuda", "block_sparse_attention_emulated", "build_emulation", "call_entry", "cuda_entry",
+           "ELEMENT_TYPES", "INPUT_NAMES"]
