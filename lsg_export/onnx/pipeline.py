@@ -122,6 +122,11 @@ def export_onnx(model=None, output=None, *, seq=None, task="auto", opset=DEFAULT
     started = time.perf_counter()
     folder = model if model is not None else last_output("convert")
     info = read_model_folder(folder)
+    if info.family.seq2seq:  # encoder-decoders: three graphs in optimum's seq2seq layout (seq2seq.py)
+        from .seq2seq import export_seq2seq
+        return export_seq2seq(info, output, seq=seq, task=task, opset=opset, attention=attention, optimize=optimize,
+                              fp16=fp16, quantize=quantize, device=device, atol=atol, lengths=lengths,
+                              batch_size=batch_size, force=force, status=status, started=started)
     task = infer_task(info, task)
     backend = get_attention_backend(attention)
     check_opset(opset, backend)
@@ -205,7 +210,7 @@ def read_export_folder(folder):
         meta = json.loads((folder / EXPORT_JSON).read_text())
     except (OSError, ValueError):
         raise LSGExportError(f"{folder}: no readable {EXPORT_JSON}, not a folder `lsg-export onnx` wrote") from None
-    if not (folder / MODEL_FILE).is_file():
+    if not meta.get("seq2seq") and not (folder / MODEL_FILE).is_file():  # seq2seq: encoder_model.onnx, ...
         raise LSGExportError(f"{folder}: no {MODEL_FILE}")
     return meta
 
@@ -220,6 +225,10 @@ def validate_onnx(folder=None, *, model=None, lengths=None, batch_size=2, text=N
     status = status or (lambda message: None)
     folder = Path(folder if folder is not None else last_output("onnx"))
     meta = read_export_folder(folder)
+    if meta.get("seq2seq"):
+        from .seq2seq import validate_seq2seq
+        return validate_seq2seq(folder, meta, model=model, lengths=lengths, batch_size=batch_size, text=text,
+                                atol=atol, device=device, status=status, record=record)
     source = model or meta.get("model")
     if source and model is None and not Path(source).is_dir():
         raise LSGExportError(f"the PyTorch model {source} named in {folder / EXPORT_JSON} is gone: pass --model")

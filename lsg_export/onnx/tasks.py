@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..errors import LSGExportError
-from ..families import FAMILIES
+from ..families import ALL_FAMILIES
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def read_model_folder(path):
         raise LSGExportError(f"{path}: no config.json, not a converted LSG model folder") from None
     except (OSError, ValueError) as error:
         raise LSGExportError(f"{path}: cannot read config.json ({error.__class__.__name__})") from None
-    family = FAMILIES.get(config.get("model_type"))
+    family = ALL_FAMILIES.get(config.get("model_type"))
     architecture = (config.get("architectures") or [""])[0]
     head = family.head_of(architecture) if family else None
     if family is None or head is None or not architecture.startswith("LSG") or "block_size" not in config:

@@ -1,0 +1,416 @@
+"""ONNX export of the encoder-decoder LSG models (bart, mbart, pegasus) in optimum's layout.
+
+OUT holds what `optimum.onnxruntime.ORTModelForSeq2SeqLM.from_pretrained(OUT)` loads:
+
+  encoder_model.onnx            input_ids, attention_mask -> last_hidden_state (G + t rows when the
+                                globals are passed to the decoder), LSG attention through the chosen
+                                attention backend, every batch size and length 1..seq;
+  decoder_model.onnx            input_ids, encoder_attention_mask, encoder_hidden_states -> logits,
+                                present.{i}.decoder.key/value, present.{i}.encoder.key/value;
+  decoder_with_past_model.onnx  input_ids, encoder_attention_mask, past_key_values.{i}.{decoder,encoder}
+                                .{key,value} -> logits, present.{i}.decoder.key/value.
+
+The decoder is dense: the family's own, exported with torch.export like the encoder. ORTModelForSeq2SeqLM
+gives the decoder the caller's attention mask (t columns); the graphs put the G ones in front
+themselves, reading the mask at [j - G] for encoder row j, so that no shape relation between the mask
+and the encoder output is baked in.
+"""
+import inspect
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..convert import atomic_folder, check_output, quiet_transformers
+from ..errors import LSGExportError
+from ..sources import remember_output
+from .export import DEFAULT_OPSET, check_opset, export_graph, final_graph, finish_graph, get_attention_backend
+from .optimize import check_options
+from .tasks import make_inputs
+from .validate import (DEFAULT_ATOL, Comparison, ValidationReport, default_lengths, make_session, parse_lengths,
+                       text_chunks, text_ids)
+
+ENCODER_FILE = "encoder_model.onnx"
+DECODER_FILE = "decoder_model.onnx"
+DECODER_WITH_PAST_FILE = "decoder_with_past_model.onnx"
+PART_FILES = (ENCODER_FILE, DECODER_FILE, DECODER_WITH_PAST_FILE)
+
+
+class EncoderModule(torch.nn.Module):
+    """The LSG encoder as the encoder graph computes it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.encoder = model.get_encoder()
+
+    def forward(self, input_ids, attention_mask):
+        return (self.encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True).last_hidden_state,)
+
+
+def decoder_names(num_layers, with_past):
+    """(input names, output names) of a decoder graph, optimum's."""
+    inputs = ["input_ids", "encoder_attention_mask"]
+    if with_past:
+        inputs += [f"past_key_values.{i}.{side}.{kind}" for i in range(num_layers)
+                   for side in ("decoder", "encoder") for kind in ("key", "value")]
+    else:
+        inputs.append("encoder_hidden_states")
+    sides = ("decoder",) if with_past else ("decoder", "encoder")
+    outputs = ["logits"] + [f"present.{i}.{side}.{kind}" for i in range(num_layers) for side in sides
+                            for kind in ("key", "value")]
+    return inputs, outputs
+
+
+def identifier(name):
+    """An ONNX input name as a Python argument name (torch.export names the graph inputs after them)."""
+    return name.replace(".", "_")
+
+
+class DecoderModule(torch.nn.Module):
+    """One decoder step (or the first, without past) of an LSG ForConditionalGeneration model.
+
+    Called with the inputs of `decoder_names` in order: (input_ids, encoder_attention_mask,
+    encoder_hidden_states) or (input_ids, encoder_attention_mask, *past (4 per layer)); returns
+    (logits, *presents). `forward` carries a signature naming every input, as torch.export needs."""
+
+    def __init__(self, model, with_past):
+        super().__init__()
+        self.model = model
+        self.with_past = with_past
+        config = model.config
+        self.num_globals = config.num_global_tokens if config.pass_global_tokens_to_decoder else 0
+        names = [identifier(n) for n in decoder_names(config.decoder_layers, with_past)[0]]
+
+        def forward(*args):
+            return self.step(*args)
+
+        forward.__signature__ = inspect.Signature(
+            [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names])
+        self.forward = forward
+
+    def cross_mask(self, mask, rows):
+        """The (n, rows) mask over the encoder output: 1 on the globals, then the caller's mask."""
+        j = torch.arange(rows, device=mask.device) - self.num_globals
+        picked = mask.gather(1, j.clamp(min=0).unsqueeze(0).expand(mask.shape[0], -1))
+        return torch.where(j.unsqueeze(0) < 0, torch.ones_like(picked), picked)
+
+    def step(self, input_ids, encoder_attention_mask, *rest):
+        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+        if self.with_past:
+            layers = tuple(tuple(rest[i:i + 4]) for i in range(0, len(rest), 4))
+            cache = EncoderDecoderCache.from_legacy_cache(layers)
+            key = layers[0][2]  # cross keys are cached: the decoder reads only the shape of the states
+            encoder_hidden_states = key.transpose(1, 2).reshape(key.shape[0], key.shape[2], -1)
+        else:
+            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+            encoder_hidden_states = rest[0] * 1.0  # a fresh tensor: no stride guards on the input
+        mask = self.cross_mask(encoder_attention_mask, encoder_hidden_states.shape[1])
+        # the decoder's own mask, explicit: without one, bart's causal mask gets a column too many when traced
+        seen = rest[0].shape[2] + input_ids.shape[1] if self.with_past else input_ids.shape[1]
+        own_mask = torch.ones(input_ids.shape[0], seen, dtype=torch.long, device=input_ids.device)
+        out = self.model.get_decoder()(input_ids=input_ids, attention_mask=own_mask,
+                                       encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=mask,
+                                       past_key_values=cache, use_cache=True, return_dict=True)
+        # the ForConditionalGeneration head of bart, mbart and pegasus
+        hidden = out.last_hidden_state
+        logits = self.model.lm_head(hidden) + self.model.final_logits_bias.to(hidden.dtype)
+        presents = []
+        for layer in out.past_key_values.to_legacy_cache():
+            presents += list(layer[:2] if self.with_past else layer)
+        return (logits, *presents)
+
+
+def finish_part(path, names, input_axes, output_axes, doc):
+    """Give a graph optimum's input names and dim names, then export.py's finishing and checks.
+
+    names: {torch argument name: ONNX input name}; input_axes: {ONNX input name: dim names (None: keep)}."""
+    import onnx
+    model = onnx.load(str(path))
+    renames = {}
+    for value in model.graph.input:
+        value.name = names.get(value.name, value.name)
+        for dim, axis in zip(value.type.tensor_type.shape.dim, input_axes.get(value.name, ())):
+            if dim.dim_param and axis:
+                renames[dim.dim_param] = axis
+    for node in model.graph.node:
+        for k, name in enumerate(node.input):
+            if name in names:
+                node.input[k] = names[name]
+    for value in [*model.graph.input, *model.graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in renames:
+                dim.dim_param = renames[dim.dim_param]
+    onnx.save_model(model, str(path))
+    return finish_graph(path, input_axes=(), output_axes=output_axes, external_data=False, doc=doc)
+
+
+ENC_AXES = ("batch_size", "encoder_sequence_length")
+HIDDEN_AXES = ("batch_size", "encoder_hidden_length", None)  # G + t rows when the globals are passed on
+TASK = "text2text-generation"
+GENERATE_TOKENS = 8  # new tokens of the greedy generation the validation compares
+DECODER_TOKENS = 5  # decoder input of the logits comparison
+
+
+def check_head(info, task):
+    if info.head != "ForConditionalGeneration" or task not in (None, "auto", TASK):
+        raise LSGExportError(
+            f"encoder-decoders export as {TASK} (optimum's ORTModelForSeq2SeqLM layout) from a "
+            f"{info.family.architecture('ForConditionalGeneration')} checkpoint; {info.path} holds a "
+            f"{info.family.architecture(info.head)}" + ("" if task in (None, "auto", TASK) else f", --task {task}"))
+
+
+def load_model(info, seq):
+    """The PyTorch model (package classes, float32, eager attention), its encoder positions cut to --seq."""
+    try:
+        with quiet_transformers():
+            model = info.family.model_class(info.head).from_pretrained(
+                str(info.path), dtype=torch.float32, attn_implementation="eager")
+    except (OSError, RuntimeError, ValueError, TypeError) as error:
+        raise LSGExportError(f"{info.path}: cannot load the model ({str(error).splitlines()[0][:200]})") from None
+    # longer inputs then fail in the graph (the position lookup) instead of running unvalidated
+    table = model.get_encoder().embed_positions
+    rows = seq + info.family.table_offset
+    if table.weight.shape[0] > rows:
+        table.weight = torch.nn.Parameter(table.weight.data[:rows].clone(), requires_grad=False)
+        table.num_embeddings = rows
+    return model.eval()
+
+
+def encoder_inputs(info, batch, length, generator=None, ids=None):
+    inputs = make_inputs(info, "feature-extraction", batch, length, generator=generator, ids=ids)
+    return {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+
+
+def export_parts(model, info, folder, seq, backend, opset, status):
+    """Write the three graphs; returns {file: {"nodes", "seconds"}}."""
+    layers = model.config.decoder_layers
+    example = encoder_inputs(info, 2, max(1, min(seq, 2 * info.config["block_size"] + info.config["block_size"] // 2 + 1)))
+    with torch.no_grad():
+        hidden = model.get_encoder()(**example).last_hidden_state
+        decoder_ids = torch.full((2, 3), model.config.decoder_start_token_id, dtype=torch.long)
+        first = DecoderModule(model, False)(decoder_ids, example["attention_mask"], hidden)
+    parts = {}
+    doc = f"LSG {info.family.class_name(info.head)} ({TASK}) by lsg-export"
+
+    status(f"exporting the encoder (opset {opset}, {backend.name} attention)")
+    path = folder / ENCODER_FILE
+    seconds = export_graph(EncoderModule(model).eval(), example, path, output_names=["last_hidden_state"],
+                           backend=backend, opset=opset, external_data=False)
+    proto = finish_part(path, {}, {"input_ids": ENC_AXES, "attention_mask": ENC_AXES}, (HIDDEN_AXES,), doc)
+    parts[ENCODER_FILE] = {"nodes": len(proto.graph.node), "seconds": round(seconds, 2)}
+
+    for with_past, file in ((False, DECODER_FILE), (True, DECODER_WITH_PAST_FILE)):
+        status(f"exporting the decoder{' with past' if with_past else ''}")
+        names, outputs = decoder_names(layers, with_past)
+        values = [decoder_ids[:, :1] if with_past else decoder_ids, example["attention_mask"]]
+        values += list(first[1:]) if with_past else [hidden]  # presents of step 1: the past of step 2
+        inputs = dict(zip(map(identifier, names), values))
+        past_dims = {identifier(n): (0, 2) for n in names if n.startswith("past_key_values")}
+        path = folder / file
+        seconds = export_graph(DecoderModule(model, with_past).eval(), inputs, path, output_names=outputs,
+                               backend=backend, opset=opset, external_data=False,
+                               dynamic_dims={"encoder_hidden_states": (0, 1), **past_dims})
+        decoder_axis = "past_decoder_sequence_length" if with_past else "decoder_sequence_length"
+        input_axes = {"input_ids": ("batch_size", "decoder_sequence_length"), "encoder_attention_mask": ENC_AXES,
+                      "encoder_hidden_states": HIDDEN_AXES}
+        input_axes.update({n: ("batch_size", None, "past_decoder_sequence_length" if ".decoder." in n
+                               else "encoder_hidden_length", None) for n in names if n.startswith("past")})
+        output_axes = [("batch_size", "decoder_sequence_length", None)] + [
+            ("batch_size", None, "encoder_hidden_length" if ".encoder." in n else
+             (decoder_axis + " + 1" if with_past else decoder_axis), None) for n in outputs[1:]]
+        proto = finish_part(path, {identifier(n): n for n in names}, input_axes, output_axes, doc)
+        parts[file] = {"nodes": len(proto.graph.node), "seconds": round(seconds, 2)}
+    return parts
+
+
+class Sessions:
+    """ONNX Runtime sessions of the three graphs of a folder."""
+
+    def __init__(self, folder, device, backend):
+        self.encoder, self.decoder, self.decoder_with_past = (
+            make_session(Path(folder) / f, device, backend) for f in PART_FILES)
+        self.past_names = [i.name for i in self.decoder_with_past.get_inputs() if i.name.startswith("past")]
+
+
+def _diff_row(length, name, expected, got, atol, enforced, agreement=None):
+    if expected.shape != got.shape:
+        return Comparison(length, name, float("inf"), float("inf"), 0.0, False)
+    diff = np.abs(got.astype(np.float64) - expected.astype(np.float64))
+    worst = float(diff.max()) if diff.size else 0.0
+    worst = worst if np.isfinite(worst) else float("inf")
+    return Comparison(length, name, worst, float(diff.mean()) if diff.size else 0.0, agreement,
+                      worst <= atol or not enforced)
+
+
+def compare_seq2seq(sessions, model, info, lengths, batch_size, atol, enforced, ids=None, inputs_label="random ids",
+                    progress=None, ort_model=None, new_tokens=GENERATE_TOKENS):
+    """Per length (batch_size rows, the last padded): encoder output on the real rows (globals + real
+    tokens), decoder logits without and with past, and greedy generation from ORTModelForSeq2SeqLM
+    (`ort_model`) against PyTorch's tokens."""
+    report = ValidationReport(atol, enforced, batch_size, list(lengths), inputs_label)
+    generator = torch.Generator().manual_seed(0)
+    globals_ = info.config["num_global_tokens"] if info.config.get("pass_global_tokens_to_decoder", True) else 0
+    for length in lengths:
+        if progress:
+            progress(length)
+        chunk = text_chunks(ids, batch_size, length) if ids is not None else None
+        inputs = encoder_inputs(info, batch_size, length, generator=generator, ids=chunk)
+        feeds = {k: v.numpy() for k, v in inputs.items()}
+        decoder_ids = torch.randint(5, model.config.vocab_size, (batch_size, DECODER_TOKENS), generator=generator)
+        decoder_ids[:, 0] = model.config.decoder_start_token_id
+        try:
+            hidden = sessions.encoder.run(None, feeds)[0]
+            first = sessions.decoder.run(None, {"input_ids": decoder_ids[:, :-1].numpy(), "encoder_hidden_states": hidden,
+                                                "encoder_attention_mask": feeds["attention_mask"]})
+            step = sessions.decoder_with_past.run(None, {"input_ids": decoder_ids[:, -1:].numpy(),
+                                                         "encoder_attention_mask": feeds["attention_mask"],
+                                                         **dict(zip(sessions.past_names, first[1:]))})
+        except Exception as error:
+            raise LSGExportError(f"ONNX Runtime failed at length {length} ({str(error).splitlines()[0][:300]})") \
+                from None
+        with torch.no_grad():
+            expected = model.get_encoder()(**inputs).last_hidden_state
+            logits = model(encoder_outputs=(expected,), attention_mask=inputs["attention_mask"],
+                           decoder_input_ids=decoder_ids).logits.numpy()
+        rows = torch.nn.functional.pad(inputs["attention_mask"], (globals_, 0), value=1).bool().numpy()
+        report.rows.append(_diff_row(length, "last_hidden_state", expected.numpy()[rows], hidden[rows], atol, enforced))
+        for name, reference, got in (("logits", logits[:, :-1], first[0]), ("logits (past)", logits[:, -1:], step[0])):
+            agreement = float((reference.argmax(-1) == got.argmax(-1)).mean()) if reference.shape == got.shape else 0.0
+            report.rows.append(_diff_row(length, name, reference, got, atol, enforced, agreement))
+        if ort_model is not None:
+            report.rows.append(compare_generation(ort_model, model, inputs, length, new_tokens, enforced))
+    return report
+
+
+def compare_generation(ort_model, model, inputs, length, new_tokens, enforced):
+    """Greedy tokens of ORTModelForSeq2SeqLM vs PyTorch: a row whose max_abs_diff counts differing tokens."""
+    settings = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, num_beams=1, do_sample=False)
+    with torch.no_grad(), quiet_transformers():
+        expected = model.generate(**inputs, **settings)
+        got = ort_model.generate(**inputs, **settings)
+    if expected.shape != got.shape:
+        return Comparison(length, "greedy tokens", float("inf"), 1.0, 0.0, not enforced)
+    differ = (expected != got).float()
+    return Comparison(length, "greedy tokens", float(differ.sum()), float(differ.mean()),
+                      float(1 - differ.mean()), bool(differ.sum() == 0) or not enforced)
+
+
+def load_seq2seq_model(folder, provider="CPUExecutionProvider", session_options=None, **kwargs):
+    """optimum's ORTModelForSeq2SeqLM of an export folder, the custom-op library registered when the
+    encoder graph needs it (export.json "custom_ops"). kwargs go to from_pretrained."""
+    from optimum.onnxruntime import ORTModelForSeq2SeqLM
+
+    meta = json.loads((Path(folder) / "export.json").read_text())
+    if meta.get("custom_ops"):
+        from ..ops import session_options_with_ops
+        session_options = session_options_with_ops(session_options)
+    with quiet_transformers():
+        return ORTModelForSeq2SeqLM.from_pretrained(str(folder), provider=provider, session_options=session_options,
+                                                    use_merged=False, **kwargs)
+
+
+def export_seq2seq(info, output=None, *, seq=None, task="auto", opset=DEFAULT_OPSET, attention="gather",
+                   optimize="none", fp16=False, quantize=None, device="cpu", atol=None, lengths=None, batch_size=2,
+                   force=False, status=None, started=None):
+    """export_onnx for a converted encoder-decoder folder (`info`): the three graphs, validated.
+
+    Returns pipeline.ExportResult (task text2text-generation)."""
+    from .pipeline import EXPORT_JSON, ExportResult, versions, write_json, write_side_files
+    status = status or (lambda message: None)
+    started = started or time.perf_counter()
+    check_head(info, task)
+    backend = get_attention_backend(attention)
+    check_opset(opset, backend)
+    check_options(optimize, fp16, quantize, device)
+    if optimize != "none" or fp16 or quantize:
+        raise LSGExportError("--optimize, --fp16 and --quantize are not available for encoder-decoders yet")
+    seq = info.max_length if seq is None else seq
+    if not isinstance(seq, int) or not 1 <= seq <= info.max_length:
+        raise LSGExportError(f"--seq {seq} is outside 1..{info.max_length}, the lengths {info.path}'s position "
+                             f"table covers")
+    lengths = parse_lengths(lengths, seq) if lengths else default_lengths(info.config["block_size"], seq)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise LSGExportError(f"--batch-size must be positive, got {batch_size}")
+    atol = DEFAULT_ATOL["fp32"] if atol is None else atol
+    if atol < 0:
+        raise LSGExportError(f"--atol must be positive, got {atol}")
+    output = check_output(Path(output) if output else info.path / "onnx", force)
+
+    status(f"loading {info.path} ({info.family.class_name(info.head)}, task {TASK})")
+    model = load_model(info, seq)
+    with atomic_folder(output, force) as tmp:
+        parts = export_parts(model, info, tmp, seq, backend, opset, status)
+        finals = {file: final_graph(tmp / file) for file in PART_FILES}
+        write_side_files(info, tmp, seq)
+        if (info.path / "generation_config.json").is_file():  # generate() of ORT and PyTorch: the same settings
+            shutil.copy(info.path / "generation_config.json", tmp / "generation_config.json")
+        meta = {
+            "model": str(info.path.resolve()), "architecture": info.family.class_name(info.head),
+            "model_type": info.family.model_type, "task": TASK, "seq2seq": True, "files": list(PART_FILES),
+            "seq": seq, "opset": opset, "attention": backend.name, "custom_ops": getattr(backend, "custom_ops", None),
+            "device": device, "lsg": {**info.lsg_options, "pass_global_tokens_to_decoder":
+                                      info.config.get("pass_global_tokens_to_decoder", True)},
+            "graph": {"nodes": sum(f["nodes"] for f in finals.values()),
+                      "domains": sorted({d for f in finals.values() for d in f["domains"]})},
+            "graphs": {file: {**parts[file], **finals[file]} for file in PART_FILES},
+            "optimize": None, "fp16": False, "quantize": None, "precision": "fp32", "versions": versions(),
+        }
+        write_json(tmp / EXPORT_JSON, meta)
+        report = validate_folder(tmp, model, info, meta, lengths, batch_size, atol, device=device, status=status)
+        meta["seconds"] = {"export": round(sum(p["seconds"] for p in parts.values()), 2),
+                           "total": round(time.perf_counter() - started, 2)}
+        meta["validation"] = report.to_dict()
+        write_json(tmp / EXPORT_JSON, meta)
+    remember_output("onnx", output)
+    return ExportResult(output, TASK, report, meta)
+
+
+def validate_folder(folder, model, info, meta, lengths, batch_size, atol, device="cpu", ids=None,
+                    inputs_label="random ids", status=None):
+    status = status or (lambda message: None)
+    backend = get_attention_backend(meta.get("attention", "gather"))
+    sessions = Sessions(folder, device, backend)
+    ort_model = load_seq2seq_model(folder, provider="CUDAExecutionProvider" if device == "cuda" else
+                                   "CPUExecutionProvider")
+    return compare_seq2seq(sessions, model, info, lengths, batch_size, atol, True, ids=ids,
+                           inputs_label=inputs_label, ort_model=ort_model,
+                           progress=lambda n: status(f"validating: length {n} of {', '.join(map(str, lengths))}"))
+
+
+def validate_seq2seq(folder, meta, *, model=None, lengths=None, batch_size=2, text=None, atol=None, device=None,
+                     status=None, record=True):
+    """validate_onnx for an encoder-decoder export folder (see pipeline.validate_onnx)."""
+    from .pipeline import EXPORT_JSON, write_json
+    from .tasks import read_model_folder
+    status = status or (lambda message: None)
+    folder = Path(folder)
+    missing = [f for f in PART_FILES if not (folder / f).is_file()]
+    if missing:
+        raise LSGExportError(f"{folder}: no {', '.join(missing)}")
+    source = model or meta.get("model")
+    if source and model is None and not Path(source).is_dir():
+        raise LSGExportError(f"the PyTorch model {source} named in {folder / EXPORT_JSON} is gone: pass --model")
+    info = read_model_folder(source)
+    seq = int(meta["seq"])
+    lengths = parse_lengths(lengths or meta.get("validation", {}).get("lengths")
+                            or default_lengths(info.config["block_size"], seq), seq)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise LSGExportError(f"--batch-size must be positive, got {batch_size}")
+    atol = DEFAULT_ATOL["fp32"] if atol is None else atol
+    ids = text_ids(folder, text) if text else None
+    status(f"loading {info.path}")
+    torch_model = load_model(info, seq)
+    report = validate_folder(folder, torch_model, info, meta, lengths, batch_size, atol,
+                             device=device or meta.get("device", "cpu"), ids=ids,
+                             inputs_label=f"text {Path(text).name}" if text else "random ids", status=status)
+    if record:
+        meta["validation"] = report.to_dict()
+        write_json(folder / EXPORT_JSON, meta)
+    return report
+
+
+__all__ = ["export_seq2seq", "validate_seq2seq", "load_seq2seq_model", "compare_seq2seq", "EncoderModule",
+           "DecoderModule", "decoder_names", "PART_FILES", "TASK"]
