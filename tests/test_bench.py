@@ -1,0 +1,237 @@
+"""`lsg-export bench`: a --quick run of every CPU backend on a tiny LSG bert (table, JSON schema, CSV,
+plot, cached exports), an export as target with a length above its --seq and a broken copy that fails
+without stopping the other backends, the default target, bad arguments; the pieces (growth exponent,
+chunking, ratios, timing loop, peak memory) on real values."""
+import csv
+import datetime
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from lsg_export.bench.backends import BACKENDS, Runner, chunked
+from lsg_export.bench.measure import Cell, PeakMemory, predicted_seconds, time_runs
+from lsg_export.bench.report import exponent
+from lsg_export.bench.run import SCHEMA, add_ratios
+from lsg_export.cli import main
+from lsg_export.errors import LSGExportError
+from lsg_export.sources import last_output, remember_output
+
+CPU_BACKENDS = [name for name, b in BACKENDS.items() if "cpu" in b.devices]
+LENGTHS = [64, 128]
+CELL_KEYS = {"backend", "length", "batch", "status", "reason", "warmup", "runs", "p50_ms", "p90_ms", "p99_ms",
+             "mean_ms", "min_ms", "tokens_per_s", "peak_memory_mb", "memory_kind", "speedup_vs_torch_lsg",
+             "speedup_vs_torch_chunked", "times_ms"}
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_user_error(result, *fragments):
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_lsg(tiny_bert, tmp_path_factory):
+    """A tiny LSG BertModel (128 positions, blocks of 8): feature-extraction."""
+    from lsg_export import convert
+    folder = tmp_path_factory.mktemp("bench") / "lsg-tiny"
+    convert(str(tiny_bert), folder, max_sequence_length=128, block_size=8, sparse_block_size=8,
+            architecture="BertModel")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def quick_run(tiny_lsg, tmp_path_factory):
+    """One --quick run of every CPU backend at 64 and 128 tokens, 1 thread: (result, JSON, out folder)."""
+    out = tmp_path_factory.mktemp("bench-out")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(out)
+        result = invoke("bench", tiny_lsg, "--quick", "--seq", "64,128", "--threads", "1",
+                        "--backends", ",".join(CPU_BACKENDS), "--json", out / "bench.json", "--csv", out / "bench.csv",
+                        "--plot", out / "bench.png")
+        assert result.exit_code == 0, (result.output, result.exception)
+        # the cache exports are not recorded as the last export made from the user's directory
+        with pytest.raises(LSGExportError, match="has written nothing from this directory"):
+            last_output("onnx")
+    return result, json.loads((out / "bench.json").read_text()), out
+
+
+def test_quick_run_measures_every_cpu_backend(quick_run, tiny_lsg):
+    result, data, _ = quick_run
+    for name in CPU_BACKENDS:
+        assert name in result.stdout
+    assert data["schema"] == SCHEMA
+    assert set(data) == {"schema", "target", "settings", "environment", "backends", "results", "summary"}
+    assert data["target"]["model"] == str(tiny_lsg.resolve()) and data["target"]["task"] == "feature-extraction"
+    assert data["settings"]["lengths"] == LENGTHS and data["settings"]["batch_sizes"] == [1]
+    assert data["settings"]["threads"] == 1 and (data["settings"]["warmup"], data["settings"]["repeat"]) == (1, 2)
+    assert [(r["backend"], r["length"]) for r in data["results"]] == [(b, n) for b in CPU_BACKENDS for n in LENGTHS]
+    lsg = {r["length"]: r["p50_ms"] for r in data["results"] if r["backend"] == "torch-lsg"}
+    for row in data["results"]:
+        assert set(row) == CELL_KEYS
+        assert row["status"] == "ok", row
+        assert row["runs"] == 2 == len(row["times_ms"]) and row["warmup"] == 1
+        assert row["min_ms"] <= row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] <= max(row["times_ms"])
+        assert row["p50_ms"] == pytest.approx(float(np.median(row["times_ms"])), rel=1e-3)
+        assert row["tokens_per_s"] == pytest.approx(row["length"] / row["p50_ms"] * 1000, rel=1e-3)
+        assert row["memory_kind"] == "RSS increase" and row["peak_memory_mb"] >= 0
+        assert row["speedup_vs_torch_lsg"] == pytest.approx(lsg[row["length"]] / row["p50_ms"], rel=2e-3)
+    for name, record in data["backends"].items():
+        assert record["status"] == "ok" and record["error"] is None and record["load_seconds"] > 0, (name, record)
+    assert data["backends"]["torch-dense"]["note"].startswith("BertModel, attention sdpa")
+    assert "window 24" in data["backends"]["torch-longformer"]["note"]  # 3 blocks of 8 tokens
+    growth = data["summary"]["1"]["growth"]
+    assert set(growth) == set(CPU_BACKENDS) and all(isinstance(g["time_exponent"], float) for g in growth.values())
+    best = data["summary"]["1"]["per_length"]["128"]["best_ort_vs_torch_lsg"]
+    assert best["backend"].startswith("ort-") and best["speedup"] == max(
+        r["speedup_vs_torch_lsg"] for r in data["results"] if r["length"] == 128 and r["backend"].startswith("ort-"))
+    env = data["environment"]
+    assert env["cpu"] and env["threads"] == 1 and env["gpu"] is None and env["cpu_count"] >= 1
+    assert {"torch", "onnxruntime", "transformers"} <= set(env["versions"])
+    assert datetime.datetime.fromisoformat(env["date"]).year >= 2024
+
+
+def test_quick_run_writes_csv_plot_and_cached_exports(quick_run, tiny_lsg):
+    _, data, out = quick_run
+    with open(out / "bench.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(data["results"])
+    assert [(r["backend"], int(r["length"])) for r in rows] == [(r["backend"], r["length"]) for r in data["results"]]
+    assert rows[0]["cpu"] == data["environment"]["cpu"] and rows[0]["torch"] == torch.__version__
+    assert [float(t) for t in rows[0]["times_ms"].split()] == data["results"][0]["times_ms"]
+    png = (out / "bench.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    for name in ("ort-gather", "ort-gather-optimized", "ort-int8", "ort-custom-op"):
+        folder = tiny_lsg / "bench-exports" / name
+        assert data["backends"][name]["export"] == str(folder)
+        meta = json.loads((folder / "export.json").read_text())
+        assert meta["task"] == "feature-extraction" and meta["seq"] == 128
+    assert json.loads((tiny_lsg / "bench-exports" / "ort-int8" / "export.json").read_text())["quantize"]["weight_type"] \
+        == "QInt8"
+
+
+def test_default_target_is_the_last_convert_and_exports_are_reused(quick_run, tiny_lsg, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    remember_output("convert", tiny_lsg)
+    model = tiny_lsg / "bench-exports" / "ort-gather" / "model.onnx"
+    before = model.stat().st_mtime_ns
+    result = invoke("bench", "--quick", "--seq", "64", "--backends", "ort-gather", "--json", "-")
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "the last convert made from here" in result.stderr and str(tiny_lsg.resolve()) in result.stderr
+    assert model.stat().st_mtime_ns == before  # up to date: reused, not exported again
+    data = json.loads(result.stdout)  # stdout holds only the JSON (the table went to stderr)
+    assert data["target"]["chosen"] == "last convert" and data["results"][0]["status"] == "ok"
+
+
+def test_export_target_and_a_failing_backend(quick_run, tiny_lsg, tmp_path, monkeypatch):
+    """An export folder as target (the last one made here) serves its own kind; a broken copy fails at
+    every length while torch-lsg, in the same run, is measured."""
+    monkeypatch.chdir(tmp_path)
+    good = tmp_path / "onnx"
+    shutil.copytree(tiny_lsg / "bench-exports" / "ort-gather", good)
+    broken = tmp_path / "onnx-broken"
+    shutil.copytree(good, broken)
+    (broken / "model.onnx").write_bytes((good / "model.onnx").read_bytes()[:1000])
+    remember_output("onnx", good)
+
+    result = invoke("bench", "--quick", "--seq", "32", "--backends", "ort-gather", "--json", "-")
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "the last export made from here" in result.stderr
+    data = json.loads(result.stdout)
+    assert data["target"]["export"] == str(good) and data["target"]["export_kind"] == "ort-gather"
+    assert data["backends"]["ort-gather"]["export"] == str(good) and data["results"][0]["status"] == "ok"
+
+    result = invoke("bench", broken, "--quick", "--seq", "32,128", "--backends", "ort-gather,torch-lsg",
+                    "--json", tmp_path / "broken.json")
+    assert result.exit_code == 0, (result.output, result.exception)
+    data = json.loads((tmp_path / "broken.json").read_text())
+    record = data["backends"]["ort-gather"]
+    assert record["status"] == "failed" and "ONNX Runtime cannot load" in record["error"]
+    assert "ort-gather failed" in result.stderr and "failed" in result.stdout
+    assert [(r["backend"], r["status"]) for r in data["results"]] == [
+        ("ort-gather", "failed"), ("ort-gather", "failed"), ("torch-lsg", "ok"), ("torch-lsg", "ok")]
+    assert data["results"][0]["reason"] == record["error"] and data["results"][0]["p50_ms"] is None
+
+
+def test_lengths_a_backend_cannot_run_are_skipped():
+    runner = Runner(lambda batch, length: None, max_length=64)
+    assert runner.limit(1, 64) is None and runner.limit(1, 65) == "above its maximum length 64"
+
+
+def test_bad_arguments_give_one_line(tiny_lsg, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert_user_error(invoke("bench", tiny_lsg, "--backends", "torch-lsg,onnx-magic"), "unknown backend onnx-magic",
+                      "available: torch-lsg")
+    assert_user_error(invoke("bench", tiny_lsg, "--seq", "64,4096"), "--seq 4096 is above", "maximum length 128")
+    assert_user_error(invoke("bench", tiny_lsg, "--seq", "64,abc"), "--seq must be comma-separated integers")
+    assert_user_error(invoke("bench", tiny_lsg, "--batch-size", "0"), "--batch-size must be positive")
+    assert_user_error(invoke("bench", tiny_lsg, "--backends", "ort-fp16"), "ort-fp16 does not run on cpu")
+    assert_user_error(invoke("bench", tmp_path), "not a converted LSG model folder")
+    assert_user_error(invoke("bench", "--quick"), "neither `lsg-export onnx` nor `lsg-export convert`")
+    if not torch.cuda.is_available():
+        assert_user_error(invoke("bench", tiny_lsg, "--device", "cuda"), "--device cuda: no CUDA GPU")
+    assert not [p for p in tmp_path.iterdir() if p.name != "lsg-home"]  # nothing written
+
+
+# --- the pieces ---------------------------------------------------------------------------------
+
+def test_growth_exponent():
+    lengths = [512, 1024, 4096, 16384]
+    assert exponent([(n, 3.0 * n) for n in lengths]) == pytest.approx(1.0)
+    assert exponent([(n, 1e-4 * n * n) for n in lengths]) == pytest.approx(2.0)
+    assert exponent([(512, 5.0)]) is None
+
+
+def test_chunks_are_independent_and_padded():
+    ids = torch.arange(1, 2 * 10 + 1).reshape(2, 10)
+    out = chunked({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, 4, pad_id=0)
+    assert out["input_ids"].shape == (6, 4)
+    assert out["input_ids"][:3].flatten()[:10].tolist() == list(range(1, 11))
+    assert out["input_ids"][2].tolist() == [9, 10, 0, 0] and out["attention_mask"][2].tolist() == [1, 1, 0, 0]
+    assert out["input_ids"][3].tolist() == [11, 12, 13, 14]
+
+
+def test_ratios_against_torch_lsg_and_chunked():
+    cells = [Cell("torch-lsg", 4096, 1, p50_ms=300.0), Cell("torch-chunked", 4096, 1, p50_ms=100.0),
+             Cell("ort-gather", 4096, 1, p50_ms=120.0), Cell("ort-int8", 4096, 1, status="failed"),
+             Cell("ort-gather", 1024, 1, p50_ms=30.0)]
+    add_ratios(cells)
+    assert (cells[2].speedup_vs_torch_lsg, cells[2].speedup_vs_torch_chunked) == (2.5, 0.833)
+    assert cells[1].speedup_vs_torch_lsg == 3.0 and cells[0].speedup_vs_torch_lsg == 1.0
+    assert cells[3].speedup_vs_torch_lsg is None and cells[4].speedup_vs_torch_lsg is None  # no torch-lsg at 1024
+
+
+def test_timing_loop_caps_long_runs():
+    calls = []
+    times, warm = time_runs(lambda: calls.append(time.sleep(0.01)), lambda: None, warmup=3, repeat=20,
+                            cell_seconds=10.0)
+    assert (warm, len(times), len(calls)) == (3, 20, 23) and min(times) >= 0.01
+    calls.clear()
+    times, warm = time_runs(lambda: calls.append(time.sleep(0.05)), lambda: None, warmup=3, repeat=20,
+                            cell_seconds=0.1)
+    assert (warm, len(times)) == (1, 3)  # one warm-up, MIN_RUNS timed runs
+    assert predicted_seconds([(1024, 1.0), (2048, 2.0)], 8192) == pytest.approx(8.0)  # linear so far
+    assert predicted_seconds([(1024, 1.0)], 4096) == pytest.approx(16.0)  # one point: assume quadratic
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
+def test_peak_memory_sees_an_allocation_and_resets():
+    memory = PeakMemory("cpu", "torch")
+    block = np.ones(64 * 2**20 // 8)  # 64 MB, touched
+    assert 60 <= memory.peak_mb() <= 200
+    del block
+    memory.reset()
+    assert memory.peak_mb() < 20
