@@ -274,6 +274,8 @@ __global__ void __launch_bounds__(kSimtThreads) simt_kernel(const Params p) {
 template <int D>
 constexpr int kMmaWarps = D == 128 ? 4 : 8;
 template <int D>
+constexpr int kMmaBlocksPerSM = D == 128 ? 1 : 2;  // <= 128 registers: 2 x 8 warps per SM (d 128: ~166, 3 x 4)
+template <int D>
 constexpr int kMmaRows = 16 * kMmaWarps<D>;  // query rows per thread block: 16 per warp
 constexpr int kMmaKeys = 64;                 // keys per tile
 constexpr int kVStride = kMmaKeys + 8;       // elements per row of the transposed value tile
@@ -333,7 +335,7 @@ __device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], uint32
 //   B (16 x 8):  b0 = (k 2t..2t+1, n g), b1 = (k 2t+8..2t+9, n g)
 //   C (16 x 8):  c[0..1] = (g, 2t..2t+1), c[2..3] = (g+8, 2t..2t+1)
 template <typename T, int D>
-__global__ void __launch_bounds__(32 * kMmaWarps<D>) mma_kernel(const Params p) {
+__global__ void __launch_bounds__(32 * kMmaWarps<D>, kMmaBlocksPerSM<D>) mma_kernel(const Params p) {
   constexpr int kThreads = 32 * kMmaWarps<D>, kRows = kMmaRows<D>, kStride = kKStride<D>;
   constexpr int kVectors = D / 8;                            // 16-byte vectors per row
   constexpr int kPerThread = kMmaKeys * kVectors / kThreads;  // key (and value) vectors per thread per tile
