@@ -251,7 +251,8 @@ def load_torch_longformer(spec):
 
 def ort_session(path, device, attention, threads):
     """An ONNX Runtime session as lsg_export.onnx.validate.make_session opens it (providers and session set-up
-    of the attention backend, e.g. the custom-op library), with `threads` intra-op threads."""
+    of the attention backend, e.g. the custom-op library), with `threads` intra-op threads and, on CPU,
+    without the SkipLayerNormalization fusion at load time (graphs exported with --optimize have it already)."""
     import onnxruntime as ort
 
     from ..onnx.export import get_attention_backend
@@ -260,6 +261,8 @@ def ort_session(path, device, attention, threads):
     options.log_severity_level = 3
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    if device == "cpu":  # the CPU SkipLayerNormalization kernel is slower than Add + LayerNormalization (README)
+        options.add_session_config_entry("optimization.disable_specified_optimizers", "SkipLayerNormFusion")
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
     providers = [p for p in providers if p in backend.providers]
     if backend.setup_session is not None:
