@@ -1,6 +1,7 @@
 // ONNX Runtime registration of the custom-op domain "ai.lsg" (version 1): one op,
-// BlockSparseAttention, with a float32 and a float16 CPU kernel (see custom_ops/README.md for the
-// contract). Entry point: RegisterCustomOps(OrtSessionOptions*, const OrtApiBase*), which is what
+// BlockSparseAttention, with a float32 and a float16 CPU kernel and, built with LSG_OPS_CUDA,
+// float32/float16/bfloat16 kernels for the CUDA execution provider (see custom_ops/README.md for
+// the contract). Entry point: RegisterCustomOps(OrtSessionOptions*, const OrtApiBase*), which is what
 // SessionOptions.register_custom_ops_library() calls.
 #include <cmath>
 #include <cstdio>
