@@ -8,8 +8,8 @@
 // operation: __syncwarp, shuffles, ballots, mma), and a barrier opens when every live thread of
 // its block (or of its warp) waits at it. Warp operations exchange values through a per-warp
 // buffer between two warp barriers. mma.m16n8k16 reads its A, B and C fragments at the positions
-// the PTX ISA gives (groupID = lane / 4, threadID_in_group = lane % 4), so a kernel that puts its
-// operands elsewhere computes wrong results here too. Dynamic shared memory starts as NaN bytes,
+// the PTX ISA gives (groupID = lane / 4, threadID_in_group = lane % 4), and ldmatrix fills them
+// as the ISA says, so a kernel that puts its operands elsewhere computes wrong results here too. Dynamic shared memory starts as NaN bytes,
 // so reading what no thread wrote shows.
 #pragma once
 
@@ -105,6 +105,7 @@ struct Thread {
 struct WarpBuffer {  // what the lanes of one warp exchange
   uint32_t words[32][6];
   float floats[32];
+  const uint16_t* rows[32];
 };
 
 struct Block {
@@ -264,6 +265,23 @@ void mma16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
   for (int i = 0; i < 4; ++i) c[i] = d[i];
 }
 
+// ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: lane L gives row L % 8 of matrix L / 8;
+// register i of lane L receives matrix i's (row L / 4, columns 2(L % 4) + 0..1), or with trans
+// (rows 2(L % 4) + 0..1, column L / 4); the lower half holds the first element.
+inline void ldmatrix_x4(uint32_t r[4], const void* row, bool trans) {
+  WarpBuffer& w = warp_buffer();
+  w.rows[lane()] = static_cast<const uint16_t*>(row);
+  warp_barrier();
+  const int l = lane();
+  for (int i = 0; i < 4; ++i) {
+    uint16_t e[2];
+    for (int h = 0; h < 2; ++h)
+      e[h] = trans ? w.rows[i * 8 + 2 * (l % 4) + h][l / 4] : w.rows[i * 8 + l / 4][2 * (l % 4) + h];
+    r[i] = static_cast<uint32_t>(e[0]) | static_cast<uint32_t>(e[1]) << 16;
+  }
+  warp_barrier();
+}
+
 }  // namespace emu
 
 #define threadIdx (::emu::thread().index)
@@ -291,3 +309,4 @@ inline const char* cudaGetErrorString(cudaError_t) { return "no error"; }
 #define LSG_DYNAMIC_SHARED(name) float4* name = ::emu::dynamic_shared<float4>()
 #define LSG_LAUNCH(kernel, grid, threads, smem, stream, ...) ::emu::launch(kernel, grid, threads, smem, __VA_ARGS__)
 #define LSG_MMA_EMULATED(T, c, a, b0, b1) ::emu::mma16816<T>(c, a, b0, b1)
+#define LSG_LDMATRIX_EMULATED(r, row, trans) ::emu::ldmatrix_x4(r, row, trans)

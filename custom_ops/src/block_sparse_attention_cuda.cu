@@ -13,8 +13,9 @@
 // - tensor cores (float16 / bfloat16, head_dim 32, 64, 128): 8 warps (4 for head_dim 128) x 16
 //   query rows, 64-key tiles, mma.sync m16n8k16 with float32 accumulators; S = Q K^T and O = P V
 //   stay in registers (the S accumulator fragment is the P operand fragment, as in
-//   FlashAttention-2), and (head_dim <= 64) the next tile's keys and values are loaded while the
-//   current one is computed;
+//   FlashAttention-2); keys and values sit row-major in shared memory and reach the tensor cores
+//   through ldmatrix (transposed for V), and (head_dim <= 64) the next tile's keys and values are
+//   loaded while the current one is computed;
 // - CUDA cores (float32, other head dims, unaligned pointers): 8 threads per query row, 32-key
 //   tiles, float32 FMA; exact enough for the float32 contract (1e-4 against PyTorch).
 #if defined(LSG_CUDA_EMULATION)  // the kernels on the CPU, for tests: custom_ops/emulation/cuda_emulation.h
@@ -278,10 +279,10 @@ constexpr int kMmaBlocksPerSM = D == 128 ? 1 : 2;  // <= 128 registers: 2 x 8 wa
 template <int D>
 constexpr int kMmaRows = 16 * kMmaWarps<D>;  // query rows per thread block: 16 per warp
 constexpr int kMmaKeys = 64;                 // keys per tile
-constexpr int kVStride = kMmaKeys + 8;       // elements per row of the transposed value tile
 
-// Elements per row of the query/key tile: 8 more than D keeps rows 16-byte aligned and makes
-// the 32-bit fragment reads of 8 rows x 4 columns hit 32 different banks.
+// Elements per row of the query, key and value tiles: 8 more than D keeps rows 16-byte aligned
+// and puts the 8 rows that one ldmatrix phase (or 32-bit fragment read) touches in 32 different
+// banks.
 template <int D>
 constexpr int kKStride = D + 8;
 template <int D>
@@ -289,8 +290,7 @@ constexpr int kTileRows = kMmaRows<D> > kMmaKeys ? kMmaRows<D> : kMmaKeys;  // t
 
 template <int D>
 __host__ __device__ constexpr size_t mma_tile_bytes() {
-  return (static_cast<size_t>(kTileRows<D>) * kKStride<D> + static_cast<size_t>(D) * kVStride) * 2 +
-         kMmaKeys * sizeof(float);
+  return (static_cast<size_t>(kTileRows<D>) + kMmaKeys) * kKStride<D> * 2 + kMmaKeys * sizeof(float);
 }
 
 __device__ __forceinline__ uint32_t load32(const void* shared) { return *static_cast<const uint32_t*>(shared); }
@@ -330,6 +330,28 @@ __device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], uint32
 #endif
 }
 
+// Four 8 x 8 matrices of 16-bit elements from shared memory: lane L gives the address of row L % 8
+// of matrix L / 8; register i receives matrix i's elements (row L / 4, columns 2(L % 4), +1), or
+// with `trans` (rows 2(L % 4), +1, column L / 4): the mma fragments of a row-major tile (A, or B
+// stored n-major) and of a B operand stored k-major.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void* row, bool trans) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  if (trans)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(address));
+  else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(address));
+#elif defined(LSG_CUDA_EMULATION)
+  LSG_LDMATRIX_EMULATED(r, row, trans);
+#else
+  __trap();
+#endif
+}
+
 // Fragment layouts of mma.m16n8k16 (PTX ISA), with g = lane / 4 and t = lane % 4:
 //   A (16 x 16): a[0] = (g, 2t..2t+1), a[1] = (g+8, 2t..), a[2] = (g, 2t+8..), a[3] = (g+8, 2t+8..)
 //   B (16 x 8):  b0 = (k 2t..2t+1, n g), b1 = (k 2t+8..2t+9, n g)
@@ -350,8 +372,8 @@ __global__ void __launch_bounds__(32 * kMmaWarps<D>, kMmaBlocksPerSM<D>) mma_ker
   const int64_t h = blockIdx.y, b = blockIdx.z, bh = b * s.heads + h;
 
   T* ks = reinterpret_cast<T*>(smem4);     // kTileRows x kStride: the queries first, then each key tile
-  T* vt = ks + kTileRows<D> * kStride;     // D x kVStride: the value tile, transposed
-  float* tile_bias = reinterpret_cast<float*>(vt + D * kVStride);
+  T* vs = ks + kTileRows<D> * kStride;     // kMmaKeys x kStride: the value tile
+  float* tile_bias = reinterpret_cast<float*>(vs + kMmaKeys * kStride);
   int* codes = reinterpret_cast<int*>(tile_bias + kMmaKeys);
   float* biases = reinterpret_cast<float*>(codes + s.max_keys());
   int* warp_counts = reinterpret_cast<int*>(biases + s.max_keys());
@@ -410,23 +432,28 @@ __global__ void __launch_bounds__(32 * kMmaWarps<D>, kMmaBlocksPerSM<D>) mma_ker
     for (int e = 0; e < kPerThread; ++e) {
       const int i = threadIdx.x + e * kThreads, j = i / kVectors, c = (i % kVectors) * 8;
       *reinterpret_cast<float4*>(ks + j * kStride + c) = next_k[e];
-      const T* v8 = reinterpret_cast<const T*>(&next_v[e]);
-#pragma unroll
-      for (int x = 0; x < 8; ++x) vt[(c + x) * kVStride + j] = v8[x];
+      *reinterpret_cast<float4*>(vs + j * kStride + c) = next_v[e];
     }
     if (threadIdx.x < kMmaKeys)
       tile_bias[threadIdx.x] = t0 + static_cast<int>(threadIdx.x) < count ? biases[t0 + threadIdx.x] * kLog2e : -INFINITY;
     __syncthreads();
     if (kPrefetch && t0 + kMmaKeys < count) fetch(t0 + kMmaKeys);
 
-    // S = Q K^T: 16 rows x 64 keys per warp
+    // S = Q K^T: 16 rows x 64 keys per warp. One ldmatrix.x4 gives the B fragments of key
+    // groups n and n + 1: its matrices are (keys of n, channels kk*16 + 0..7 | + 8..15), then n + 1.
     float sc[kMmaKeys / 8][4];
 #pragma unroll
-    for (int n = 0; n < kMmaKeys / 8; ++n) {
-      sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.0f;
-      const T* krow = ks + (n * 8 + g) * kStride + 2 * t;
+    for (int n = 0; n < kMmaKeys / 8; ++n) sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.0f;
 #pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) mma16816(sc[n], qf[kk], load32(krow + kk * 16), load32(krow + kk * 16 + 8), T());
+    for (int n = 0; n < kMmaKeys / 8; n += 2) {
+      const T* rows = ks + ((n + (lane >> 4)) * 8 + (lane & 7)) * kStride + ((lane >> 3) & 1) * 8;
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t b[4];
+        ldmatrix_x4(b, rows + kk * 16, false);
+        mma16816(sc[n], qf[kk], b[0], b[1], T());
+        mma16816(sc[n + 1], qf[kk], b[2], b[3], T());
+      }
     }
 
     // online softmax, base 2; the 4 lanes of a group share rows g and g + 8
@@ -478,12 +505,17 @@ __global__ void __launch_bounds__(32 * kMmaWarps<D>, kMmaBlocksPerSM<D>) mma_ker
       const uint32_t a[4] = {pack2(sc[2 * kc][0], sc[2 * kc][1], T()), pack2(sc[2 * kc][2], sc[2 * kc][3], T()),
                              pack2(sc[2 * kc + 1][0], sc[2 * kc + 1][1], T()),
                              pack2(sc[2 * kc + 1][2], sc[2 * kc + 1][3], T())};
-      const T* vcol = vt + g * kVStride + kc * 16 + 2 * t;
+      // transposed ldmatrix.x4: matrices (keys 16kc + 0..7 | + 8..15, channels of n), then n + 1
+      const T* rows = vs + (kc * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * kStride + (lane >> 4) * 8;
 #pragma unroll
-      for (int n = 0; n < D / 8; ++n)
-        mma16816(o[n], a, load32(vcol + n * 8 * kVStride), load32(vcol + n * 8 * kVStride + 8), T());
+      for (int n = 0; n < D / 8; n += 2) {
+        uint32_t b[4];
+        ldmatrix_x4(b, rows + n * 8, true);
+        mma16816(o[n], a, b[0], b[1], T());
+        mma16816(o[n + 1], a, b[2], b[3], T());
+      }
     }
-    __syncthreads();  // before the next tile overwrites ks, vt, tile_bias
+    __syncthreads();  // before the next tile overwrites ks, vs, tile_bias
   }
 
 #pragma unroll
