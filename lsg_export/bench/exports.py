@@ -29,9 +29,14 @@ def weights_mtime(folder):
                default=0.0)
 
 
-def stamp_for(name, target):
+def export_options(name, device):
+    """export_onnx options of backend `name`'s graph: optimised and validated for the device it runs on."""
+    return {**BACKENDS[name].export, "device": device}
+
+
+def stamp_for(name, target, device):
     from ..onnx.pipeline import versions
-    return {"backend": name, "options": BACKENDS[name].export, "task": target.task, "seq": target.info.max_length,
+    return {"backend": name, "options": export_options(name, device), "task": target.task, "seq": target.info.max_length,
             "weights_mtime": weights_mtime(target.model), "code": code_hash(), "versions": versions()}
 
 
@@ -41,11 +46,11 @@ def validation_lengths(info):
     return sorted({min(n, info.max_length) for n in (block // 2 + 1, 2 * block + 3)})
 
 
-def cached_export(name, target, status):
+def cached_export(name, target, device, status):
     """The folder of an up-to-date export for backend `name` (made now if missing or stale)."""
     from ..onnx import export_onnx
-    folder = target.model / CACHE_DIR / name
-    stamp = stamp_for(name, target)
+    folder = target.model / CACHE_DIR / (name if device == "cpu" or name == "ort-fp16" else f"{name}-{device}")
+    stamp = stamp_for(name, target, device)
     try:
         if json.loads((folder / STAMP).read_text()) == stamp and (folder / "model.onnx").is_file():
             return folder
@@ -53,7 +58,7 @@ def cached_export(name, target, status):
         pass
     status(f"exporting {name} (cached in {folder})")
     result = export_onnx(target.model, folder, seq=target.info.max_length, task=target.task, force=True,
-                         lengths=validation_lengths(target.info), **BACKENDS[name].export)
+                         lengths=validation_lengths(target.info), **export_options(name, device))
     if not result.passed:
         raise LSGExportError(f"its export failed validation: {result.report.failure_message()}")
     (folder / STAMP).write_text(json.dumps(stamp, indent=1) + "\n")
@@ -73,7 +78,7 @@ def inside(folder):
         os.chdir(previous)
 
 
-def prepare_exports(names, target, status=None):
+def prepare_exports(names, target, device="cpu", status=None):
     """{backend: export folder or LSGExportError} for the ort-* backends in `names`.
 
     A backend whose export cannot be made is reported as failed by the caller; the others go on."""
@@ -87,7 +92,7 @@ def prepare_exports(names, target, status=None):
     with inside(target.model / CACHE_DIR):
         for name in needed:
             try:
-                folders[name] = cached_export(name, target, status)
+                folders[name] = cached_export(name, target, device, status)
             except LSGExportError as error:
                 folders[name] = error
             except Exception as error:  # an exporter bug must not stop the other backends

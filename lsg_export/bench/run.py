@@ -83,7 +83,7 @@ def run_bench(target=None, *, seq=None, batch_size=None, backends=None, device="
     result = BenchResult(target_info, settings, environment(device, threads), {})
 
     from .exports import prepare_exports
-    exports = prepare_exports(names, found, status)
+    exports = prepare_exports(names, found, device, status)
     for name in names:
         record = {"status": "ok", "error": None, "note": None, "load_seconds": None, "description":
                   BACKENDS[name].description, "export": None}
