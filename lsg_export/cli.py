@@ -53,6 +53,8 @@ def convert(model, output, as_json, **options):
       lsg-export convert
       lsg-export convert ./my-bert -o lsg-my-bert --max-sequence-length 8192 --sparsity-type pooling
       lsg-export convert roberta-base --architecture RobertaForSequenceClassification --mask-first-token
+      lsg-export convert ./bart-base -o lsg-bart-base-4096          # bart, mbart, pegasus: LSG encoder, dense decoder
+      lsg-export convert ./pegasus-large --model-kwargs '{"pass_global_tokens_to_decoder": false}'
     """
     from rich.console import Console
 
@@ -96,7 +98,8 @@ def _print_report(console, report, as_json, payload):
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Output folder [default: MODEL/onnx].")
 @click.option("--seq", type=int, help="Longest input the graph accepts [default: the model's maximum length].")
 @click.option("--task", default="auto", help="auto (from the architecture), feature-extraction, fill-mask, "
-              "text-classification, token-classification, question-answering or multiple-choice.")
+              "text-classification, token-classification, question-answering or multiple-choice; encoder-decoders "
+              "(bart, mbart, pegasus ForConditionalGeneration): text2text-generation.")
 @click.option("--opset", default=18, type=int, help="ONNX opset (18 and above).")
 @click.option("--attention", default="gather", help="How LSG attention becomes ONNX: gather (standard ops only).")
 @click.option("--optimize", default="none", help="ONNX Runtime optimisation level: none, O1, O2 or O3 (as optimum).")
@@ -119,6 +122,7 @@ def onnx(model, output, as_json, **options):
       lsg-export onnx                                  # the folder `convert` last wrote from here
       lsg-export onnx lsg-all-MiniLM-L6-v2-4096 --optimize O2 -o minilm-onnx
       lsg-export onnx lsg-bert --task feature-extraction --seq 2048 --quantize int8
+      lsg-export onnx lsg-bart-base-4096 -o bart-onnx  # encoder_model.onnx, decoder(_with_past)_model.onnx
     """
     from rich.console import Console
 

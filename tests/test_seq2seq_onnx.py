@@ -2,14 +2,14 @@
 attention, dense decoder with its cache; ONNX Runtime generates PyTorch's tokens.
 
 Two tiny exports, once per module: bart (1 global passed to the decoder, norm) through the Python API
-and pegasus (2 globals not passed on, pooling) through the CLI."""
+and a 1-layer pegasus (2 globals not passed on, pooling) through the CLI."""
 import json
 
 import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import TINY_BLOCK_SIZE
+from conftest import TINY_BLOCK_SIZE, original_class, tiny_config
 from lsg_export import convert
 from lsg_export.cli import main
 from lsg_export.families import SEQ2SEQ_FAMILIES
@@ -30,7 +30,13 @@ def exports(tiny_checkpoint, tmp_path_factory):
     work = tmp_path_factory.mktemp("seq2seq-onnx")
     bart = convert_tiny(tiny_checkpoint("bart"), work / "lsg-bart", "bart")
     bart_export = export_onnx(str(bart.path), work / "bart-onnx", seq=SEQ, lengths=LENGTHS)
-    pegasus = convert_tiny(tiny_checkpoint("pegasus"), work / "lsg-pegasus", "pegasus", num_global_tokens=2,
+    # pegasus with 1 encoder and 1 decoder layer: the export time is per layer
+    settings = tiny_config("pegasus").to_dict()
+    settings.update(encoder_layers=1, decoder_layers=1)
+    torch.manual_seed(0)
+    original = original_class("pegasus", "ForConditionalGeneration")
+    original(original.config_class.from_dict(settings)).save_pretrained(work / "pegasus")
+    pegasus = convert_tiny(work / "pegasus", work / "lsg-pegasus", "pegasus", num_global_tokens=2,
                            sparsity_type="pooling", model_kwargs={"pass_global_tokens_to_decoder": False})
     run = CliRunner().invoke(main, ["onnx", str(pegasus.path), "-o", str(work / "pegasus-onnx"), "--seq", str(SEQ),
                                     "--lengths", ",".join(map(str, LENGTHS)), "--json"])

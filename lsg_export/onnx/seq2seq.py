@@ -27,7 +27,8 @@ import torch
 from ..convert import atomic_folder, check_output, quiet_transformers
 from ..errors import LSGExportError
 from ..sources import remember_output
-from .export import DEFAULT_OPSET, check_opset, export_graph, final_graph, finish_graph, get_attention_backend
+from .export import (DEFAULT_OPSET, check_opset, export_graph, final_graph, finish_graph, get_attention_backend,
+                     graph_domains)
 from .optimize import check_options
 from .tasks import make_inputs
 from .validate import (DEFAULT_ATOL, Comparison, ValidationReport, default_lengths, make_session, parse_lengths,
@@ -200,6 +201,9 @@ def export_parts(model, info, folder, seq, backend, opset, status):
     seconds = export_graph(EncoderModule(model).eval(), example, path, output_names=["last_hidden_state"],
                            backend=backend, opset=opset, external_data=False)
     proto = finish_part(path, {}, {"input_ids": ENC_AXES, "attention_mask": ENC_AXES}, (HIDDEN_AXES,), doc)
+    foreign = [d for d in graph_domains(proto) if d not in backend.domains]
+    if foreign:
+        raise LSGExportError(f"the {backend.name} attention graph uses ops outside its domains: {', '.join(foreign)}")
     parts[ENCODER_FILE] = {"nodes": len(proto.graph.node), "seconds": round(seconds, 2)}
 
     for with_past, file in ((False, DECODER_FILE), (True, DECODER_WITH_PAST_FILE)):
