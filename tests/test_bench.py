@@ -154,15 +154,18 @@ def test_export_target_and_a_failing_backend(quick_run, tiny_lsg, tmp_path, monk
     assert data["target"]["export"] == str(good) and data["target"]["export_kind"] == "ort-gather"
     assert data["backends"]["ort-gather"]["export"] == str(good) and data["results"][0]["status"] == "ok"
 
-    result = invoke("bench", broken, "--quick", "--seq", "32,128", "--backends", "ort-gather,torch-lsg",
-                    "--json", tmp_path / "broken.json")
+    result = invoke("bench", broken, "--quick", "--seq", "32,128", "--batch-size", "1,2", "--backends",
+                    "ort-gather,torch-lsg", "--json", tmp_path / "broken.json")
     assert result.exit_code == 0, (result.output, result.exception)
     data = json.loads((tmp_path / "broken.json").read_text())
     record = data["backends"]["ort-gather"]
     assert record["status"] == "failed" and "ONNX Runtime cannot load" in record["error"]
     assert "ort-gather failed" in result.stderr and "failed" in result.stdout
-    assert [(r["backend"], r["status"]) for r in data["results"]] == [
-        ("ort-gather", "failed"), ("ort-gather", "failed"), ("torch-lsg", "ok"), ("torch-lsg", "ok")]
+    assert [(r["backend"], r["length"], r["batch"], r["status"]) for r in data["results"]] == [
+        ("ort-gather", n, b, "failed") for n in (32, 128) for b in (1, 2)] + [
+        ("torch-lsg", n, b, "ok") for n in (32, 128) for b in (1, 2)]
+    assert all(r["tokens_per_s"] == pytest.approx(r["batch"] * r["length"] / r["p50_ms"] * 1000, rel=1e-3)
+               for r in data["results"][4:])
     assert data["results"][0]["reason"] == record["error"] and data["results"][0]["p50_ms"] is None
 
 

@@ -85,53 +85,63 @@ def run_bench(target=None, *, seq=None, batch_size=None, backends=None, device="
     from .exports import prepare_exports
     exports = prepare_exports(names, found, device, status)
     for name in names:
-        record = {"status": "ok", "error": None, "note": None, "load_seconds": None, "description":
-                  BACKENDS[name].description, "export": None}
+        record, cells = run_backend(name, exports.get(name), found, settings, status, progress)
         result.backends[name] = record
-        cells = {(n, b): Cell(name, n, b) for n in lengths for b in batches}
-        reported = set()
-        export = exports.get(name)
-        if isinstance(export, LSGExportError):
-            fail(record, cells, str(export))
-        else:
-            record["export"] = str(export) if export else None
-            status(f"running {name}")
-            spec = {"backend": name, "model": str(found.model), "export": record["export"], "task": found.task,
-                    "device": device, "threads": threads, "lengths": lengths, "batches": batches, "warmup": warmup,
-                    "repeat": repeat, "quick": quick}
-
-            def on_event(event, record=record, cells=cells, reported=reported):
-                kind = event.pop("event")
-                if kind == "loaded":
-                    record.update(note=event["note"], load_seconds=event["seconds"],
-                                  load_memory_mb=event["load_memory_mb"])
-                elif kind == "cell":
-                    cell = Cell(**event)
-                    cells[(cell.length, cell.batch)] = cell
-                    reported.add((cell.length, cell.batch))
-                    if progress:
-                        progress(cell)
-                elif kind == "failed":
-                    fail(record, cells, event["error"], oom=event["oom"], detail=event.get("detail"))
-
-            exit_code = run_in_process(spec, on_event)
-            if exit_code is not None and record["status"] == "ok":
-                killed = exit_code < 0 and -exit_code == 9
-                fail(record, {k: c for k, c in cells.items() if not c.runs and c.status == "ok"},
-                     f"its process ended with code {exit_code}" + (" (killed: out of memory?)" if killed else ""),
-                     oom=killed)
-        for cell in cells.values():
-            if cell.status == "ok" and not cell.runs:  # never measured (the process failed first)
-                cell.status, cell.reason = "failed", record["error"] or "not measured"
-        if progress:
-            for key, cell in cells.items():
-                if key not in reported:
-                    progress(cell)
-        result.cells.extend(cells[(n, b)] for n in lengths for b in batches)
+        result.cells.extend(cells)
     add_ratios(result.cells)
     result.settings["seconds"] = round(time.time() - started, 1)
     result.environment["load_average_end"] = load_average()
     return result
+
+
+def run_backend(name, export, target, settings, status, progress):
+    """Measure one backend: (its record, its cells in length, batch order); failures are recorded, not raised.
+
+    One process per batch size: an ONNX Runtime arena or torch cache grown by one batch size would count
+    in the next one's memory. Within a process the lengths ascend, so what a shorter length left behind
+    is less than what the next one needs."""
+    lengths, batches = settings["lengths"], settings["batch_sizes"]
+    record = {"status": "ok", "error": None, "note": None, "load_seconds": None,
+              "description": BACKENDS[name].description, "export": None}
+    cells = {(n, b): Cell(name, n, b) for n in lengths for b in batches}
+    reported = set()
+    if isinstance(export, LSGExportError):
+        fail(record, cells, str(export))
+        batches = []  # nothing to run
+    record["export"] = str(export) if export and not isinstance(export, Exception) else None
+    for batch in batches:
+        status(f"running {name}")
+        spec = {"backend": name, "model": str(target.model), "export": record["export"], "task": target.task,
+                "device": settings["device"], "threads": settings["threads"], "lengths": lengths, "batches": [batch],
+                "warmup": settings["warmup"], "repeat": settings["repeat"], "quick": settings["quick"]}
+        mine = {k: c for k, c in cells.items() if k[1] == batch}
+
+        def on_event(event, mine=mine):
+            kind = event.pop("event")
+            if kind == "loaded":
+                record.update(note=event["note"], load_seconds=event["seconds"], load_memory_mb=event["load_memory_mb"])
+            elif kind == "cell":
+                cell = Cell(**event)
+                cells[(cell.length, cell.batch)] = mine[(cell.length, cell.batch)] = cell
+                reported.add((cell.length, cell.batch))
+                if progress:
+                    progress(cell)
+            elif kind == "failed":
+                fail(record, mine, event["error"], oom=event["oom"], detail=event.get("detail"))
+
+        exit_code = run_in_process(spec, on_event)
+        if exit_code is not None and record["status"] == "ok":
+            killed = exit_code < 0 and -exit_code == 9
+            fail(record, mine, f"its process ended with code {exit_code}" + (" (killed: out of memory?)" if killed
+                                                                            else ""), oom=killed)
+        if record["status"] == "failed" and not any(c.runs for c in mine.values()):
+            break  # it fails before measuring anything: the other batch sizes would fail alike
+    for key, cell in cells.items():
+        if cell.status == "ok" and not cell.runs:  # never measured (the process failed first)
+            cell.status, cell.reason = "failed", record["error"] or "not measured"
+        if progress and key not in reported:
+            progress(cell)
+    return record, [cells[(n, b)] for n in lengths for b in settings["batch_sizes"]]
 
 
 def fail(record, cells, message, oom=False, detail=None):
