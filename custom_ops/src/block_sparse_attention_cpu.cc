@@ -8,7 +8,7 @@
 // accumulator o) folds each tile in. Nothing of size (blocks, keys) is ever materialised and
 // the per-thread scratch is allocated once and reused by every task that thread runs.
 //
-// Inner loops are fixed-size register tiles (4 query rows x 16 keys for the scores, 4 rows x 16
+// Inner loops are fixed-size register tiles (6 query rows x 16 keys for the scores, 6 rows x 16
 // channels for P.V) that the compiler vectorises; exp is a branch-free polynomial (Cephes expf,
 // relative error ~2e-7) that vectorises too.
 #include <algorithm>
@@ -23,7 +23,7 @@ namespace lsg {
 namespace {
 
 constexpr int kTile = 128;  // visible keys per tile (multiple of kCols)
-constexpr int kRows = 4;    // query rows per register tile
+constexpr int kRows = 6;    // query rows per register tile: 12 accumulators + 2 keys + 1 broadcast = 15 AVX2 registers
 constexpr int kCols = 16;   // keys (scores) or channels (P.V) per register tile
 
 // 8 floats: one AVX register with -march=native, two SSE registers otherwise (GCC/Clang vector
