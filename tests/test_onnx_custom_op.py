@@ -136,3 +136,28 @@ def test_cli_custom_op_export(exported, tmp_path):
     run = CliRunner().invoke(main, ["validate", str(out), "--lengths", "24", "--json"])
     assert run.exit_code == 0, run.output
     assert json.loads(run.stdout[run.stdout.index("{"):])["passed"]
+
+
+def test_float16_graph_runs_the_op_on_cpu(exported, tmp_path):
+    """The float16 conversion (--fp16 is for CUDA) keeps the op, fed float16; ONNX Runtime's CPU provider
+    runs it (the op computes in float32) and stays within float16 accuracy of float32 PyTorch."""
+    import shutil
+
+    from lsg_export.onnx.optimize import to_float16
+    from lsg_export.onnx.pipeline import load_torch_model
+    from lsg_export.onnx.tasks import make_inputs, read_model_folder
+    data = result(exported, "op-bert-Model")
+    copy = tmp_path / "fp16"
+    shutil.copytree(data["onnx"], copy)
+    to_float16(copy / "model.onnx", False)
+    nodes, model = op_nodes(copy)
+    types = {v.name: v.type.tensor_type.elem_type for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    assert len(nodes) == 2 and types[nodes[0].input[0]] == onnx.TensorProto.FLOAT16
+    session = ops.inference_session(copy / "model.onnx")
+    info = read_model_folder(data["folder"])
+    inputs = make_inputs(info, "feature-extraction", 2, 37, lengths=[37, 20])
+    out = session.run(None, {k: v.numpy() for k, v in inputs.items()})[0]
+    with torch.no_grad():
+        expected = load_torch_model(info)(**inputs).last_hidden_state.numpy()
+    real = inputs["attention_mask"].bool().numpy()
+    assert out.dtype == np.float32 and np.abs(out[real] - expected[real]).max() <= 2e-2
