@@ -105,6 +105,7 @@ def run_backend(name, export, target, settings, status, progress):
               "description": BACKENDS[name].description, "export": None}
     cells = {(n, b): Cell(name, n, b) for n in lengths for b in batches}
     reported = set()
+    record["load_average"] = {"start": load_average()}  # 1/5/15-minute: other work competing for the CPUs
     if isinstance(export, LSGExportError):
         fail(record, cells, str(export))
         batches = []  # nothing to run
@@ -136,6 +137,7 @@ def run_backend(name, export, target, settings, status, progress):
                                                                             else ""), oom=killed)
         if record["status"] == "failed" and not any(c.runs for c in mine.values()):
             break  # it fails before measuring anything: the other batch sizes would fail alike
+    record["load_average"]["end"] = load_average()
     for key, cell in cells.items():
         if cell.status == "ok" and not cell.runs:  # never measured (the process failed first)
             cell.status, cell.reason = "failed", record["error"] or "not measured"
