@@ -20,7 +20,7 @@ BACKEND_NAMES = ("torch-lsg, torch-dense, torch-chunked, ort-gather, ort-gather-
 @click.option("--repeat", default=20, type=int, help="Timed runs per measurement (fewer when a run is long).")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False, allow_dash=True),
               help="Write every measurement and the environment as JSON ('-': stdout).")
-@click.option("--csv", "csv_file", type=click.Path(dir_okay=False, allow_dash=True), help="Same as CSV, a row per run.")
+@click.option("--csv", "csv_file", type=click.Path(dir_okay=False, allow_dash=True), help="The same as CSV: a row per backend, length and batch, with its times.")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False), help="PNG: latency and memory against length, "
               "speed-ups at the longest length.")
 @click.option("--quick", is_flag=True, help="Seconds-long smoke run: lengths 128,256, 1 warm-up, 2 runs.")
