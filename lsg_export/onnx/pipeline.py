@@ -109,6 +109,19 @@ def resolve_atol(atol, fp16, quantize, optimize=None):
     return atol if atol is not None else default, quantize is None
 
 
+def check_lengths(info, seq, lengths, batch_size):
+    """(seq, validation lengths) of an export request: --seq within the position table (default: all of
+    it), --lengths within 1..seq (default: around the block boundaries), a positive --batch-size."""
+    seq = info.max_length if seq is None else seq
+    if not isinstance(seq, int) or not 1 <= seq <= info.max_length:
+        raise LSGExportError(f"--seq {seq} is outside 1..{info.max_length}, the lengths {info.path}'s position "
+                             f"table covers")
+    lengths = parse_lengths(lengths, seq) if lengths else default_lengths(info.config["block_size"], seq)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise LSGExportError(f"--batch-size must be positive, got {batch_size}")
+    return seq, lengths
+
+
 def export_onnx(model=None, output=None, *, seq=None, task="auto", opset=DEFAULT_OPSET, attention="gather",
                 optimize="none", fp16=False, quantize=None, device="cpu", atol=None, lengths=None, batch_size=2,
                 force=False, status=None):
@@ -133,13 +146,7 @@ def export_onnx(model=None, output=None, *, seq=None, task="auto", opset=DEFAULT
     check_options(optimize, fp16, quantize, device)
     if device == "cuda" and "CUDAExecutionProvider" not in backend.providers:
         raise LSGExportError(f"the {backend.name} attention does not run on CUDA")
-    seq = info.max_length if seq is None else seq
-    if not isinstance(seq, int) or not 1 <= seq <= info.max_length:
-        raise LSGExportError(f"--seq {seq} is outside 1..{info.max_length}, the lengths {info.path}'s position "
-                             f"table covers")
-    lengths = parse_lengths(lengths, seq) if lengths else default_lengths(info.config["block_size"], seq)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise LSGExportError(f"--batch-size must be positive, got {batch_size}")
+    seq, lengths = check_lengths(info, seq, lengths, batch_size)
     atol, enforced = resolve_atol(atol, fp16, quantize, optimize)
     output = check_output(Path(output) if output else info.path / "onnx", force)
 

@@ -31,8 +31,8 @@ from .export import (DEFAULT_OPSET, check_opset, export_graph, final_graph, fini
                      graph_domains)
 from .optimize import check_options
 from .tasks import make_inputs
-from .validate import (DEFAULT_ATOL, Comparison, ValidationReport, default_lengths, make_session, parse_lengths,
-                       text_chunks, text_ids)
+from .validate import (Comparison, ValidationReport, default_lengths, make_session, parse_lengths, text_chunks,
+                       text_ids)
 
 ENCODER_FILE = "encoder_model.onnx"
 DECODER_FILE = "decoder_model.onnx"
@@ -322,7 +322,8 @@ def export_seq2seq(info, output=None, *, seq=None, task="auto", opset=DEFAULT_OP
     """export_onnx for a converted encoder-decoder folder (`info`): the three graphs, validated.
 
     Returns pipeline.ExportResult (task text2text-generation)."""
-    from .pipeline import EXPORT_JSON, ExportResult, versions, write_json, write_side_files
+    from .pipeline import (EXPORT_JSON, ExportResult, check_lengths, resolve_atol, versions, write_json,
+                           write_side_files)
     status = status or (lambda message: None)
     started = started or time.perf_counter()
     check_head(info, task)
@@ -331,16 +332,8 @@ def export_seq2seq(info, output=None, *, seq=None, task="auto", opset=DEFAULT_OP
     check_options(optimize, fp16, quantize, device)
     if optimize != "none" or fp16 or quantize:
         raise LSGExportError("--optimize, --fp16 and --quantize are not available for encoder-decoders yet")
-    seq = info.max_length if seq is None else seq
-    if not isinstance(seq, int) or not 1 <= seq <= info.max_length:
-        raise LSGExportError(f"--seq {seq} is outside 1..{info.max_length}, the lengths {info.path}'s position "
-                             f"table covers")
-    lengths = parse_lengths(lengths, seq) if lengths else default_lengths(info.config["block_size"], seq)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise LSGExportError(f"--batch-size must be positive, got {batch_size}")
-    atol = DEFAULT_ATOL["fp32"] if atol is None else atol
-    if atol < 0:
-        raise LSGExportError(f"--atol must be positive, got {atol}")
+    seq, lengths = check_lengths(info, seq, lengths, batch_size)
+    atol, _ = resolve_atol(atol, False, None)
     output = check_output(Path(output) if output else info.path / "onnx", force)
 
     status(f"loading {info.path} ({info.family.class_name(info.head)}, task {TASK})")
@@ -387,7 +380,7 @@ def validate_folder(folder, model, info, meta, lengths, batch_size, atol, device
 def validate_seq2seq(folder, meta, *, model=None, lengths=None, batch_size=2, text=None, atol=None, device=None,
                      status=None, record=True):
     """validate_onnx for an encoder-decoder export folder (see pipeline.validate_onnx)."""
-    from .pipeline import EXPORT_JSON, write_json
+    from .pipeline import EXPORT_JSON, resolve_atol, write_json
     from .tasks import read_model_folder
     status = status or (lambda message: None)
     folder = Path(folder)
@@ -403,7 +396,7 @@ def validate_seq2seq(folder, meta, *, model=None, lengths=None, batch_size=2, te
                             or default_lengths(info.config["block_size"], seq), seq)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise LSGExportError(f"--batch-size must be positive, got {batch_size}")
-    atol = DEFAULT_ATOL["fp32"] if atol is None else atol
+    atol, _ = resolve_atol(atol, False, None)
     ids = text_ids(folder, text) if text else None
     status(f"loading {info.path}")
     torch_model = load_model(info, seq)
