@@ -27,7 +27,7 @@ import torch
 from ..convert import atomic_folder, check_output, quiet_transformers
 from ..errors import LSGExportError
 from ..sources import remember_output
-from .export import (DEFAULT_OPSET, check_opset, export_graph, final_graph, finish_graph, get_attention_backend,
+from .export import (DEFAULT_OPSET, EXTERNAL_DATA_BYTES, check_opset, export_graph, final_graph, finish_graph, get_attention_backend,
                      graph_domains)
 from .optimize import check_options
 from .tasks import make_inputs
@@ -185,6 +185,21 @@ def encoder_inputs(info, batch, length, generator=None, ids=None):
     return {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
 
 
+def weight_bytes(*modules):
+    """Bytes of the distinct tensors of `modules` (tied weights once)."""
+    tensors = {t.data_ptr(): t for m in modules for t in [*m.parameters(), *m.buffers()]}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def check_sizes(model):
+    """Each graph is one file (no external data): refuse parts protobuf cannot hold, before exporting."""
+    for part, size in (("encoder", weight_bytes(model.get_encoder())),
+                       ("decoder", weight_bytes(model.get_decoder(), model.lm_head))):
+        if size > EXTERNAL_DATA_BYTES:
+            raise LSGExportError(f"the {part} weights take {size / 1e9:.1f} GB: encoder-decoder graphs above "
+                                 f"{EXTERNAL_DATA_BYTES / 1e9:.1f} GB (external data) are not supported yet")
+
+
 def export_parts(model, info, folder, seq, backend, opset, status):
     """Write the three graphs; returns {file: {"nodes", "seconds"}}."""
     layers = model.config.decoder_layers
@@ -338,6 +353,7 @@ def export_seq2seq(info, output=None, *, seq=None, task="auto", opset=DEFAULT_OP
 
     status(f"loading {info.path} ({info.family.class_name(info.head)}, task {TASK})")
     model = load_model(info, seq)
+    check_sizes(model)
     with atomic_folder(output, force) as tmp:
         parts = export_parts(model, info, tmp, seq, backend, opset, status)
         finals = {file: final_graph(tmp / file) for file in PART_FILES}
