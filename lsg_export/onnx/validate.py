@@ -122,6 +122,9 @@ def make_session(path, device, backend=None, options=None):
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
     if backend is not None:
         providers = [p for p in providers if p in backend.providers]
+    # TF32 (on by default in the CUDA provider) rounds float32 MatMuls to 10 mantissa bits: a comparison
+    # with float32 PyTorch at 1e-4 needs full float32
+    providers = [(p, {"use_tf32": "0"}) if p == "CUDAExecutionProvider" else p for p in providers]
         if backend.setup_session is not None:
             backend.setup_session(options)
     try:
