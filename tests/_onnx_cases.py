@@ -236,3 +236,16 @@ def case_result(exported, name):
     if "error" in data:
         pytest.fail(f"{name}: the export raised\n{data['error']}")
     return data
+
+
+def check_dense_parity(exported, case):
+    """A dense case: the export's task, its validation passed, and ONNX Runtime within 1e-4 of PyTorch at
+    every length 1..SEQ and batch size of BATCH_SIZES."""
+    from lsg_export.onnx.tasks import HEAD_TASKS
+    data = case_result(exported, case.name)
+    assert data["task"] == HEAD_TASKS[case.head]
+    assert data["passed"], data["info"]["validation"]
+    dense = data["dense"]
+    assert dense["runs"] == SEQ * len(BATCH_SIZES)
+    assert dense["first_bad"] is None, f"{case.name} ({case.lsg}): {dense['first_bad']}"
+    assert dense["max_diff"] <= 1e-4

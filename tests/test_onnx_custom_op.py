@@ -19,7 +19,6 @@ import _onnx_cases as cases  # noqa: E402
 from lsg_export import ops  # noqa: E402
 from lsg_export.errors import LSGExportError  # noqa: E402
 from lsg_export.onnx import load_ort_model, validate_onnx  # noqa: E402
-from lsg_export.onnx.tasks import HEAD_TASKS  # noqa: E402
 
 OP_CASES = cases.custom_op_cases()
 DENSE = [case for case in OP_CASES if case.dense]
@@ -33,13 +32,7 @@ def op_nodes(folder):
 
 @pytest.mark.parametrize("case", DENSE, ids=[case.name for case in DENSE])
 def test_parity_at_every_length(exported, case):
-    data = result(exported, case.name)
-    assert data["task"] == HEAD_TASKS[case.head]
-    assert data["passed"], data["info"]["validation"]
-    dense = data["dense"]
-    assert dense["runs"] == cases.SEQ * len(cases.BATCH_SIZES)
-    assert dense["first_bad"] is None, f"{case.name} ({case.lsg}): {dense['first_bad']}"
-    assert dense["max_diff"] <= 1e-4
+    cases.check_dense_parity(exported, case)
 
 
 def test_graph_has_one_op_per_layer(exported):

@@ -32,13 +32,7 @@ result = cases.case_result  # the `exported` fixture (conftest.py) runs every ex
 
 @pytest.mark.parametrize("case", MATRIX, ids=[case.name for case in MATRIX])
 def test_parity_at_every_length(exported, case):
-    data = result(exported, case.name)
-    assert data["task"] == HEAD_TASKS[case.head]
-    assert data["passed"], data["info"]["validation"]
-    dense = data["dense"]
-    assert dense["runs"] == cases.SEQ * len(cases.BATCH_SIZES)
-    assert dense["first_bad"] is None, f"{case.name} ({case.lsg}): {dense['first_bad']}"
-    assert dense["max_diff"] <= 1e-4
+    cases.check_dense_parity(exported, case)
 
 
 def test_matrix_covers_families_tasks_and_options():
