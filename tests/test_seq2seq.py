@@ -89,7 +89,8 @@ def remote_runs(families):
         for name, beams in (("greedy", 1), ("beam", 3)):
             jobs[name] = {"auto_class": "AutoModelForSeq2SeqLM",
                           "folder": str(converted.results["ForConditionalGeneration"].path),
-                          "inputs": {"input_ids": ids, "attention_mask": mask}, "generate": dict(GENERATE, num_beams=beams)}
+                          "inputs": {"input_ids": ids, "attention_mask": mask},
+                          "generate": dict(GENERATE, num_beams=beams)}
         processes[model_type] = start_remote(converted.work, jobs)
     yield processes
     for process in processes.values():
@@ -233,8 +234,9 @@ def test_reference_checkpoint_adopted_with_resize_lsg(families, tmp_path):
     for code in adopted.glob("*.py"):
         code.unlink()
     config = json.loads((adopted / "config.json").read_text())
-    config["auto_map"] = {"AutoConfig": "ccdv/lsg-bart-base-4096--modeling_lsg_bart.LSGBartConfig",
-                          "AutoModelForSeq2SeqLM": "ccdv/lsg-bart-base-4096--modeling_lsg_bart.LSGBartForConditionalGeneration"}
+    remote = "ccdv/lsg-bart-base-4096--modeling_lsg_bart."
+    config["auto_map"] = {"AutoConfig": remote + "LSGBartConfig",
+                          "AutoModelForSeq2SeqLM": remote + "LSGBartForConditionalGeneration"}
     config.update(base_model_prefix="lsg", pass_global_tokens_to_decoder=False, num_global_tokens=5)
     (adopted / "config.json").write_text(json.dumps(config))
     weights = load_file(str(adopted / "model.safetensors"))

@@ -118,9 +118,10 @@ def test_validate_command(exports):
 def test_bad_input(exports, tiny_checkpoint, tmp_path):
     """Heads other than ForConditionalGeneration and unsupported options: one error line, exit 2, no output."""
     model = convert_tiny(tiny_checkpoint("bart"), tmp_path / "lsg-bart-model", "bart", head="Model")
+    bart = exports["bart"][0].path
     for folder, extra, message in ((model.path, [], "ForConditionalGeneration"),
-                                   (exports["bart"][0].path, ["--optimize", "O2"], "not available for encoder-decoders"),
-                                   (exports["bart"][0].path, ["--seq", "65"], "outside 1..64")):
+                                   (bart, ["--optimize", "O2"], "not available for encoder-decoders"),
+                                   (bart, ["--seq", "65"], "outside 1..64")):
         out = tmp_path / "out"
         run = CliRunner().invoke(main, ["onnx", str(folder), "-o", str(out), *extra])
         assert run.exit_code == 2 and message in run.output and run.output.startswith("error:"), run.output

@@ -27,8 +27,8 @@ import torch
 from ..convert import atomic_folder, check_output, quiet_transformers
 from ..errors import LSGExportError
 from ..sources import remember_output
-from .export import (DEFAULT_OPSET, EXTERNAL_DATA_BYTES, check_opset, export_graph, final_graph, finish_graph, get_attention_backend,
-                     graph_domains)
+from .export import (DEFAULT_OPSET, EXTERNAL_DATA_BYTES, check_opset, export_graph, final_graph, finish_graph,
+                     get_attention_backend, graph_domains)
 from .optimize import check_options
 from .tasks import make_inputs
 from .validate import (Comparison, ValidationReport, default_lengths, make_session, parse_lengths, text_chunks,
@@ -202,8 +202,9 @@ def check_sizes(model):
 
 def export_parts(model, info, folder, seq, backend, opset, status):
     """Write the three graphs; returns {file: {"nodes", "seconds"}}."""
+    from .pipeline import example_length
     layers = model.config.decoder_layers
-    example = encoder_inputs(info, 2, max(1, min(seq, 2 * info.config["block_size"] + info.config["block_size"] // 2 + 1)))
+    example = encoder_inputs(info, 2, example_length(info.config["block_size"], seq))
     with torch.no_grad():
         hidden = model.get_encoder()(**example).last_hidden_state
         decoder_ids = torch.full((2, 3), model.config.decoder_start_token_id, dtype=torch.long)
@@ -282,7 +283,8 @@ def compare_seq2seq(sessions, model, info, lengths, batch_size, atol, enforced, 
         decoder_ids[:, 0] = model.config.decoder_start_token_id
         try:
             hidden = sessions.encoder.run(None, feeds)[0]
-            first = sessions.decoder.run(None, {"input_ids": decoder_ids[:, :-1].numpy(), "encoder_hidden_states": hidden,
+            first = sessions.decoder.run(None, {"input_ids": decoder_ids[:, :-1].numpy(),
+                                                "encoder_hidden_states": hidden,
                                                 "encoder_attention_mask": feeds["attention_mask"]})
             step = sessions.decoder_with_past.run(None, {"input_ids": decoder_ids[:, -1:].numpy(),
                                                          "encoder_attention_mask": feeds["attention_mask"],
