@@ -388,8 +388,9 @@ def validate_folder(folder, model, info, meta, lengths, batch_size, atol, device
     status = status or (lambda message: None)
     backend = get_attention_backend(meta.get("attention", "gather"))
     sessions = Sessions(folder, device, backend)
+    # CPU tensors in and out, as PyTorch's side (optimum binds CUDA buffers by default)
     ort_model = load_seq2seq_model(folder, provider="CUDAExecutionProvider" if device == "cuda" else
-                                   "CPUExecutionProvider")
+                                   "CPUExecutionProvider", use_io_binding=False)
     return compare_seq2seq(sessions, model, info, lengths, batch_size, atol, True, ids=ids,
                            inputs_label=inputs_label, ort_model=ort_model,
                            progress=lambda n: status(f"validating: length {n} of {', '.join(map(str, lengths))}"))
