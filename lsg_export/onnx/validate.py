@@ -125,8 +125,8 @@ def make_session(path, device, backend=None, options=None):
     # TF32 (on by default in the CUDA provider) rounds float32 MatMuls to 10 mantissa bits: a comparison
     # with float32 PyTorch at 1e-4 needs full float32
     providers = [(p, {"use_tf32": "0"}) if p == "CUDAExecutionProvider" else p for p in providers]
-        if backend.setup_session is not None:
-            backend.setup_session(options)
+    if backend is not None and backend.setup_session is not None:
+        backend.setup_session(options)
     try:
         with explain_missing_ops():  # a graph with the custom op, opened without its library: how to build it
             return ort.InferenceSession(str(path), options, providers=providers)
