@@ -92,9 +92,12 @@ def test_optimum_generates_pytorch_tokens(exports, model_type):
     """optimum's ORTModelForSeq2SeqLM, loaded from OUT without remote code: greedy and beam search give
     the PyTorch model's tokens for prompts across the block boundaries."""
     from optimum.onnxruntime import ORTModelForSeq2SeqLM
+
+    from lsg_export.onnx import load_ort_model
     converted, folder, _ = exports[model_type]
     ort_model = ORTModelForSeq2SeqLM.from_pretrained(str(folder))
     assert ort_model.use_cache
+    assert isinstance(load_ort_model(folder), ORTModelForSeq2SeqLM)  # the package's loader picks it too
     model = converted.model.eval()
     generator = torch.Generator().manual_seed(5)
     for length, beams in ((6, 1), (9, 1), (17, 2), (33, 1), (SEQ, 2)):

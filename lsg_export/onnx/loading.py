@@ -1,7 +1,7 @@
 """Open an exported folder with optimum, the custom-op library registered when the graph needs it.
 
     from lsg_export.onnx import load_ort_model
-    model = load_ort_model("minilm-onnx")          # ORTModelForFeatureExtraction, ...ForMaskedLM, ...
+    model = load_ort_model("minilm-onnx")          # ORTModelForFeatureExtraction, ...ForMaskedLM, ..., ForSeq2SeqLM
     outputs = model(**tokenizer(text, return_tensors="pt"))
 
 The same by hand: `ORTModelFor<Task>.from_pretrained(OUT, session_options=lsg_export.ops.session_options_with_ops())`.
@@ -20,6 +20,9 @@ def load_ort_model(folder, provider="CPUExecutionProvider", session_options=None
     import optimum.onnxruntime
 
     meta = read_export_folder(folder)
+    if meta.get("seq2seq"):  # encoder-decoders: ORTModelForSeq2SeqLM on the three graphs
+        from .seq2seq import load_seq2seq_model
+        return load_seq2seq_model(folder, provider=provider, session_options=session_options, **kwargs)
     task = TASKS.get(meta.get("task"))
     if task is None:
         raise LSGExportError(f"{folder}: export.json names no task optimum can load ({meta.get('task')!r})")
