@@ -250,27 +250,20 @@ def load_torch_longformer(spec):
 
 
 def ort_session(path, device, attention, threads):
-    """An ONNX Runtime session as lsg_export.onnx.validate.make_session opens it (providers and session set-up
-    of the attention backend, e.g. the custom-op library), with `threads` intra-op threads and, on CPU,
-    without the SkipLayerNormalization fusion at load time (graphs exported with --optimize have it already)."""
+    """An ONNX Runtime session opened by lsg_export.onnx.validate.make_session (providers and set-up of the
+    attention backend, e.g. the custom-op library) with `threads` intra-op threads and, on CPU, without the
+    SkipLayerNormalization fusion at load time (graphs exported with --optimize have it already)."""
     import onnxruntime as ort
 
     from ..onnx.export import get_attention_backend
-    backend = get_attention_backend(attention)
+    from ..onnx.validate import make_session
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     if device == "cpu":  # the CPU SkipLayerNormalization kernel is slower than Add + LayerNormalization (README)
         options.add_session_config_entry("optimization.disable_specified_optimizers", "SkipLayerNormFusion")
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-    providers = [p for p in providers if p in backend.providers]
-    if backend.setup_session is not None:
-        backend.setup_session(options)
-    try:
-        return ort.InferenceSession(str(path), options, providers=providers)
-    except Exception as error:
-        raise LSGExportError(f"ONNX Runtime cannot load {path} ({str(error).splitlines()[0][:300]})") from None
+    return make_session(path, device, get_attention_backend(attention), options=options)
 
 
 def load_ort(spec):
