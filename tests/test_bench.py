@@ -205,6 +205,8 @@ def test_chunks_are_independent_and_padded():
     assert out["input_ids"][:3].flatten()[:10].tolist() == list(range(1, 11))
     assert out["input_ids"][2].tolist() == [9, 10, 0, 0] and out["attention_mask"][2].tolist() == [1, 1, 0, 0]
     assert out["input_ids"][3].tolist() == [11, 12, 13, 14]
+    short = chunked({"input_ids": ids[:, :3]}, 4, pad_id=0)["input_ids"]
+    assert short.tolist() == [[1, 2, 3], [11, 12, 13]]  # shorter than a chunk: not padded to it
 
 
 def test_ratios_against_torch_lsg_and_chunked():

@@ -188,10 +188,12 @@ def load_torch_dense(spec):
 
 
 def chunked(inputs, chunk, pad_id):
-    """(B, L) inputs -> (B * ceil(L / chunk), chunk): independent chunks, the last one padded."""
+    """(B, L) inputs -> (B * ceil(L / chunk), chunk): independent chunks, the last one padded (a document
+    shorter than a chunk is one chunk of its own length, as a user would run it)."""
     out = {}
     for name, value in inputs.items():
         batch, length = value.shape
+        chunk = min(chunk, length)
         total = -(-length // chunk) * chunk
         fill = pad_id if name == "input_ids" else 0
         padded = torch.nn.functional.pad(value, (0, total - length), value=fill)
