@@ -101,7 +101,9 @@ def _print_report(console, report, as_json, payload):
               "text-classification, token-classification, question-answering or multiple-choice; encoder-decoders "
               "(bart, mbart, pegasus ForConditionalGeneration): text2text-generation.")
 @click.option("--opset", default=18, type=int, help="ONNX opset (18 and above).")
-@click.option("--attention", default="gather", help="How LSG attention becomes ONNX: gather (standard ops only).")
+@click.option("--attention", default="gather", help="How LSG attention becomes ONNX: gather (standard ops only) or "
+              "custom-op (one ai.lsg.BlockSparseAttention node per layer; needs the library of `lsg-export build-ops`, "
+              "built on first use).")
 @click.option("--optimize", default="none", help="ONNX Runtime optimisation level: none, O1, O2 or O3 (as optimum).")
 @click.option("--fp16", is_flag=True, help="Float16 weights and compute, float32 inputs/outputs (CUDA only).")
 @click.option("--quantize", help="int8: dynamic quantisation of the MatMul weights (its error is reported).")
@@ -123,6 +125,7 @@ def onnx(model, output, as_json, **options):
       lsg-export onnx lsg-all-MiniLM-L6-v2-4096 --optimize O2 -o minilm-onnx
       lsg-export onnx lsg-bert --task feature-extraction --seq 2048 --quantize int8
       lsg-export onnx lsg-bart-base-4096 -o bart-onnx  # encoder_model.onnx, decoder(_with_past)_model.onnx
+      lsg-export onnx lsg-all-MiniLM-L6-v2-4096 --attention custom-op -o minilm-onnx-op
     """
     from rich.console import Console
 

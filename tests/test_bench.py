@@ -13,34 +13,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from lsg_export.bench.backends import BACKENDS, Runner, chunked
-from lsg_export.bench.measure import Cell, PeakMemory, predicted_seconds, time_runs
-from lsg_export.bench.report import exponent
-from lsg_export.bench.run import SCHEMA, add_ratios
-from lsg_export.cli import main
-from lsg_export.errors import LSGExportError
-from lsg_export.sources import last_output, remember_output
+sys.path.insert(0, str(Path(__file__).parent))
+from _cli import assert_user_error, invoke  # noqa: E402
+
+from lsg_export.bench.backends import BACKENDS, Runner, chunked  # noqa: E402
+from lsg_export.bench.measure import Cell, PeakMemory, predicted_seconds, time_runs  # noqa: E402
+from lsg_export.bench.report import exponent  # noqa: E402
+from lsg_export.bench.run import SCHEMA, add_ratios  # noqa: E402
+from lsg_export.errors import LSGExportError  # noqa: E402
+from lsg_export.sources import last_output, remember_output  # noqa: E402
 
 CPU_BACKENDS = [name for name, b in BACKENDS.items() if "cpu" in b.devices]
 LENGTHS = [64, 128]
 CELL_KEYS = {"backend", "length", "batch", "status", "reason", "warmup", "runs", "p50_ms", "p90_ms", "p99_ms",
              "mean_ms", "min_ms", "tokens_per_s", "peak_memory_mb", "memory_kind", "speedup_vs_torch_lsg",
              "speedup_vs_torch_chunked", "times_ms"}
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def assert_user_error(result, *fragments):
-    assert result.exit_code == 2, (result.output, result.exception)
-    assert "Traceback" not in result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")

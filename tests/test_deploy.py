@@ -8,29 +8,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
 pytest.importorskip("kserve")
 pytest.importorskip("tritonclient")
 sys.path.insert(0, str(Path(__file__).parent))
 import _deploy_cases as cases  # noqa: E402
+from _cli import assert_user_error, invoke  # noqa: E402
 
-from lsg_export.cli import main  # noqa: E402
 from lsg_export.deploy import kserve as manifests  # noqa: E402
 from lsg_export.deploy import triton  # noqa: E402
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def assert_user_error(result, *fragments):
-    assert result.exit_code == 2, (result.output, result.exception)
-    assert "Traceback" not in result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
