@@ -89,7 +89,7 @@ def test_failed_validation_exits_1_and_keeps_the_folder(converted, tmp_path, mon
     (["--opset", "99"], "--opset 99 is above"),
     (["--optimize", "O9"], "unknown --optimize level"),
     (["--quantize", "int4"], "unknown --quantize"),
-    (["--attention", "custom-op"], "unknown attention kind 'custom-op'"),
+    (["--attention", "dense"], "unknown attention kind 'dense'; available: gather, custom-op"),
     (["--lengths", "1,100"], "outside 1..64"),
     (["--lengths", "a,b"], "comma-separated integers"),
     (["--atol", "-1"], "--atol must be positive"),
