@@ -176,3 +176,23 @@ def exported(tmp_path_factory):
     sys.path.insert(0, str(Path(__file__).parent))
     import _onnx_cases
     return _onnx_cases.run_all(tmp_path_factory.mktemp("onnx-cases"))
+
+
+def as_reference_checkpoint(converted, folder, auto_map, globals_key, **config_updates):
+    """A copy of a converted folder in the reference converter's format: no modeling code, an auto_map
+    naming code that is not there, base_model_prefix 'lsg', and global embeddings no initialisation
+    rule would give (as after fine-tuning), so that keeping them is visible. Returns its weights."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    shutil.copytree(converted, folder)
+    for code in folder.glob("*.py"):
+        code.unlink()
+    config = json.loads((folder / "config.json").read_text())
+    config.update(auto_map=auto_map, base_model_prefix="lsg", **config_updates)
+    (folder / "config.json").write_text(json.dumps(config))
+    weights = load_file(str(folder / "model.safetensors"))
+    weights[globals_key] = torch.randn(weights[globals_key].shape, generator=torch.Generator().manual_seed(7))
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return weights

@@ -5,7 +5,6 @@ class and trust_remote_code=True in a fresh Python where lsg_export cannot be im
 give exactly the outputs of the model convert returned."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -14,9 +13,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 from click.testing import CliRunner
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from conftest import (TINY_BLOCK_SIZE, base_of, lsg_variant, max_diff, original_class, pad_row, tiny_input_ids)
+from conftest import (TINY_BLOCK_SIZE, as_reference_checkpoint, base_of, lsg_variant, max_diff, original_class, pad_row, tiny_input_ids)
 from lsg_export import convert
 from lsg_export.families import AUTO_CLASSES, FAMILIES
 
@@ -201,19 +200,11 @@ def test_adopted_reference_checkpoint_resize_lsg(families, tiny_checkpoint, tmp_
     """A reference-format LSG checkpoint (base_model_prefix 'lsg', auto_map naming modeling code that
     is not there) converts again with --resize-lsg: globals and weights kept, positions re-tiled."""
     adopted = tmp_path / "adopted"
-    shutil.copytree(families["bert"].results["ForMaskedLM"].path, adopted)
-    for code in adopted.glob("*.py"):
-        code.unlink()
-    config = json.loads((adopted / "config.json").read_text())
-    config["auto_map"] = {"AutoConfig": "ccdv/lsg-bert-base-4096--modeling_lsg_bert.LSGBertConfig",
-                          "AutoModelForMaskedLM": "ccdv/lsg-bert-base-4096--modeling_lsg_bert.LSGBertForMaskedLM"}
-    config["base_model_prefix"] = "lsg"
-    (adopted / "config.json").write_text(json.dumps(config))
-    # globals no initialisation rule would give (as after fine-tuning): keeping them must be visible
-    weights = load_file(str(adopted / "model.safetensors"))
+    remote = "ccdv/lsg-bert-base-4096--modeling_lsg_bert."
     globals_ = "bert.embeddings.global_embeddings.weight"
-    weights[globals_] = torch.randn(weights[globals_].shape, generator=torch.Generator().manual_seed(7))
-    save_file(weights, str(adopted / "model.safetensors"), metadata={"format": "pt"})
+    weights = as_reference_checkpoint(families["bert"].results["ForMaskedLM"].path, adopted,
+                                      {"AutoConfig": remote + "LSGBertConfig",
+                                       "AutoModelForMaskedLM": remote + "LSGBertForMaskedLM"}, globals_)
 
     from lsg_export.cli import main
     output = tmp_path / "resized"

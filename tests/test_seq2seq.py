@@ -1,15 +1,14 @@
 """Encoder-decoder families (bart, mbart, pegasus) on tiny random checkpoints: convert, load in a fresh
 process without lsg_export, LSG encoder vs dense encoder, cross-attention mask, generation."""
 import json
-import shutil
 from types import SimpleNamespace
 
 import pytest
 import torch
 from click.testing import CliRunner
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from conftest import TINY_BLOCK_SIZE, MASK_ID, lsg_variant, max_diff, original_class, tiny_config
+from conftest import TINY_BLOCK_SIZE, MASK_ID, as_reference_checkpoint, lsg_variant, max_diff, original_class, tiny_config
 from lsg_export import convert
 from lsg_export.families import AUTO_CLASSES, SEQ2SEQ_FAMILIES
 from test_families import start_remote
@@ -230,19 +229,12 @@ def test_reference_checkpoint_adopted_with_resize_lsg(families, tmp_path):
     """A reference-format LSG BART (base_model_prefix 'lsg', auto_map naming absent code) converts again
     with --resize-lsg: globals and options kept, encoder and decoder positions re-tiled."""
     adopted = tmp_path / "adopted"
-    shutil.copytree(families["bart"].results["ForConditionalGeneration"].path, adopted)
-    for code in adopted.glob("*.py"):
-        code.unlink()
-    config = json.loads((adopted / "config.json").read_text())
     remote = "ccdv/lsg-bart-base-4096--modeling_lsg_bart."
-    config["auto_map"] = {"AutoConfig": remote + "LSGBartConfig",
-                          "AutoModelForSeq2SeqLM": remote + "LSGBartForConditionalGeneration"}
-    config.update(base_model_prefix="lsg", pass_global_tokens_to_decoder=False, num_global_tokens=5)
-    (adopted / "config.json").write_text(json.dumps(config))
-    weights = load_file(str(adopted / "model.safetensors"))
     key = "model.encoder.global_embeddings.weight"
-    weights[key] = torch.randn(weights[key].shape, generator=torch.Generator().manual_seed(7))
-    save_file(weights, str(adopted / "model.safetensors"), metadata={"format": "pt"})
+    weights = as_reference_checkpoint(families["bart"].results["ForConditionalGeneration"].path, adopted,
+                                      {"AutoConfig": remote + "LSGBartConfig",
+                                       "AutoModelForSeq2SeqLM": remote + "LSGBartForConditionalGeneration"},
+                                      key, pass_global_tokens_to_decoder=False, num_global_tokens=5)
 
     from lsg_export.cli import main
     output = tmp_path / "resized"
