@@ -93,3 +93,19 @@ def last_output(kind):
     if not Path(path).is_dir():
         raise LSGExportError(f"the last folder `lsg-export {kind}` wrote from here, {path}, is gone: name a folder")
     return path
+
+
+EXPORT_JSON = "export.json"  # what `lsg-export onnx` writes beside its graphs
+
+
+def read_export_json(folder):
+    """The export.json of an `lsg-export onnx` folder, as a dict; one clear error when the folder or a
+    readable export.json is not there."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise LSGExportError(f"{folder}: no such folder")
+    try:
+        meta = json.loads((folder / EXPORT_JSON).read_text())
+    except (OSError, ValueError):
+        raise LSGExportError(f"{folder}: no readable {EXPORT_JSON}, not a folder `lsg-export onnx` wrote") from None
+    return meta

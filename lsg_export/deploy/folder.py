@@ -3,15 +3,16 @@
 Everything a server needs is read from the files, never retyped: the inputs and outputs (names,
 Open Inference Protocol datatypes, dims with -1 for symbolic ones) come from the ONNX graph, the
 external data files from its initializers, the custom-op need from export.json and the graph's
-op domains. Light on purpose (no torch): `lsg-export serve` imports it.
+op domains. It does not import the ONNX export code (torch.onnx, onnxscript): `lsg-export serve`
+imports it.
 """
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import LSGExportError
+from ..sources import EXPORT_JSON, read_export_json
 
-EXPORT_JSON = "export.json"
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -120,12 +121,7 @@ def open_export(folder, allow_unvalidated=False):
     import onnx
 
     path = Path(folder)
-    if not path.is_dir():
-        raise LSGExportError(f"{path}: no such folder")
-    try:
-        meta = json.loads((path / EXPORT_JSON).read_text())
-    except (OSError, ValueError):
-        raise LSGExportError(f"{path}: no readable {EXPORT_JSON}, not a folder `lsg-export onnx` wrote") from None
+    meta = read_export_json(path)
     missing = [name for name in (MODEL_FILE, "config.json") if not (path / name).is_file()]
     if missing or not isinstance(meta, dict) or "seq" not in meta:
         raise LSGExportError(f"{path}: incomplete export, {', '.join(missing) or EXPORT_JSON + ' without seq'} "

@@ -10,7 +10,7 @@ import torch
 
 from ..convert import atomic_folder, check_output, quiet_transformers
 from ..errors import LSGExportError
-from ..sources import last_output, remember_output
+from ..sources import EXPORT_JSON, last_output, read_export_json, remember_output
 from .export import (DEFAULT_OPSET, EXTERNAL_DATA_BYTES, check_opset, export_graph, final_graph, finish_graph,
                      get_attention_backend, graph_domains)
 from .optimize import check_options, optimize_graph, quantize_int8, to_float16
@@ -18,7 +18,6 @@ from .tasks import (TASKS, TaskModule, infer_task, input_axes, input_names, make
                     read_model_folder)
 from .validate import DEFAULT_ATOL, compare, default_lengths, make_session, parse_lengths, text_ids
 
-EXPORT_JSON = "export.json"
 MODEL_FILE = "model.onnx"
 NOT_COPIED = {"config.json", "README.md", "generation_config.json", "export.json"}
 NOT_COPIED_SUFFIXES = (".safetensors", ".bin", ".py", ".index.json", ".onnx", ".data", ".pt", ".h5", ".msgpack")
@@ -211,12 +210,7 @@ def export_onnx(model=None, output=None, *, seq=None, task="auto", opset=DEFAULT
 
 def read_export_folder(folder):
     folder = Path(folder)
-    if not folder.is_dir():
-        raise LSGExportError(f"{folder}: no such folder")
-    try:
-        meta = json.loads((folder / EXPORT_JSON).read_text())
-    except (OSError, ValueError):
-        raise LSGExportError(f"{folder}: no readable {EXPORT_JSON}, not a folder `lsg-export onnx` wrote") from None
+    meta = read_export_json(folder)
     if not meta.get("seq2seq") and not (folder / MODEL_FILE).is_file():  # seq2seq: encoder_model.onnx, ...
         raise LSGExportError(f"{folder}: no {MODEL_FILE}")
     return meta

@@ -26,6 +26,7 @@ import torch
 
 from ..convert import atomic_folder, check_output, quiet_transformers
 from ..errors import LSGExportError
+from ..sources import read_export_json
 from ..sources import remember_output
 from .export import (DEFAULT_OPSET, EXTERNAL_DATA_BYTES, check_opset, export_graph, final_graph, finish_graph,
                      get_attention_backend, graph_domains)
@@ -324,7 +325,7 @@ def load_seq2seq_model(folder, provider="CPUExecutionProvider", session_options=
     encoder graph needs it (export.json "custom_ops"). kwargs go to from_pretrained."""
     from optimum.onnxruntime import ORTModelForSeq2SeqLM
 
-    meta = json.loads((Path(folder) / "export.json").read_text())
+    meta = read_export_json(folder)
     if meta.get("custom_ops"):
         from ..ops import session_options_with_ops
         session_options = session_options_with_ops(session_options)
