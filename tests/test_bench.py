@@ -170,6 +170,7 @@ def test_bad_arguments_give_one_line(tiny_lsg, tmp_path, monkeypatch):
     assert_user_error(invoke("bench", tiny_lsg, "--seq", "64,abc"), "--seq must be comma-separated integers")
     assert_user_error(invoke("bench", tiny_lsg, "--batch-size", "0"), "--batch-size must be positive")
     assert_user_error(invoke("bench", tiny_lsg, "--backends", "ort-fp16"), "ort-fp16 does not run on cpu")
+    assert_user_error(invoke("bench", tiny_lsg, "--new-tokens", "8"), "--new-tokens is for encoder-decoders")
     assert_user_error(invoke("bench", tmp_path), "not a converted LSG model folder")
     assert_user_error(invoke("bench", "--quick"), "neither `lsg-export onnx` nor `lsg-export convert`")
     if not torch.cuda.is_available():

@@ -2,8 +2,13 @@
 attention, dense decoder with its cache; ONNX Runtime generates PyTorch's tokens.
 
 Two tiny exports, once per module: bart (1 global passed to the decoder, norm) through the Python API
-and a 1-layer pegasus (2 globals not passed on, pooling) through the CLI."""
+and a 1-layer pegasus (2 globals not passed on, pooling) through the CLI; the bart again with
+`--attention custom-op` (skipped without the custom-op library), and `lsg-export bench` on the bart
+export (encoder latency and generation tokens/s; its ort-custom-op export made by the bench's cache)."""
+import csv
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +20,9 @@ from lsg_export.cli import main
 from lsg_export.families import SEQ2SEQ_FAMILIES
 from lsg_export.onnx import export_onnx
 from lsg_export.onnx.seq2seq import PART_FILES, decoder_names
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _cli import assert_user_error, invoke  # noqa: E402
 
 SEQ = 40  # 5 blocks of 8
 LENGTHS = [1, 7, 8, 9, 16, 17, 25, SEQ]  # both sides of the 1- and 2-block boundaries
@@ -129,3 +137,127 @@ def test_bad_input(exports, tiny_checkpoint, tmp_path):
         run = CliRunner().invoke(main, ["onnx", str(folder), "-o", str(out), *extra])
         assert run.exit_code == 2 and message in run.output and run.output.startswith("error:"), run.output
         assert not out.exists()
+
+
+# --- --attention custom-op ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ops_library():
+    from lsg_export import ops
+    from lsg_export.errors import LSGExportError
+    try:
+        return ops.library_path()  # built here if missing (cached)
+    except LSGExportError as error:
+        pytest.skip(f"the custom-op library is unavailable: {error}")
+
+
+@pytest.fixture(scope="module")
+def custom_op_bart(exports, ops_library, tmp_path_factory):
+    """`lsg-export onnx --attention custom-op` on the tiny LSG bart: (converted, export folder)."""
+    converted = exports["bart"][0]
+    folder = tmp_path_factory.mktemp("seq2seq-op") / "bart-onnx-op"
+    run = CliRunner().invoke(main, ["onnx", str(converted.path), "-o", str(folder), "--attention", "custom-op",
+                                    "--seq", str(SEQ), "--lengths", "9,33"])
+    assert run.exit_code == 0, run.output
+    return converted, folder
+
+
+def test_custom_op_encoder_and_greedy_tokens(custom_op_bart):
+    """The custom-op encoder equals PyTorch's (1e-5) on the globals and real tokens of a padded batch at
+    lengths across the block boundaries, and greedy generation gives PyTorch's tokens."""
+    import onnx
+
+    from lsg_export import ops
+    from lsg_export.onnx import load_ort_model
+    converted, folder = custom_op_bart
+    meta = json.loads((folder / "export.json").read_text())
+    assert meta["attention"] == "custom-op" and meta["graph"]["domains"] == ["", ops.DOMAIN]
+    assert meta["validation"]["passed"]
+    nodes = [n for n in onnx.load(str(folder / "encoder_model.onnx")).graph.node if n.domain == ops.DOMAIN]
+    assert len(nodes) == converted.model.config.encoder_layers
+    ort_model = load_ort_model(folder)  # registers the library
+    model = converted.model.eval()
+    globals_ = model.config.num_global_tokens
+    generator = torch.Generator().manual_seed(11)
+    for length in (1, 7, 8, 9, 16, 17, 24, 25, SEQ):
+        ids, mask = prompts("bart", length, generator)
+        with torch.no_grad():
+            expected = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = ort_model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        assert got.shape == expected.shape == (2, globals_ + length, model.config.d_model)
+        real = torch.cat([torch.ones(2, globals_, dtype=torch.bool), mask.bool()], dim=1)
+        assert (got - expected).abs()[real].max().item() <= 1e-5, length
+        if length in (9, 17, SEQ):
+            settings = dict(max_new_tokens=10, min_new_tokens=10, num_beams=1, do_sample=False)
+            with torch.no_grad():
+                tokens = model.generate(input_ids=ids, attention_mask=mask, **settings)
+            assert torch.equal(ort_model.generate(input_ids=ids, attention_mask=mask, **settings), tokens), length
+
+
+# --- lsg-export bench ---------------------------------------------------------------------------
+
+SEQ2SEQ_BACKENDS = ["torch-lsg", "ort-gather", "ort-custom-op"]
+
+
+def test_bench_reports_encoder_latency_and_generation(exports, tmp_path, monkeypatch):
+    """--quick on the bart export: torch-lsg, ort-gather (the export) and ort-custom-op (made into the
+    model's bench-exports) each give the encoder's latency and greedy generation's tokens/s; the
+    encoder-only backends are left out with a note."""
+    from lsg_export import ops
+    from lsg_export.errors import LSGExportError
+    try:
+        ops.library_path()
+        have_ops = True
+    except LSGExportError:
+        have_ops = False
+    monkeypatch.chdir(tmp_path)
+    converted, folder, _ = exports["bart"]
+    result = invoke("bench", folder, "--quick", "--seq", f"17,{SEQ}", "--threads", "1", "--json", tmp_path / "b.json",
+                    "--csv", tmp_path / "b.csv", "--plot", tmp_path / "b.png")
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "not run: torch-dense, torch-chunked, torch-longformer (encoder-only baseline)" in result.stderr
+    assert "gen tokens/s" in result.stdout
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert data["target"]["seq2seq"] is True and data["target"]["task"] == "text2text-generation"
+    assert data["target"]["export_kind"] == "ort-gather"
+    settings = data["settings"]
+    assert settings["backends"] == SEQ2SEQ_BACKENDS and settings["new_tokens"] == 8 and settings["lengths"] == [17, SEQ]
+    assert set(settings["skipped_backends"]) == {"torch-dense", "torch-chunked", "torch-longformer",
+                                                 "ort-gather-optimized", "ort-int8"}
+    assert data["backends"]["ort-gather"]["export"] == str(folder)
+    op_export = converted.path / "bench-exports" / "ort-custom-op"
+    assert data["backends"]["ort-custom-op"]["export"] == (str(op_export) if have_ops else None)
+    assert [(r["backend"], r["length"]) for r in data["results"]] == [(b, n) for b in SEQ2SEQ_BACKENDS for n in (17, SEQ)]
+    torch_generate = {r["length"]: r["generate_p50_ms"] for r in data["results"] if r["backend"] == "torch-lsg"}
+    for row in data["results"]:
+        if row["backend"] == "ort-custom-op" and not have_ops:
+            assert row["status"] == "failed" and "build-ops" in row["reason"]
+            continue
+        assert row["status"] == "ok", row
+        assert row["p50_ms"] > 0 and row["tokens_per_s"] == pytest.approx(row["length"] / row["p50_ms"] * 1000, rel=1e-3)
+        assert row["new_tokens"] == 8 and row["generate_runs"] == 2 == len(row["generate_times_ms"])
+        assert row["generate_p50_ms"] > row["p50_ms"]  # generation runs the encoder, then 8 decoder steps
+        assert row["generate_tokens_per_s"] == pytest.approx(8 / row["generate_p50_ms"] * 1000, rel=1e-3)
+        assert row["decode_tokens_per_s"] == pytest.approx(8 / (row["generate_p50_ms"] - row["p50_ms"]) * 1000, rel=1e-3)
+        assert row["generate_speedup_vs_torch_lsg"] == pytest.approx(torch_generate[row["length"]] / row["generate_p50_ms"],
+                                                                     rel=2e-3)
+        assert row["peak_memory_mb"] >= 0 and row["generate_peak_memory_mb"] >= 0
+    per_length = data["summary"]["1"]["per_length"][str(SEQ)]
+    assert per_length["fastest_generate"] in SEQ2SEQ_BACKENDS
+    assert per_length["best_ort_generate_vs_torch_lsg"]["backend"].startswith("ort-")
+    with open(tmp_path / "b.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [float(r["generate_tokens_per_s"]) for r in rows[:2]] == [r["generate_tokens_per_s"] for r in data["results"][:2]]
+    assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_refuses_what_does_not_apply(exports, tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    converted = exports["bart"][0].path
+    assert_user_error(invoke("bench", converted, "--backends", "torch-lsg,torch-chunked"),
+                      "torch-chunked does not run encoder-decoders", "for them: torch-lsg, ort-gather, ort-custom-op")
+    assert_user_error(invoke("bench", converted, "--backends", "ort-int8"), "ort-int8 does not run encoder-decoders")
+    assert_user_error(invoke("bench", converted, "--new-tokens", "0"), "--new-tokens must be a positive integer")
+    model = convert_tiny(tiny_checkpoint("bart"), tmp_path / "lsg-bart-model", "bart", head="Model")
+    assert_user_error(invoke("bench", model.path), "bench times encoder-decoders generating",
+                      "holds a BartModel, not a BartForConditionalGeneration")

@@ -11,6 +11,10 @@ full rows of random token ids (no padding: a benchmark measures whole documents)
   torch-longformer     a random-weight Longformer of the same size whose window covers the LSG local span
   ort-*                ONNX Runtime sessions on exports (exports.py makes the missing ones); IO binding on CUDA
 
+Encoder-decoders (bart, mbart, pegasus: task text2text-generation) run on the backends marked
+`seq2seq`: torch-lsg and the ort-* whose exports exist for them (gather, custom-op); their Runner
+times the encoder and, through `runner.generate`, greedy generation of a fixed number of new tokens.
+
 A loader returns a Runner; the measuring loop (measure.py) calls `runner.prepare(batch, length)` and
 times the zero-argument function it returns.
 """
@@ -31,16 +35,17 @@ class Backend:
     devices: tuple = ("cpu", "cuda")
     default: bool = True  # run when --backends is not given (and the device fits)
     export: dict = field(default_factory=dict)  # ORT: export_onnx options of its graph
+    seq2seq: bool = False  # runs encoder-decoders (encoder latency and generation)
 
     def load(self, spec):
         return LOADERS[self.name](spec)
 
 
 BACKENDS = {b.name: b for b in (
-    Backend("torch-lsg", "PyTorch LSG model (eager; float16 on CUDA)", "torch"),
+    Backend("torch-lsg", "PyTorch LSG model (eager; float16 on CUDA)", "torch", seq2seq=True),
     Backend("torch-dense", "same weights, family's transformers class, full attention (sdpa)", "torch"),
     Backend("torch-chunked", f"original {CHUNK}-token model on independent {CHUNK}-token chunks", "torch"),
-    Backend("ort-gather", "ONNX Runtime, gather graph", "ort", export={"attention": "gather"}),
+    Backend("ort-gather", "ONNX Runtime, gather graph", "ort", export={"attention": "gather"}, seq2seq=True),
     Backend("ort-gather-optimized", "ONNX Runtime, gather graph --optimize O2", "ort",
             export={"attention": "gather", "optimize": "O2"}),
     Backend("ort-int8", "ONNX Runtime, gather graph O2 + int8 MatMul weights", "ort", devices=("cpu",),
@@ -48,7 +53,7 @@ BACKENDS = {b.name: b for b in (
     Backend("ort-fp16", "ONNX Runtime, gather graph O2 in float16", "ort", devices=("cuda",),
             export={"attention": "gather", "optimize": "O2", "fp16": True, "device": "cuda"}),
     Backend("ort-custom-op", "ONNX Runtime, custom-op attention (ai.lsg.BlockSparseAttention)", "ort",
-            export={"attention": "custom-op"}),
+            export={"attention": "custom-op"}, seq2seq=True),
     Backend("torch-longformer", "random-weight Longformer of the same size, window = LSG local span", "torch"),
 )}
 
@@ -64,10 +69,19 @@ def export_kind(meta):
     return "ort-gather-optimized" if meta.get("optimize") else "ort-gather"
 
 
-def select_backends(names, device):
-    """Backend names to run: `names` (list or "a,b") checked, else the defaults for the device."""
+def seq2seq_skip_reason(name):
+    """Why backend `name` does not run encoder-decoders."""
+    if BACKENDS[name].engine == "torch":
+        return "encoder-only baseline"
+    return "--optimize, --quantize and --fp16 exports are not available for encoder-decoders yet"
+
+
+def select_backends(names, device, seq2seq=False):
+    """Backend names to run: `names` (list or "a,b") checked, else the defaults for the device (for an
+    encoder-decoder target, `seq2seq`, those that run one)."""
     if not names:
-        return [b.name for b in BACKENDS.values() if b.default and device in b.devices]
+        return [b.name for b in BACKENDS.values()
+                if b.default and device in b.devices and (b.seq2seq or not seq2seq)]
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
     unknown = [n for n in names if n not in BACKENDS]
@@ -77,16 +91,32 @@ def select_backends(names, device):
     if wrong:
         raise LSGExportError(f"{', '.join(wrong)} does not run on {device} (it runs on "
                              f"{' / '.join(BACKENDS[wrong[0]].devices)})")
+    if seq2seq:
+        encoder_only = [n for n in names if not BACKENDS[n].seq2seq]
+        if encoder_only:
+            raise LSGExportError(f"{', '.join(encoder_only)} does not run encoder-decoders "
+                                 f"({seq2seq_skip_reason(encoder_only[0])}); for them: "
+                                 f"{', '.join(n for n, b in BACKENDS.items() if b.seq2seq)}")
     return list(dict.fromkeys(names))
+
+
+def skipped_for_seq2seq(device):
+    """{backend: reason} of the device's default backends an encoder-decoder target leaves out."""
+    return {b.name: seq2seq_skip_reason(b.name) for b in BACKENDS.values()
+            if b.default and device in b.devices and not b.seq2seq}
 
 
 # --- runners ------------------------------------------------------------------------------------
 
 class Runner:
-    """prepare(batch, length) -> a function running one forward on that input; sync() waits for the device."""
+    """prepare(batch, length) -> a function running one forward on that input; sync() waits for the device.
 
-    def __init__(self, prepare, sync=None, max_length=None, note=None):
+    Encoder-decoders: prepare times the encoder, generate(batch, length, new_tokens) -> a function running
+    greedy generation of exactly new_tokens tokens from that input (None for encoders)."""
+
+    def __init__(self, prepare, sync=None, max_length=None, note=None, generate=None):
         self._prepare, self.sync, self.max_length, self.note = prepare, sync or (lambda: None), max_length, note
+        self.generate = generate
 
     def limit(self, batch, length):
         """Why this length cannot run here (None: it can)."""
@@ -139,6 +169,8 @@ def load_torch_lsg(spec):
     from ..onnx.pipeline import load_torch_model
     from ..onnx.tasks import TaskModule
     info = target_info(spec)
+    if info.family.seq2seq:
+        return torch_seq2seq_runner(load_torch_model(info), spec, info)
     return torch_runner(TaskModule(load_torch_model(info), spec["task"]), spec, info, spec["task"],
                         max_length=info.max_length)
 
@@ -251,21 +283,97 @@ def load_torch_longformer(spec):
                         note=f"random weights, attention window {window}, first token global")
 
 
-def ort_session(path, device, attention, threads):
-    """An ONNX Runtime session opened by lsg_export.onnx.validate.make_session (providers and set-up of the
-    attention backend, e.g. the custom-op library) with `threads` intra-op threads and, on CPU, without the
-    SkipLayerNormalization fusion at load time (graphs exported with --optimize have it already)."""
+def ort_options(device, threads):
+    """SessionOptions of every ort-* backend: `threads` intra-op threads and, on CPU, no SkipLayerNormalization
+    fusion at load time (graphs exported with --optimize have it already)."""
     import onnxruntime as ort
-
-    from ..onnx.export import get_attention_backend
-    from ..onnx.validate import make_session
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     if device == "cpu":  # the CPU SkipLayerNormalization kernel is slower than Add + LayerNormalization (README)
         options.add_session_config_entry("optimization.disable_specified_optimizers", "SkipLayerNormFusion")
-    return make_session(path, device, get_attention_backend(attention), options=options)
+    return options
+
+
+def ort_session(path, device, attention, threads):
+    """An ONNX Runtime session opened by lsg_export.onnx.validate.make_session (providers and set-up of the
+    attention backend, e.g. the custom-op library) with ort_options."""
+    from ..onnx.export import get_attention_backend
+    from ..onnx.validate import make_session
+    return make_session(path, device, get_attention_backend(attention), options=ort_options(device, threads))
+
+
+# --- encoder-decoders: the encoder, and greedy generation ------------------------------------------
+
+def greedy(new_tokens):
+    """generate() settings: greedy, exactly new_tokens tokens (no early end at the end-of-sequence token)."""
+    return dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, num_beams=1, do_sample=False)
+
+
+def seq2seq_runner(encode, generate, info, device, max_length, note, sync=None):
+    """A Runner of an encoder-decoder: encode(inputs) runs the encoder, generate(inputs, settings) returns
+    the generated sequences (the decoder start token, then the new tokens)."""
+    from ..onnx.seq2seq import encoder_inputs
+
+    def inputs_for(batch, length):
+        inputs = encoder_inputs(info, batch, length, generator=torch.Generator().manual_seed(length))
+        return {name: value.to(device) for name, value in inputs.items()}
+
+    def prepare(batch, length):
+        inputs = inputs_for(batch, length)
+        return lambda: encode(inputs)
+
+    def prepare_generate(batch, length, new_tokens):
+        inputs, settings = inputs_for(batch, length), greedy(new_tokens)
+
+        def call():
+            sequences = generate(inputs, settings)
+            if tuple(sequences.shape) != (batch, new_tokens + 1):  # a silent early stop would inflate tokens/s
+                raise LSGExportError(f"generate returned {tuple(sequences.shape)} tokens, not ({batch}, 1 + {new_tokens})")
+        return call
+
+    return Runner(prepare, sync, max_length, note, generate=prepare_generate)
+
+
+def torch_seq2seq_runner(model, spec, info):
+    device, dtype = torch_settings(spec)
+    model = model.to(device=device, dtype=dtype).eval()
+    encoder = model.get_encoder()
+
+    def encode(inputs):
+        with torch.inference_mode():
+            return encoder(**inputs)
+
+    def generate(inputs, settings):
+        with torch.inference_mode():
+            return model.generate(**inputs, **settings)
+
+    return seq2seq_runner(encode, generate, info, device, info.max_length,
+                          note=f"{type(model).__name__}, decoder attention {model.config._attn_implementation}",
+                          sync=torch.cuda.synchronize if device.type == "cuda" else None)
+
+
+def load_ort_seq2seq(spec, folder, meta):
+    """optimum's ORTModelForSeq2SeqLM on the export's three graphs (encoder_model.onnx, ...)."""
+    from ..onnx.seq2seq import load_seq2seq_model
+    from .measure import first_line
+    info = target_info(spec)
+    device = spec["device"]
+    provider = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
+    try:
+        model = load_seq2seq_model(folder, provider=provider, session_options=ort_options(device, spec["threads"]))
+    except LSGExportError:
+        raise
+    except Exception as error:
+        raise LSGExportError(f"ONNX Runtime cannot load {folder} ({first_line(error)})") from None
+    if device == "cuda" and "CUDAExecutionProvider" not in model.encoder.session.get_providers():
+        raise LSGExportError("ONNX Runtime has no CUDAExecutionProvider here")
+    return seq2seq_runner(lambda inputs: model.encoder(**inputs),
+                          lambda inputs, settings: model.generate(**inputs, **settings), info, torch.device(device),
+                          int(meta["seq"]),
+                          note=f"{folder} (encoder, decoder and decoder with past; attention {meta.get('attention')})",
+                          sync=torch.cuda.synchronize if device == "cuda" else None)
 
 
 def load_ort(spec):
@@ -273,6 +381,8 @@ def load_ort(spec):
     from pathlib import Path
     folder = Path(spec["export"])
     meta = json.loads((folder / "export.json").read_text())
+    if meta.get("seq2seq"):
+        return load_ort_seq2seq(spec, folder, meta)
     info = target_info(spec)
     device = spec["device"]
     session = ort_session(folder / "model.onnx", device, meta.get("attention", "gather"), spec["threads"])

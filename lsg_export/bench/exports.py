@@ -48,11 +48,12 @@ def validation_lengths(info):
 
 def cached_export(name, target, device, status):
     """The folder of an up-to-date export for backend `name` (made now if missing or stale)."""
-    from ..onnx import export_onnx
+    from ..onnx import export_onnx, seq2seq
     folder = target.model / CACHE_DIR / (name if device == "cpu" or name == "ort-fp16" else f"{name}-{device}")
     stamp = stamp_for(name, target, device)
+    graphs = seq2seq.PART_FILES if target.seq2seq else ("model.onnx",)
     try:
-        if json.loads((folder / STAMP).read_text()) == stamp and (folder / "model.onnx").is_file():
+        if json.loads((folder / STAMP).read_text()) == stamp and all((folder / g).is_file() for g in graphs):
             return folder
     except (OSError, ValueError):
         pass

@@ -20,6 +20,9 @@ LIMITS = {  # (seconds of timed runs per (length, batch), predicted seconds of o
     "full": (120.0, 150.0),
     "quick": (5.0, 20.0),
 }
+SEQ2SEQ_FIELDS = ("new_tokens", "generate_runs", "generate_p50_ms", "generate_p90_ms", "generate_min_ms",
+                  "generate_tokens_per_s", "decode_tokens_per_s", "generate_peak_memory_mb",
+                  "generate_speedup_vs_torch_lsg", "generate_times_ms")
 OOM_MARKERS = ("out of memory", "can't allocate memory", "failed to allocate memory", "bad_alloc", "memoryerror")
 
 
@@ -44,9 +47,25 @@ class Cell:
     speedup_vs_torch_lsg: float = None  # torch-lsg p50 / this p50
     speedup_vs_torch_chunked: float = None  # torch-chunked p50 / this p50 (< 1: slower than the floor)
     times_ms: list = field(default_factory=list)
+    # encoder-decoders only (new_tokens set; absent from encoders' rows): the times above are the encoder's,
+    # these greedy generation of new_tokens tokens from the same input (encoder included), same timing loop
+    new_tokens: int = None
+    generate_runs: int = None
+    generate_p50_ms: float = None
+    generate_p90_ms: float = None
+    generate_min_ms: float = None
+    generate_tokens_per_s: float = None  # batch x new_tokens / generate p50
+    decode_tokens_per_s: float = None  # batch x new_tokens / (generate p50 - encoder p50): the decoder's pace
+    generate_peak_memory_mb: float = None
+    generate_speedup_vs_torch_lsg: float = None  # torch-lsg generate p50 / this generate p50
+    generate_times_ms: list = None
 
     def to_dict(self):
-        return asdict(self)
+        data = asdict(self)
+        if self.new_tokens is None:
+            for name in SEQ2SEQ_FIELDS:
+                del data[name]
+        return data
 
 
 def summarize(cell, times):
@@ -57,6 +76,20 @@ def summarize(cell, times):
     cell.p50_ms, cell.p90_ms, cell.p99_ms = (round(float(v), 4) for v in np.percentile(ms, [50, 90, 99]))
     cell.mean_ms, cell.min_ms = round(float(ms.mean()), 4), round(float(ms.min()), 4)
     cell.tokens_per_s = round(cell.batch * cell.length / (cell.p50_ms / 1000.0), 1)
+    return cell
+
+
+def summarize_generation(cell, times, new_tokens):
+    import numpy as np
+    ms = np.asarray(times) * 1000.0
+    cell.new_tokens, cell.generate_runs = new_tokens, len(times)
+    cell.generate_times_ms = [round(float(t), 4) for t in ms]
+    cell.generate_p50_ms, cell.generate_p90_ms = (round(float(v), 4) for v in np.percentile(ms, [50, 90]))
+    cell.generate_min_ms = round(float(ms.min()), 4)
+    tokens = cell.batch * new_tokens
+    cell.generate_tokens_per_s = round(tokens / (cell.generate_p50_ms / 1000.0), 2)
+    decoding = cell.generate_p50_ms - (cell.p50_ms or 0.0)
+    cell.decode_tokens_per_s = round(tokens / (decoding / 1000.0), 2) if cell.p50_ms and decoding > 0 else None
     return cell
 
 
@@ -198,7 +231,7 @@ def measure_backend(spec, send):
     history = {}
     for length in spec["lengths"]:
         for batch in spec["batches"]:
-            cell = Cell(backend.name, length, batch, memory_kind=memory.kind)
+            cell = Cell(backend.name, length, batch, memory_kind=memory.kind, new_tokens=spec.get("new_tokens"))
             predicted = predicted_seconds(history.get(batch, []), length)
             reason = runner.limit(batch, length)
             if reason is None and predicted > run_limit:
@@ -214,6 +247,12 @@ def measure_backend(spec, send):
                 summarize(cell, times)
                 cell.peak_memory_mb = memory.peak_mb()
                 history.setdefault(batch, []).append((length, cell.p50_ms / 1000))
+                if runner.generate is not None:  # encoder-decoders: then greedy generation from the same input
+                    call = runner.generate(batch, length, spec["new_tokens"])
+                    memory.reset()
+                    times, _ = time_runs(call, runner.sync, spec["warmup"], spec["repeat"], cell_seconds)
+                    summarize_generation(cell, times, spec["new_tokens"])
+                    cell.generate_peak_memory_mb = memory.peak_mb()
             except Exception as error:  # reported in the table, the other lengths go on
                 cell.status = "out of memory" if is_oom(error) else "failed"
                 cell.reason = first_line(error)

@@ -101,6 +101,14 @@ def summary(result):
                                                       "time_ratio": round(best.p50_ms / here["torch-chunked"].p50_ms, 3)}
             if here:
                 entry["fastest"] = min(here.values(), key=lambda c: c.p50_ms).backend
+            generating = [c for c in here.values() if c.generate_p50_ms]
+            if generating:  # encoder-decoders: generation too
+                entry["fastest_generate"] = min(generating, key=lambda c: c.generate_p50_ms).backend
+                ort = [c for c in generating if c.backend.startswith("ort-")]
+                if ort and "torch-lsg" in here:
+                    best = min(ort, key=lambda c: c.generate_p50_ms)
+                    entry["best_ort_generate_vs_torch_lsg"] = {"backend": best.backend,
+                                                               "speedup": best.generate_speedup_vs_torch_lsg}
             per_length[str(length)] = entry
         growth = {}
         for name in result.settings["backends"]:
@@ -125,16 +133,35 @@ def _fmt(value, digits=1, suffix=""):
     return "-" if value is None else f"{value:,.{digits}f}{suffix}"
 
 
+COLUMNS = ("backend", "length", "batch", "p50 ms", "p90 ms", "p99 ms", "tokens/s", "peak MB", "x torch-lsg",
+           "x chunked", "status")
+SEQ2SEQ_COLUMNS = ("backend", "length", "batch", "enc p50 ms", "peak MB", "enc x torch-lsg", "gen p50 ms",
+                   "gen tokens/s", "decode tok/s", "gen x torch-lsg", "status")
+
+
+def row_values(cell, seq2seq):
+    """The table's cells of one row, after backend, length and batch and before status."""
+    if seq2seq:
+        return (_fmt(cell.p50_ms), _fmt(cell.peak_memory_mb, 0), _fmt(cell.speedup_vs_torch_lsg, 2, "x"),
+                _fmt(cell.generate_p50_ms), _fmt(cell.generate_tokens_per_s, 1), _fmt(cell.decode_tokens_per_s, 1),
+                _fmt(cell.generate_speedup_vs_torch_lsg, 2, "x"))
+    return (_fmt(cell.p50_ms), _fmt(cell.p90_ms), _fmt(cell.p99_ms), _fmt(cell.tokens_per_s, 0),
+            _fmt(cell.peak_memory_mb, 0), _fmt(cell.speedup_vs_torch_lsg, 2, "x"),
+            _fmt(cell.speedup_vs_torch_chunked, 2, "x"))
+
+
 def render_table(result):
-    """A rich Table: one row per backend, length and batch."""
+    """A rich Table: one row per backend, length and batch (encoder-decoders: the encoder, then generation)."""
     from rich.table import Table
     env, settings = result.environment, result.settings
+    seq2seq = result.target.get("seq2seq", False)
+    what = (f"; enc: the encoder; gen: greedy generation of {settings['new_tokens']} new tokens, encoder included; "
+            f"decode: its tokens/s after the encoder") if seq2seq else ""
     table = Table(title=f"lsg-export bench: {result.target['architecture']} ({result.target['task']}), "
                         f"{settings['device']}, {settings['threads']} threads",
                   caption=f"{env['date'][:16]}, {env['cpu']}{', ' + env['gpu'] if env['gpu'] else ''}; "
-                          f"x: speed-up (their p50 / this p50)")
-    for column in ("backend", "length", "batch", "p50 ms", "p90 ms", "p99 ms", "tokens/s", "peak MB",
-                   "x torch-lsg", "x chunked", "status"):
+                          f"x: speed-up (their p50 / this p50){what}")
+    for column in SEQ2SEQ_COLUMNS if seq2seq else COLUMNS:
         table.add_column(column, justify="left" if column in ("backend", "status") else "right",
                          no_wrap=column != "status")
     previous = None
@@ -142,10 +169,7 @@ def render_table(result):
         style = STATUS_STYLE[cell.status]
         status = cell.status if cell.status == "ok" else f"{cell.status}: {cell.reason}"
         table.add_row(cell.backend if cell.backend != previous else "", str(cell.length), str(cell.batch),
-                      _fmt(cell.p50_ms), _fmt(cell.p90_ms), _fmt(cell.p99_ms), _fmt(cell.tokens_per_s, 0),
-                      _fmt(cell.peak_memory_mb, 0), _fmt(cell.speedup_vs_torch_lsg, 2, "x"),
-                      _fmt(cell.speedup_vs_torch_chunked, 2, "x"), f"[{style}]{status}[/{style}]",
-                      end_section=False)
+                      *row_values(cell, seq2seq), f"[{style}]{status}[/{style}]", end_section=False)
         previous = cell.backend
     return table
 
@@ -170,16 +194,19 @@ CSV_ENVIRONMENT = ("date", "cpu", "gpu", "threads", "device")
 
 
 def write_csv(result, path):
-    """One row per (backend, length, batch), the environment repeated on each row; times_ms space-separated."""
-    from .measure import Cell
-    fields = [f for f in Cell.__dataclass_fields__ if f != "times_ms"]
+    """One row per (backend, length, batch), the environment repeated on each row; times space-separated
+    (encoder-decoders: the generation columns and generate_times_ms too)."""
+    from .measure import SEQ2SEQ_FIELDS, Cell
+    seq2seq = result.target.get("seq2seq", False)
+    lists = ("times_ms", "generate_times_ms") if seq2seq else ("times_ms",)
+    fields = [f for f in Cell.__dataclass_fields__ if f not in lists and (seq2seq or f not in SEQ2SEQ_FIELDS)]
     versions = result.environment["versions"]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow([*fields, "times_ms", *CSV_ENVIRONMENT, "torch", "onnxruntime", "task", "model"])
+    writer.writerow([*fields, *lists, *CSV_ENVIRONMENT, "torch", "onnxruntime", "task", "model"])
     for cell in result.cells:
-        data = cell.to_dict()
-        writer.writerow([*("" if data[f] is None else data[f] for f in fields), " ".join(map(str, cell.times_ms)),
+        writer.writerow([*("" if getattr(cell, f) is None else getattr(cell, f) for f in fields),
+                         *(" ".join(map(str, getattr(cell, name) or [])) for name in lists),
                          *(result.environment.get(k) or "" for k in CSV_ENVIRONMENT), versions.get("torch", ""),
                          versions.get("onnxruntime", versions.get("onnxruntime-gpu", "")), result.target["task"],
                          result.target["model"]])

@@ -4,11 +4,12 @@ import time
 from dataclasses import dataclass, field
 
 from ..errors import LSGExportError
-from .backends import BACKENDS, select_backends
+from .backends import BACKENDS, select_backends, skipped_for_seq2seq
 from .measure import Cell, run_in_process
 from .target import choose_lengths, parse_ints, resolve_target
 
 SCHEMA = "lsg-export-bench/1"
+NEW_TOKENS = {"full": 32, "quick": 8}  # encoder-decoders: default new tokens of the timed greedy generation
 
 
 @dataclass
@@ -52,20 +53,41 @@ def add_ratios(cells):
             other = reference.get((base, cell.length, cell.batch))
             if other:
                 setattr(cell, attribute, round(other / cell.p50_ms, 3))
+    generation = {(c.length, c.batch): c.generate_p50_ms for c in cells if c.backend == "torch-lsg" and c.generate_p50_ms}
+    for cell in cells:
+        other = generation.get((cell.length, cell.batch))
+        if other and cell.generate_p50_ms:
+            cell.generate_speedup_vs_torch_lsg = round(other / cell.generate_p50_ms, 3)
+
+
+def check_new_tokens(new_tokens, target, quick):
+    """The new tokens of the timed generation: encoder-decoders only (default 32, --quick 8)."""
+    if not target.seq2seq:
+        if new_tokens is not None:
+            raise LSGExportError(f"--new-tokens is for encoder-decoders; {target.model} is an encoder "
+                                 f"({target.task})")
+        return None
+    if new_tokens is None:
+        return NEW_TOKENS["quick" if quick else "full"]
+    if not isinstance(new_tokens, int) or new_tokens < 1:
+        raise LSGExportError(f"--new-tokens must be a positive integer, got {new_tokens!r}")
+    return new_tokens
 
 
 def run_bench(target=None, *, seq=None, batch_size=None, backends=None, device="cpu", threads=None, warmup=3,
-              repeat=20, quick=False, status=None, progress=None):
+              repeat=20, quick=False, new_tokens=None, status=None, progress=None):
     """Benchmark MODEL_OR_EXPORT `target` (None: the last export made here, else the last convert).
 
-    seq / batch_size: lists or "512,1024". backends: names (default: those of the device).
+    seq / batch_size: lists or "512,1024". backends: names (default: those of the device; for an
+    encoder-decoder, those that run one). new_tokens: encoder-decoders' greedy generation length.
     status(message): what is being done; progress(backend, length, batch, cell or None): after each cell.
     Returns a BenchResult; bad arguments raise LSGExportError before any work."""
     from .report import environment
     status = status or (lambda message: None)
     check_device(device)
-    names = select_backends(backends, device)
     found = resolve_target(target)
+    names = select_backends(backends, device, found.seq2seq)
+    new_tokens = check_new_tokens(new_tokens, found, quick)
     lengths = choose_lengths(seq, found, quick)
     batches = parse_ints(batch_size or "1", "--batch-size")
     threads = threads or os.cpu_count() or 1
@@ -75,10 +97,15 @@ def run_bench(target=None, *, seq=None, batch_size=None, backends=None, device="
         warmup, repeat = min(warmup, 1), min(repeat, 2)
     settings = {"backends": names, "lengths": lengths, "batch_sizes": batches, "device": device, "threads": threads,
                 "warmup": warmup, "repeat": repeat, "quick": quick}
+    if found.seq2seq:  # encoder-decoders: encoder latency, and greedy generation of new_tokens tokens
+        settings["new_tokens"] = new_tokens
+        settings["skipped_backends"] = {} if backends else skipped_for_seq2seq(device)
     target_info = {"model": str(found.model), "export": str(found.export) if found.export else None,
                    "export_kind": found.export_kind, "task": found.task, "chosen": found.chosen,
                    "architecture": found.info.family.class_name(found.info.head),
                    "max_length": found.info.max_length, "lsg": found.info.lsg_options}
+    if found.seq2seq:
+        target_info["seq2seq"] = True
     started = time.time()
     result = BenchResult(target_info, settings, environment(device, threads), {})
 
@@ -103,7 +130,7 @@ def run_backend(name, export, target, settings, status, progress):
     lengths, batches = settings["lengths"], settings["batch_sizes"]
     record = {"status": "ok", "error": None, "note": None, "load_seconds": None,
               "description": BACKENDS[name].description, "export": None}
-    cells = {(n, b): Cell(name, n, b) for n in lengths for b in batches}
+    cells = {(n, b): Cell(name, n, b, new_tokens=settings.get("new_tokens")) for n in lengths for b in batches}
     reported = set()
     record["load_average"] = {"start": load_average()}  # 1/5/15-minute: other work competing for the CPUs
     if isinstance(export, LSGExportError):
@@ -114,7 +141,8 @@ def run_backend(name, export, target, settings, status, progress):
         status(f"running {name}")
         spec = {"backend": name, "model": str(target.model), "export": record["export"], "task": target.task,
                 "device": settings["device"], "threads": settings["threads"], "lengths": lengths, "batches": [batch],
-                "warmup": settings["warmup"], "repeat": settings["repeat"], "quick": settings["quick"]}
+                "warmup": settings["warmup"], "repeat": settings["repeat"], "quick": settings["quick"],
+                "new_tokens": settings.get("new_tokens")}
         mine = {k: c for k, c in cells.items() if k[1] == batch}
 
         def on_event(event, mine=mine):

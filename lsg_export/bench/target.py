@@ -19,6 +19,11 @@ class Target:
     export_kind: str = None  # the ort-* backend that export serves
     chosen: str = "given"  # how the target was found: given, last export, last convert
 
+    @property
+    def seq2seq(self):
+        """An encoder-decoder (bart, mbart, pegasus): encoder latency and generation are measured."""
+        return self.info.family.seq2seq
+
     def describe(self):
         what = f"{self.export} (export of {self.model})" if self.export else str(self.model)
         return what if self.chosen == "given" else f"{what}, the {self.chosen} made from here"
@@ -47,7 +52,17 @@ def resolve_target(path=None):
         info = read_model_folder(Path(model).resolve())
         return Target(info.path, info, meta["task"], path, export_kind(meta), chosen)
     info = read_model_folder(path.resolve())
-    return Target(info.path, info, infer_task(info), chosen=chosen)
+    return Target(info.path, info, seq2seq_task(info) if info.family.seq2seq else infer_task(info), chosen=chosen)
+
+
+def seq2seq_task(info):
+    """Encoder-decoders are benchmarked generating text: a ForConditionalGeneration head is needed."""
+    from ..onnx.seq2seq import TASK
+    if info.head != "ForConditionalGeneration":
+        raise LSGExportError(f"bench times encoder-decoders generating ({TASK}): {info.path} holds a "
+                             f"{info.family.architecture(info.head)}, not a "
+                             f"{info.family.architecture('ForConditionalGeneration')}")
+    return TASK
 
 
 def parse_ints(text, what):
