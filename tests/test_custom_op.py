@@ -108,11 +108,13 @@ def test_matches_block_attention_and_gather_graph(library, gather_graph, sparsit
         assert np.abs(out - reference).max() <= 1e-5, (blocks, lengths)
 
 
-@pytest.mark.parametrize("bs,sbs,sf,sparsity_type", [(8, 4, 4, "pooling"), (16, 48, 2, "stride"),
-                                                     (32, 8, 8, "block_stride"), (4, 4, 1, "norm"),
-                                                     (16, 24, 4, "bos_pooling")])
-def test_other_geometries(library, bs, sbs, sf, sparsity_type):
-    arrays, expected = make_case(3, 1, 4, 7, 32, 2, bs, sbs, sf, sparsity_type, [7 * bs - 5])
+# head dims that are no multiple of the kernel's 16-channel tiles, block sizes that are no
+# multiple of its 6-row or 16-query tiles
+@pytest.mark.parametrize("bs,sbs,sf,sparsity_type,d", [(8, 4, 4, "pooling", 32), (16, 48, 2, "stride", 24),
+                                                       (32, 8, 8, "block_stride", 40), (4, 4, 1, "norm", 32),
+                                                       (16, 24, 4, "bos_pooling", 32), (20, 10, 2, "norm", 8)])
+def test_other_geometries(library, bs, sbs, sf, sparsity_type, d):
+    arrays, expected = make_case(3, 1, 4, 7, d, 2, bs, sbs, sf, sparsity_type, [7 * bs - 5])
     out = run_op(library, arrays, bs, sbs, sf)
     assert np.abs(out - expected).max() <= 1e-5
 

@@ -2,15 +2,17 @@
 //
 // One task = one (batch, head, block) of bs queries. Its keys are streamed in place, in order
 // (globals, left compressed window, right compressed window, the three local blocks), in tiles of
-// at most kTile visible keys: masked and out-of-range keys are skipped while a tile is gathered,
-// the tile's keys are transposed into a small per-thread buffer (values are read in place through
-// row pointers), and an online softmax (running max m, running sum l, rescaled output
-// accumulator o) folds each tile in. Nothing of size (blocks, keys) is ever materialised and
-// the per-thread scratch is allocated once and reused by every task that thread runs.
+// at most kTile visible keys: masked and out-of-range keys are skipped while a tile is gathered
+// (only row pointers are kept: keys and values are read where they are), and an online softmax
+// (running max m, running sum l, rescaled output accumulator o) folds each tile in. Nothing of
+// size (blocks, keys) is ever materialised and the per-thread scratch is allocated once and
+// reused by every task that thread runs.
 //
-// Inner loops are fixed-size register tiles (6 query rows x 16 keys for the scores, 6 rows x 16
-// channels for P.V) that the compiler vectorises; exp is a branch-free polynomial (Cephes expf,
-// relative error ~2e-7) that vectorises too.
+// Scores are computed key-major (S^T = K . Q^T, queries transposed once per task), so the softmax
+// runs down columns, 8 queries per vector, with no horizontal reduction, and keys need no copy.
+// Inner loops are fixed-size register tiles (6 keys x 16 queries for the scores, 6 queries x 16
+// channels for P.V) that the compiler vectorises; scores are kept in base 2 (log2 e folded into
+// the query scale) so that exp is 2^x: a branch-free degree-6 polynomial that vectorises too.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -22,13 +24,15 @@
 namespace lsg {
 namespace {
 
-constexpr int kTile = 128;  // visible keys per tile (multiple of kCols)
-constexpr int kRows = 6;    // query rows per register tile: 12 accumulators + 2 keys + 1 broadcast = 15 AVX2 registers
-constexpr int kCols = 16;   // keys (scores) or channels (P.V) per register tile
+constexpr int kTile = 128;  // visible keys per tile
+constexpr int kRows = 6;    // keys (scores) or queries (P.V) per register tile: 12 accumulators + 2 loads + 1 broadcast = 15 AVX2 registers
+constexpr int kCols = 16;   // queries (scores) or channels (P.V) per register tile
+constexpr float kLog2e = 1.44269504088896341f;  // scores are kept in base 2: exp(x) = 2^(x log2 e)
 
 // 8 floats: one AVX register with -march=native, two SSE registers otherwise (GCC/Clang vector
 // extension: no intrinsics, so the file builds on any target those compilers have).
 typedef float vf8 __attribute__((vector_size(32)));
+typedef int32_t vi8 __attribute__((vector_size(32)));
 inline vf8 load8(const float* p) {
   vf8 v;
   std::memcpy(&v, p, sizeof(v));
@@ -36,75 +40,48 @@ inline vf8 load8(const float* p) {
 }
 inline void store8(float* p, vf8 v) { std::memcpy(p, &v, sizeof(v)); }
 inline vf8 splat8(float x) { return vf8{x, x, x, x, x, x, x, x}; }
+inline vf8 max8(vf8 a, vf8 b) { return a > b ? a : b; }
 
-inline float fast_exp(float x) {
-  x = x < -87.0f ? -87.0f : x;  // exp(-87) ~ 1.6e-38: weights that small are 0 to every sum
-  x = x > 88.0f ? 88.0f : x;
-  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const float t = x * 1.44269504088896341f + magic;
-  const float n = t - magic;
-  float r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  int32_t bits;
-  std::memcpy(&bits, &t, sizeof(bits));
-  bits = (bits - 0x4B400000 + 127) << 23;  // 2^n
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
-}
-
-// fast_exp on 8 lanes at once (same arithmetic).
-typedef int32_t vi8 __attribute__((vector_size(32)));
-inline vf8 fast_exp8(vf8 x) {
-  const vf8 lo = splat8(-87.0f), hi = splat8(88.0f), magic = splat8(12582912.0f);
-  x = x < lo ? lo : x;
-  x = x > hi ? hi : x;
-  const vf8 t = x * splat8(1.44269504088896341f) + magic;
-  const vf8 n = t - magic;
-  vf8 r = x - n * splat8(0.693359375f);
-  r = r - n * splat8(-2.12194440e-4f);
-  vf8 p = splat8(1.9875691500e-4f);
-  p = p * r + splat8(1.3981999507e-3f);
-  p = p * r + splat8(8.3334519073e-3f);
-  p = p * r + splat8(4.1665795894e-2f);
-  p = p * r + splat8(1.6666665459e-1f);
-  p = p * r + splat8(5.0000001201e-1f);
-  p = p * r * r + r + splat8(1.0f);
-  vi8 bits = (vi8)t;  // GCC/Clang vector cast: a bit cast
-  bits = (bits - 0x4B400000 + 127) << 23;
-  return p * (vf8)bits;
+// 2^x for x <= 0 (the shifted scores), 8 lanes: x = n + f with n integer and |f| <= 1/2,
+// 2^f by a degree-6 polynomial (relative error ~1e-7, float32's own), 2^n added to the exponent
+// bits. x below -125 (padding scores are -inf) gives ~0, which no sum notices.
+inline vf8 exp2_nonpositive8(vf8 x) {
+  const vf8 magic = splat8(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+  x = max8(x, splat8(-125.0f));
+  const vf8 t = x + magic;
+  const vf8 f = x - (t - magic);
+  vf8 p = splat8(1.5332508e-4f);
+  p = p * f + splat8(1.3394702e-3f);
+  p = p * f + splat8(9.6184909e-3f);
+  p = p * f + splat8(5.5503424e-2f);
+  p = p * f + splat8(2.4022648e-1f);
+  p = p * f + splat8(6.9314718e-1f);
+  p = p * f + splat8(1.0f);
+  const vi8 n = (vi8)t - 0x4B400000;  // GCC/Clang vector cast: a bit cast
+  return (vf8)((vi8)p + (n << 23));
 }
 
 struct Scratch {
-  int64_t bs = -1, d = -1;
-  std::vector<float> q;       // (bs, d) scaled queries
-  std::vector<float> kt;      // (d, kTile) transposed keys of the tile
-  std::vector<float> bias;    // (kTile) additive mask of the tile's keys
-  std::vector<const float*> vrows;  // (kTile) value rows of the tile's keys, read in place
-  std::vector<float> s;       // (bs, kTile) scores, then weights
+  int64_t bs = -1, d = -1, ld = 0;  // ld: bs rounded up to kCols, the row length of qt and st
+  std::vector<float> qt;      // (d, ld) queries * scale * log2 e, transposed (padding queries 0)
+  std::vector<const float*> krows, vrows;  // (kTile) key and value rows of the tile, read in place
+  std::vector<float> bias;    // (kTile) additive mask of the tile's keys * log2 e
+  std::vector<float> st;      // (kTile, ld) scores of the tile, transposed; then weights
   std::vector<float> o;       // (bs, d) running output
-  std::vector<float> m, l;    // (bs) running max and sum
+  std::vector<float> m, l, alpha, tile_max;  // (ld) per query: running max and sum, rescale, tile's max
 
   void reserve(int64_t block_size, int64_t head_dim) {
     if (block_size == bs && head_dim == d) return;
     bs = block_size;
     d = head_dim;
-    const int64_t rows = (bs + kRows - 1) / kRows * kRows;  // register tiles may overrun bs
-    q.assign(rows * d, 0.0f);
-    kt.assign(d * kTile, 0.0f);
-    bias.assign(kTile, 0.0f);
+    ld = (bs + kCols - 1) / kCols * kCols;
+    qt.assign(d * ld, 0.0f);
+    krows.assign(kTile, nullptr);
     vrows.assign(kTile, nullptr);
-    s.assign(rows * kTile, 0.0f);
-    o.assign(rows * d, 0.0f);
-    m.assign(rows, 0.0f);
-    l.assign(rows, 0.0f);
+    bias.assign(kTile, 0.0f);
+    st.assign(kTile * ld, 0.0f);
+    o.assign(bs * d, 0.0f);
+    for (auto* v : {&m, &l, &alpha, &tile_max}) v->assign(ld, 0.0f);
   }
 };
 
@@ -113,21 +90,23 @@ Scratch& thread_scratch() {
   return scratch;
 }
 
-// kRows x kCols float32 accumulators held in registers (two 8-lane vectors per row), updated by
+// R x kCols float32 accumulators held in registers (two 8-lane vectors per row), updated by
 // rank-1 products: the one inner loop of both Q.K^T and P.V.
+template <int R>
 struct RegisterTile {
-  vf8 acc[kRows][2];
+  vf8 acc[R][2];
 
   void load(const float* p, int64_t stride) {
-    for (int r = 0; r < kRows; ++r) acc[r][0] = load8(p + r * stride), acc[r][1] = load8(p + r * stride + 8);
+    for (int r = 0; r < R; ++r) acc[r][0] = load8(p + r * stride), acc[r][1] = load8(p + r * stride + 8);
   }
   void store(float* p, int64_t stride) const {
-    for (int r = 0; r < kRows; ++r) store8(p + r * stride, acc[r][0]), store8(p + r * stride + 8, acc[r][1]);
+    for (int r = 0; r < R; ++r) store8(p + r * stride, acc[r][0]), store8(p + r * stride + 8, acc[r][1]);
   }
-  // acc[r] += x[r * x_stride] * (y0 | y1)
-  void add(const float* x, int64_t x_stride, vf8 y0, vf8 y1) {
-    for (int r = 0; r < kRows; ++r) {
-      const vf8 xr = splat8(x[r * x_stride]);
+  // acc[r] += x(r) * (y0 | y1)
+  template <typename X>
+  void add(X x, vf8 y0, vf8 y1) {
+    for (int r = 0; r < R; ++r) {
+      const vf8 xr = splat8(x(r));
       acc[r][0] += xr * y0;
       acc[r][1] += xr * y1;
     }
@@ -135,80 +114,86 @@ struct RegisterTile {
 };
 static_assert(kCols == 16, "a register tile row is two 8-lane vectors");
 
-// s[r][j] = bias[j] + sum_c q[r][c] * kt[c][j] for all rows and j < round_up(count, kCols).
-void tile_scores(Scratch& w, int64_t rows, int64_t d, int count) {
-  const int cols = (count + kCols - 1) / kCols * kCols;
-  for (int j = count; j < cols; ++j) {  // padding columns: never the max, never summed
-    w.bias[j] = -std::numeric_limits<float>::infinity();
-    for (int64_t c = 0; c < d; ++c) w.kt[c * kTile + j] = 0.0f;
+// Runs f.template operator()<R>(r0) over groups [r0, r0 + R) covering [0, rows): kRows at a time,
+// then one narrower group for the rest (no padding rows are computed).
+template <typename F>
+void for_row_tiles(int64_t rows, F&& f) {
+  int64_t r0 = 0;
+  for (; r0 + kRows <= rows; r0 += kRows) f.template operator()<kRows>(r0);
+  switch (rows - r0) {
+    case 5: f.template operator()<5>(r0); break;
+    case 4: f.template operator()<4>(r0); break;
+    case 3: f.template operator()<3>(r0); break;
+    case 2: f.template operator()<2>(r0); break;
+    case 1: f.template operator()<1>(r0); break;
+    default: break;
   }
-  for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
-    const float* q = &w.q[r0 * d];
-    for (int j0 = 0; j0 < cols; j0 += kCols) {
-      RegisterTile tile;
-      tile.load(&w.bias[j0], 0);  // every row starts from the mask
-      const float* kcol = &w.kt[j0];
-      for (int64_t c = 0; c < d; ++c, kcol += kTile) tile.add(q + c, d, load8(kcol), load8(kcol + 8));
-      tile.store(&w.s[r0 * kTile + j0], kTile);
-    }
-  }
+  static_assert(kRows == 6, "the tail cases cover 1 .. kRows - 1");
 }
 
-// Online-softmax update of every row with the tile's scores, then o += P . V.
-void tile_accumulate(Scratch& w, int64_t rows, int64_t d, int count) {
-  for (int64_t r = 0; r < rows; ++r) {
-    float* srow = &w.s[r * kTile];
-    const int cols = (count + kCols - 1) / kCols * kCols;  // padding scores are -inf
-    vf8 max8 = load8(srow);
-    for (int j = 8; j < cols; j += 8) {
-      const vf8 x = load8(srow + j);
-      max8 = x > max8 ? x : max8;
+// st[j][r] = bias[j] + sum_c k_j[c] * qt[c][r] for the tile's count keys (keys read in place),
+// and tile_max[r] = max_j st[j][r]. Scores are laid out key-major so that the softmax runs down
+// columns: 8 queries per vector, no horizontal reductions.
+void tile_scores(Scratch& w, int count) {
+  const int64_t d = w.d, ld = w.ld;
+  std::fill(w.tile_max.begin(), w.tile_max.end(), -std::numeric_limits<float>::infinity());
+  for_row_tiles(count, [&]<int R>(int64_t j0) {
+    const float* const* k = &w.krows[j0];
+    for (int64_t r0 = 0; r0 < ld; r0 += kCols) {
+      RegisterTile<R> tile;
+      for (int i = 0; i < R; ++i) tile.acc[i][0] = tile.acc[i][1] = splat8(w.bias[j0 + i]);
+      const float* qcol = &w.qt[r0];
+      for (int64_t c = 0; c < d; ++c, qcol += ld) tile.add([&](int i) { return k[i][c]; }, load8(qcol), load8(qcol + 8));
+      tile.store(&w.st[j0 * ld + r0], ld);
+      vf8 mx0 = load8(&w.tile_max[r0]), mx1 = load8(&w.tile_max[r0 + 8]);
+      for (int i = 0; i < R; ++i) mx0 = max8(mx0, tile.acc[i][0]), mx1 = max8(mx1, tile.acc[i][1]);
+      store8(&w.tile_max[r0], mx0);
+      store8(&w.tile_max[r0 + 8], mx1);
     }
-    float tile_max = max8[0];
-    for (int lane = 1; lane < 8; ++lane) tile_max = max8[lane] > tile_max ? max8[lane] : tile_max;
-    const float m_new = tile_max > w.m[r] ? tile_max : w.m[r];
-    const float alpha = fast_exp(w.m[r] - m_new);  // m = -inf at first: alpha ~ 0, o = l = 0
-    // exp over all round_up(count, kCols) scores, the padding then set to 0
-    const vf8 shift = splat8(m_new);
-    vf8 sum8 = splat8(0.0f);
-    for (int j = 0; j < cols; j += 8) {
-      const vf8 p = fast_exp8(load8(srow + j) - shift);
-      store8(srow + j, p);
-      if (j + 8 <= count) sum8 += p;
+  });
+}
+
+// Online-softmax update of every query with the tile's scores (the weights replace the scores),
+// then o = o * alpha + P . V.
+void tile_accumulate(Scratch& w, int count) {
+  const int64_t d = w.d, ld = w.ld;
+  for (int64_t r = 0; r < ld; r += 8) {
+    const vf8 m_old = load8(&w.m[r]);
+    const vf8 m_new = max8(m_old, load8(&w.tile_max[r]));
+    const vf8 alpha = exp2_nonpositive8(m_old - m_new);  // m = -inf at first: alpha ~ 0, o = l = 0
+    vf8 sum = splat8(0.0f);
+    float* p = &w.st[r];
+    for (int j = 0; j < count; ++j, p += ld) {
+      const vf8 e = exp2_nonpositive8(load8(p) - m_new);
+      store8(p, e);
+      sum += e;
     }
-    for (int j = count; j < cols; ++j) srow[j] = 0.0f;
-    float sum = 0.0f;
-    for (int j = count / 8 * 8; j < count; ++j) sum += srow[j];
-    for (int lane = 0; lane < 8; ++lane) sum += sum8[lane];
-    w.m[r] = m_new;
-    w.l[r] = w.l[r] * alpha + sum;
-    float* orow = &w.o[r * d];
-    if (alpha != 1.0f)
-      for (int64_t c = 0; c < d; ++c) orow[c] *= alpha;
+    store8(&w.m[r], m_new);
+    store8(&w.alpha[r], alpha);
+    store8(&w.l[r], load8(&w.l[r]) * alpha + sum);
   }
   const int64_t d_full = d / kCols * kCols;
-  for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
-    const float* p = &w.s[r0 * kTile];
+  for_row_tiles(w.bs, [&]<int R>(int64_t r0) {
     for (int64_t c0 = 0; c0 < d_full; c0 += kCols) {
-      RegisterTile tile;
+      RegisterTile<R> tile;
       tile.load(&w.o[r0 * d + c0], d);
-      for (int j = 0; j < count; ++j) {
+      for (int i = 0; i < R; ++i) tile.acc[i][0] *= splat8(w.alpha[r0 + i]), tile.acc[i][1] *= splat8(w.alpha[r0 + i]);
+      const float* p = &w.st[r0];
+      for (int j = 0; j < count; ++j, p += ld) {
         const float* vrow = w.vrows[j] + c0;
-        tile.add(p + j, kTile, load8(vrow), load8(vrow + 8));
+        tile.add([&](int i) { return p[i]; }, load8(vrow), load8(vrow + 8));
       }
       tile.store(&w.o[r0 * d + c0], d);
     }
-    if (d_full < d) {  // head_dim not a multiple of kCols: plain loops for the rest
-      for (int64_t rr = 0; rr < kRows; ++rr) {
-        float* orow = &w.o[(r0 + rr) * d];
-        const float* prow = &w.s[(r0 + rr) * kTile];
-        for (int j = 0; j < count; ++j) {
-          const float* vrow = w.vrows[j];
-          for (int64_t c = d_full; c < d; ++c) orow[c] += prow[j] * vrow[c];
-        }
+    for (int64_t i = 0; i < R && d_full < d; ++i) {  // head_dim not a multiple of kCols: plain loops for the rest
+      float* orow = &w.o[(r0 + i) * d];
+      for (int64_t c = d_full; c < d; ++c) orow[c] *= w.alpha[r0 + i];
+      for (int j = 0; j < count; ++j) {
+        const float pj = w.st[j * ld + r0 + i];
+        for (int64_t c = d_full; c < d; ++c) orow[c] += pj * w.vrows[j][c];
       }
     }
-  }
+  });
 }
 
 }  // namespace
@@ -218,13 +203,14 @@ void block_sparse_attention_cpu_task(const BlockSparseShape& s, const BlockSpars
   const int64_t block = task % nb;
   const int64_t bh = task / nb;  // batch * heads + head
   const int64_t b = bh / s.heads, h = bh % s.heads;
-  const int64_t rows = (bs + kRows - 1) / kRows * kRows;
 
   Scratch& w = thread_scratch();
   w.reserve(bs, d);
 
   const float* q = t.q + (bh * s.length + block * bs) * d;
-  for (int64_t i = 0; i < bs * d; ++i) w.q[i] = q[i] * s.scale;
+  const float q_scale = s.scale * kLog2e;
+  for (int64_t r = 0; r < bs; ++r)
+    for (int64_t c = 0; c < d; ++c) w.qt[c * w.ld + r] = q[r * d + c] * q_scale;
   std::fill(w.m.begin(), w.m.end(), -std::numeric_limits<float>::infinity());
   std::fill(w.l.begin(), w.l.end(), 0.0f);
   std::fill(w.o.begin(), w.o.end(), 0.0f);
@@ -232,8 +218,8 @@ void block_sparse_attention_cpu_task(const BlockSparseShape& s, const BlockSpars
   int count = 0;
   auto flush = [&]() {
     if (count == 0) return;
-    tile_scores(w, rows, d, count);
-    tile_accumulate(w, rows, d, count);
+    tile_scores(w, count);
+    tile_accumulate(w, count);
     count = 0;
   };
   // Appends the visible keys of rows [range) of (keys, values), mask stride 1 (nullptr: all visible).
@@ -241,10 +227,9 @@ void block_sparse_attention_cpu_task(const BlockSparseShape& s, const BlockSpars
     for (int64_t j = range.begin; j < range.end; ++j) {
       const float bias = mask ? mask[j] : 0.0f;
       if (is_masked(bias)) continue;
-      const float* krow = keys + j * d;
-      for (int64_t c = 0; c < d; ++c) w.kt[c * kTile + count] = krow[c];
-      w.bias[count] = bias;
+      w.krows[count] = keys + j * d;
       w.vrows[count] = values + j * d;
+      w.bias[count] = bias * kLog2e;
       if (++count == kTile) flush();
     }
   };
