@@ -196,13 +196,13 @@ def test_custom_op_encoder_and_greedy_tokens(custom_op_bart):
 
 # --- lsg-export bench ---------------------------------------------------------------------------
 
-SEQ2SEQ_BACKENDS = ["torch-lsg", "ort-gather", "ort-custom-op"]
+SEQ2SEQ_BACKENDS = ["torch-lsg", "torch-dense", "ort-gather", "ort-custom-op"]
 
 
 def test_bench_reports_encoder_latency_and_generation(exports, tmp_path, monkeypatch):
-    """--quick on the bart export: torch-lsg, ort-gather (the export) and ort-custom-op (made into the
-    model's bench-exports) each give the encoder's latency and greedy generation's tokens/s; the
-    encoder-only backends are left out with a note."""
+    """--quick on the bart export: torch-lsg, torch-dense, ort-gather (the export) and ort-custom-op (made
+    into the model's bench-exports) each give the encoder's latency and greedy generation's tokens/s;
+    the encoder-only backends are left out with a note."""
     from lsg_export import ops
     from lsg_export.errors import LSGExportError
     try:
@@ -215,16 +215,17 @@ def test_bench_reports_encoder_latency_and_generation(exports, tmp_path, monkeyp
     result = invoke("bench", folder, "--quick", "--seq", f"17,{SEQ}", "--threads", "1", "--json", tmp_path / "b.json",
                     "--csv", tmp_path / "b.csv", "--plot", tmp_path / "b.png")
     assert result.exit_code == 0, (result.output, result.exception)
-    assert "not run: torch-dense, torch-chunked, torch-longformer (encoder-only baseline)" in result.stderr
+    assert "not run: torch-chunked, torch-longformer (encoder-only baseline)" in result.stderr
     assert "gen tokens/s" in result.stdout
     data = json.loads((tmp_path / "b.json").read_text())
     assert data["target"]["seq2seq"] is True and data["target"]["task"] == "text2text-generation"
     assert data["target"]["export_kind"] == "ort-gather"
     settings = data["settings"]
     assert settings["backends"] == SEQ2SEQ_BACKENDS and settings["new_tokens"] == 8 and settings["lengths"] == [17, SEQ]
-    assert set(settings["skipped_backends"]) == {"torch-dense", "torch-chunked", "torch-longformer",
+    assert set(settings["skipped_backends"]) == {"torch-chunked", "torch-longformer",
                                                  "ort-gather-optimized", "ort-int8"}
     assert data["backends"]["ort-gather"]["export"] == str(folder)
+    assert data["backends"]["torch-dense"]["note"] == "BartForConditionalGeneration, attention sdpa"
     op_export = converted.path / "bench-exports" / "ort-custom-op"
     assert data["backends"]["ort-custom-op"]["export"] == (str(op_export) if have_ops else None)
     assert [(r["backend"], r["length"]) for r in data["results"]] == [(b, n) for b in SEQ2SEQ_BACKENDS for n in (17, SEQ)]
@@ -255,7 +256,7 @@ def test_bench_refuses_what_does_not_apply(exports, tiny_checkpoint, tmp_path, m
     monkeypatch.chdir(tmp_path)
     converted = exports["bart"][0].path
     assert_user_error(invoke("bench", converted, "--backends", "torch-lsg,torch-chunked"),
-                      "torch-chunked does not run encoder-decoders", "for them: torch-lsg, ort-gather, ort-custom-op")
+                      "torch-chunked does not run encoder-decoders", "for them: torch-lsg, torch-dense, ort-gather, ort-custom-op")
     assert_user_error(invoke("bench", converted, "--backends", "ort-int8"), "ort-int8 does not run encoder-decoders")
     assert_user_error(invoke("bench", converted, "--new-tokens", "0"), "--new-tokens must be a positive integer")
     model = convert_tiny(tiny_checkpoint("bart"), tmp_path / "lsg-bart-model", "bart", head="Model")

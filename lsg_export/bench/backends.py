@@ -12,7 +12,7 @@ full rows of random token ids (no padding: a benchmark measures whole documents)
   ort-*                ONNX Runtime sessions on exports (exports.py makes the missing ones); IO binding on CUDA
 
 Encoder-decoders (bart, mbart, pegasus: task text2text-generation) run on the backends marked
-`seq2seq`: torch-lsg and the ort-* whose exports exist for them (gather, custom-op); their Runner
+`seq2seq`: torch-lsg, torch-dense and the ort-* whose exports exist for them (gather, custom-op); their Runner
 times the encoder and, through `runner.generate`, greedy generation of a fixed number of new tokens.
 
 A loader returns a Runner; the measuring loop (measure.py) calls `runner.prepare(batch, length)` and
@@ -43,7 +43,8 @@ class Backend:
 
 BACKENDS = {b.name: b for b in (
     Backend("torch-lsg", "PyTorch LSG model (eager; float16 on CUDA)", "torch", seq2seq=True),
-    Backend("torch-dense", "same weights, family's transformers class, full attention (sdpa)", "torch"),
+    Backend("torch-dense", "same weights, family's transformers class, full attention (sdpa)", "torch",
+            seq2seq=True),
     Backend("torch-chunked", f"original {CHUNK}-token model on independent {CHUNK}-token chunks", "torch"),
     Backend("ort-gather", "ONNX Runtime, gather graph", "ort", export={"attention": "gather"}, seq2seq=True),
     Backend("ort-gather-optimized", "ONNX Runtime, gather graph --optimize O2", "ort",
@@ -215,6 +216,8 @@ def load_torch_dense(spec):
     from ..onnx.tasks import TaskModule
     info = target_info(spec)
     model, implementation = family_model(info, info.max_length, lsg_state_dict(info))
+    if info.family.seq2seq:  # BartForConditionalGeneration, ...: a dense encoder, the same decoder
+        return torch_seq2seq_runner(model, spec, info, note=f"{type(model).__name__}, attention {implementation}")
     return torch_runner(TaskModule(model, spec["task"]), spec, info, spec["task"], max_length=info.max_length,
                         note=f"{type(model).__name__}, attention {implementation}")
 
@@ -336,7 +339,7 @@ def seq2seq_runner(encode, generate, info, device, max_length, note, sync=None):
     return Runner(prepare, sync, max_length, note, generate=prepare_generate)
 
 
-def torch_seq2seq_runner(model, spec, info):
+def torch_seq2seq_runner(model, spec, info, note=None):
     device, dtype = torch_settings(spec)
     model = model.to(device=device, dtype=dtype).eval()
     encoder = model.get_encoder()
@@ -350,7 +353,7 @@ def torch_seq2seq_runner(model, spec, info):
             return model.generate(**inputs, **settings)
 
     return seq2seq_runner(encode, generate, info, device, info.max_length,
-                          note=f"{type(model).__name__}, decoder attention {model.config._attn_implementation}",
+                          note=note or f"{type(model).__name__}, decoder attention {model.config._attn_implementation}",
                           sync=torch.cuda.synchronize if device.type == "cuda" else None)
 
 

@@ -12,8 +12,8 @@ BACKEND_NAMES = ("torch-lsg, torch-dense, torch-chunked, ort-gather, ort-gather-
 @click.option("--seq", help="Lengths, e.g. 512,1024,4096 [default: 512,1024,2048,4096,8192 up to the model's "
               "maximum; --quick: 128,256].")
 @click.option("--batch-size", default="1", help="Batch sizes, e.g. 1,4.")
-@click.option("--backends", help=f"Comma-separated, among {BACKEND_NAMES}; encoder-decoders: torch-lsg, ort-gather, "
-              "ort-custom-op [default: all that run on the device and the model].")
+@click.option("--backends", help=f"Comma-separated, among {BACKEND_NAMES}; encoder-decoders: torch-lsg, torch-dense, "
+              "ort-gather, ort-custom-op [default: all that run on the device and the model].")
 @click.option("--device", default="cpu", help="cpu or cuda.")
 @click.option("--threads", type=int, help="Threads of every backend (torch.set_num_threads, ONNX Runtime "
               "intra_op_num_threads) [default: the CPUs available].")
@@ -34,8 +34,8 @@ def bench_command(model_or_export, json_file, csv_file, plot_file, **options):
     p50/p90/p99, tokens/s, peak memory (each backend in its own process), speed-ups against torch-lsg
     and torch-chunked. Missing ONNX exports are made into MODEL/bench-exports and reused. A backend that
     fails, or a length it cannot run, is reported as such; the others go on. Encoder-decoders (bart, mbart,
-    pegasus) report the encoder's latency and greedy generation's new tokens/s, on torch-lsg, ort-gather
-    and ort-custom-op.
+    pegasus) report the encoder's latency and greedy generation's new tokens/s, on torch-lsg, torch-dense,
+    ort-gather and ort-custom-op.
 
     \b
     Examples:
