@@ -200,8 +200,8 @@ SEQ2SEQ_BACKENDS = ["torch-lsg", "torch-dense", "ort-gather", "ort-custom-op"]
 
 
 def test_bench_reports_encoder_latency_and_generation(exports, tmp_path, monkeypatch):
-    """--quick on the bart export: torch-lsg, torch-dense, ort-gather (the export) and ort-custom-op (made
-    into the model's bench-exports) each give the encoder's latency and greedy generation's tokens/s;
+    """--quick on the bart export, batch 2: torch-lsg, torch-dense, ort-gather (the export) and ort-custom-op
+    (made into the model's bench-exports) each give the encoder's latency and greedy generation's tokens/s;
     the encoder-only backends are left out with a note."""
     from lsg_export import ops
     from lsg_export.errors import LSGExportError
@@ -212,8 +212,8 @@ def test_bench_reports_encoder_latency_and_generation(exports, tmp_path, monkeyp
         have_ops = False
     monkeypatch.chdir(tmp_path)
     converted, folder, _ = exports["bart"]
-    result = invoke("bench", folder, "--quick", "--seq", f"17,{SEQ}", "--threads", "1", "--json", tmp_path / "b.json",
-                    "--csv", tmp_path / "b.csv", "--plot", tmp_path / "b.png")
+    result = invoke("bench", folder, "--quick", "--seq", f"17,{SEQ}", "--batch-size", "2", "--threads", "1",
+                    "--json", tmp_path / "b.json", "--csv", tmp_path / "b.csv", "--plot", tmp_path / "b.png")
     assert result.exit_code == 0, (result.output, result.exception)
     assert "not run: torch-chunked, torch-longformer (encoder-only baseline)" in result.stderr
     assert "gen tokens/s" in result.stdout
@@ -235,21 +235,35 @@ def test_bench_reports_encoder_latency_and_generation(exports, tmp_path, monkeyp
             assert row["status"] == "failed" and "build-ops" in row["reason"]
             continue
         assert row["status"] == "ok", row
-        assert row["p50_ms"] > 0 and row["tokens_per_s"] == pytest.approx(row["length"] / row["p50_ms"] * 1000, rel=1e-3)
+        assert row["p50_ms"] > 0 and row["batch"] == 2
         assert row["new_tokens"] == 8 and row["generate_runs"] == 2 == len(row["generate_times_ms"])
         assert row["generate_p50_ms"] > row["p50_ms"]  # generation runs the encoder, then 8 decoder steps
-        assert row["generate_tokens_per_s"] == pytest.approx(8 / row["generate_p50_ms"] * 1000, rel=1e-3)
-        assert row["decode_tokens_per_s"] == pytest.approx(8 / (row["generate_p50_ms"] - row["p50_ms"]) * 1000, rel=1e-3)
+        assert row["tokens_per_s"] == pytest.approx(2 * row["length"] / row["p50_ms"] * 1000, rel=1e-3)
+        assert row["generate_tokens_per_s"] == pytest.approx(2 * 8 / row["generate_p50_ms"] * 1000, rel=1e-3)
+        assert 0 < row["decode_p50_ms"] < row["generate_p50_ms"]  # each run: the decoder's part of it
+        assert row["decode_tokens_per_s"] == pytest.approx(2 * 8 / row["decode_p50_ms"] * 1000, rel=1e-3)
         assert row["generate_speedup_vs_torch_lsg"] == pytest.approx(torch_generate[row["length"]] / row["generate_p50_ms"],
                                                                      rel=2e-3)
         assert row["peak_memory_mb"] >= 0 and row["generate_peak_memory_mb"] >= 0
-    per_length = data["summary"]["1"]["per_length"][str(SEQ)]
+    per_length = data["summary"]["2"]["per_length"][str(SEQ)]
     assert per_length["fastest_generate"] in SEQ2SEQ_BACKENDS
     assert per_length["best_ort_generate_vs_torch_lsg"]["backend"].startswith("ort-")
     with open(tmp_path / "b.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [float(r["generate_tokens_per_s"]) for r in rows[:2]] == [r["generate_tokens_per_s"] for r in data["results"][:2]]
     assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_generation_runs_full_rows_and_times_the_decoding(exports):
+    from lsg_export.bench.backends import BACKENDS
+    runner = BACKENDS["torch-lsg"].load({"model": str(exports["bart"][0].path), "device": "cpu",
+                                         "task": "text2text-generation"})
+    generation = runner.generate(3, 17, 4)
+    assert generation.inputs["input_ids"].shape == (3, 17) and bool(generation.inputs["attention_mask"].all())
+    assert generation.settings == dict(max_new_tokens=4, min_new_tokens=4, num_beams=1, do_sample=False)
+    generation()
+    generation()
+    assert len(generation.decode_seconds) == 2 and min(generation.decode_seconds) > 0
 
 
 def test_bench_refuses_what_does_not_apply(exports, tiny_checkpoint, tmp_path, monkeypatch):

@@ -314,27 +314,43 @@ def greedy(new_tokens):
     return dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, num_beams=1, do_sample=False)
 
 
-def seq2seq_runner(encode, generate, info, device, max_length, note, sync=None):
-    """A Runner of an encoder-decoder: encode(inputs) runs the encoder, generate(inputs, settings) returns
-    the generated sequences (the decoder start token, then the new tokens)."""
-    from ..onnx.seq2seq import encoder_inputs
+class Generation:
+    """One timed greedy generation: the encoder, then generate() from its output (the same work as generate()
+    alone, which runs the encoder first); each run's decoding time (the part after the encoder) is kept in
+    `decode_seconds`, so that the decoder's pace comes from the same run, not from two noisy medians."""
 
-    def inputs_for(batch, length):
-        inputs = encoder_inputs(info, batch, length, generator=torch.Generator().manual_seed(length))
-        return {name: value.to(device) for name, value in inputs.items()}
+    def __init__(self, encode, generate, inputs, settings, sync):
+        self.encode, self.generate, self.inputs, self.settings, self.sync = encode, generate, inputs, settings, sync
+        self.decode_seconds = []
+
+    def __call__(self):
+        import time
+        encoded = self.encode(self.inputs)
+        self.sync()
+        start = time.perf_counter()
+        sequences = self.generate(self.inputs, encoded, self.settings)
+        self.sync()
+        self.decode_seconds.append(time.perf_counter() - start)
+        batch, new_tokens = self.inputs["input_ids"].shape[0], self.settings["max_new_tokens"]
+        if tuple(sequences.shape) != (batch, new_tokens + 1):  # a silent early stop would inflate tokens/s
+            raise LSGExportError(f"generate returned {tuple(sequences.shape)} tokens, not ({batch}, 1 + {new_tokens})")
+
+
+def seq2seq_runner(encode, generate, info, device, max_length, note, sync=None):
+    """A Runner of an encoder-decoder: encode(inputs) runs the encoder and returns its output,
+    generate(inputs, encoder_outputs, settings) the generated sequences (decoder start token, new tokens)."""
+    sync = sync or (lambda: None)
+
+    def inputs_for(batch, length):  # the encoder's inputs, full rows as for the encoders
+        inputs = bench_inputs(info, "feature-extraction", batch, length)
+        return {name: inputs[name].to(device) for name in ("input_ids", "attention_mask")}
 
     def prepare(batch, length):
         inputs = inputs_for(batch, length)
         return lambda: encode(inputs)
 
     def prepare_generate(batch, length, new_tokens):
-        inputs, settings = inputs_for(batch, length), greedy(new_tokens)
-
-        def call():
-            sequences = generate(inputs, settings)
-            if tuple(sequences.shape) != (batch, new_tokens + 1):  # a silent early stop would inflate tokens/s
-                raise LSGExportError(f"generate returned {tuple(sequences.shape)} tokens, not ({batch}, 1 + {new_tokens})")
-        return call
+        return Generation(encode, generate, inputs_for(batch, length), greedy(new_tokens), sync)
 
     return Runner(prepare, sync, max_length, note, generate=prepare_generate)
 
@@ -348,9 +364,9 @@ def torch_seq2seq_runner(model, spec, info, note=None):
         with torch.inference_mode():
             return encoder(**inputs)
 
-    def generate(inputs, settings):
+    def generate(inputs, encoder_outputs, settings):
         with torch.inference_mode():
-            return model.generate(**inputs, **settings)
+            return model.generate(**inputs, encoder_outputs=encoder_outputs, **settings)
 
     return seq2seq_runner(encode, generate, info, device, info.max_length,
                           note=note or f"{type(model).__name__}, decoder attention {model.config._attn_implementation}",
@@ -373,7 +389,8 @@ def load_ort_seq2seq(spec, folder, meta):
     if device == "cuda" and "CUDAExecutionProvider" not in model.encoder.session.get_providers():
         raise LSGExportError("ONNX Runtime has no CUDAExecutionProvider here")
     return seq2seq_runner(lambda inputs: model.encoder(**inputs),
-                          lambda inputs, settings: model.generate(**inputs, **settings), info, torch.device(device),
+                          lambda inputs, encoded, settings: model.generate(**inputs, encoder_outputs=encoded, **settings),
+                          info, torch.device(device),
                           int(meta["seq"]),
                           note=f"{folder} (encoder, decoder and decoder with past; attention {meta.get('attention')})",
                           sync=torch.cuda.synchronize if device == "cuda" else None)

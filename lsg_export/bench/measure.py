@@ -21,7 +21,7 @@ LIMITS = {  # (seconds of timed runs per (length, batch), predicted seconds of o
     "quick": (5.0, 20.0),
 }
 SEQ2SEQ_FIELDS = ("new_tokens", "generate_runs", "generate_p50_ms", "generate_p90_ms", "generate_min_ms",
-                  "generate_tokens_per_s", "decode_tokens_per_s", "generate_peak_memory_mb",
+                  "generate_tokens_per_s", "decode_p50_ms", "decode_tokens_per_s", "generate_peak_memory_mb",
                   "generate_speedup_vs_torch_lsg", "generate_times_ms")
 OOM_MARKERS = ("out of memory", "can't allocate memory", "failed to allocate memory", "bad_alloc", "memoryerror")
 
@@ -55,7 +55,8 @@ class Cell:
     generate_p90_ms: float = None
     generate_min_ms: float = None
     generate_tokens_per_s: float = None  # batch x new_tokens / generate p50
-    decode_tokens_per_s: float = None  # batch x new_tokens / (generate p50 - encoder p50): the decoder's pace
+    decode_p50_ms: float = None  # median over the runs of each run's time after its encoder: the decoder steps
+    decode_tokens_per_s: float = None  # batch x new_tokens / decode p50: the decoder's pace
     generate_peak_memory_mb: float = None
     generate_speedup_vs_torch_lsg: float = None  # torch-lsg generate p50 / this generate p50
     generate_times_ms: list = None
@@ -79,17 +80,18 @@ def summarize(cell, times):
     return cell
 
 
-def summarize_generation(cell, times, new_tokens):
+def summarize_generation(cell, times, decode_times, new_tokens):
+    """Generation figures of `cell` from the timed runs' wall times and their decoding parts (seconds)."""
     import numpy as np
     ms = np.asarray(times) * 1000.0
     cell.new_tokens, cell.generate_runs = new_tokens, len(times)
     cell.generate_times_ms = [round(float(t), 4) for t in ms]
     cell.generate_p50_ms, cell.generate_p90_ms = (round(float(v), 4) for v in np.percentile(ms, [50, 90]))
     cell.generate_min_ms = round(float(ms.min()), 4)
+    cell.decode_p50_ms = round(float(np.median(decode_times)) * 1000.0, 4)
     tokens = cell.batch * new_tokens
     cell.generate_tokens_per_s = round(tokens / (cell.generate_p50_ms / 1000.0), 2)
-    decoding = cell.generate_p50_ms - (cell.p50_ms or 0.0)
-    cell.decode_tokens_per_s = round(tokens / (decoding / 1000.0), 2) if cell.p50_ms and decoding > 0 else None
+    cell.decode_tokens_per_s = round(tokens / (cell.decode_p50_ms / 1000.0), 2)
     return cell
 
 
@@ -251,7 +253,7 @@ def measure_backend(spec, send):
                     call = runner.generate(batch, length, spec["new_tokens"])
                     memory.reset()
                     times, _ = time_runs(call, runner.sync, spec["warmup"], spec["repeat"], cell_seconds)
-                    summarize_generation(cell, times, spec["new_tokens"])
+                    summarize_generation(cell, times, call.decode_seconds[-len(times):], spec["new_tokens"])
                     cell.generate_peak_memory_mb = memory.peak_mb()
             except Exception as error:  # reported in the table, the other lengths go on
                 cell.status = "out of memory" if is_oom(error) else "failed"
