@@ -95,7 +95,8 @@ def select_backends(names, device, seq2seq=False):
     if seq2seq:
         encoder_only = [n for n in names if not BACKENDS[n].seq2seq]
         if encoder_only:
-            raise LSGExportError(f"{', '.join(encoder_only)} does not run encoder-decoders "
+            verb = "does" if len(encoder_only) == 1 else "do"
+            raise LSGExportError(f"{', '.join(encoder_only)} {verb} not run encoder-decoders "
                                  f"({seq2seq_skip_reason(encoder_only[0])}); for them: "
                                  f"{', '.join(n for n, b in BACKENDS.items() if b.seq2seq)}")
     return list(dict.fromkeys(names))
