@@ -77,6 +77,9 @@ def main(argv=None):
     options.intra_op_num_threads = args.threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Each session has its own thread pool, whose workers spin for a while after a run: in
+    # alternated rounds they would steal the cores from the other session's next run.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for kind in ("gather", "custom-op"):  # each attention kind's block attention alone, same inputs
