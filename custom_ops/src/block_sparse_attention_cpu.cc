@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "lsg_ops/block_sparse_attention.h"
@@ -114,18 +115,18 @@ struct RegisterTile {
 };
 static_assert(kCols == 16, "a register tile row is two 8-lane vectors");
 
-// Runs f.template operator()<R>(r0) over groups [r0, r0 + R) covering [0, rows): kRows at a time,
-// then one narrower group for the rest (no padding rows are computed).
+// Runs f(std::integral_constant<int, R>, r0) over groups [r0, r0 + R) covering [0, rows): kRows
+// at a time, then one narrower group for the rest (no padding rows are computed).
 template <typename F>
 void for_row_tiles(int64_t rows, F&& f) {
   int64_t r0 = 0;
-  for (; r0 + kRows <= rows; r0 += kRows) f.template operator()<kRows>(r0);
+  for (; r0 + kRows <= rows; r0 += kRows) f(std::integral_constant<int, kRows>{}, r0);
   switch (rows - r0) {
-    case 5: f.template operator()<5>(r0); break;
-    case 4: f.template operator()<4>(r0); break;
-    case 3: f.template operator()<3>(r0); break;
-    case 2: f.template operator()<2>(r0); break;
-    case 1: f.template operator()<1>(r0); break;
+    case 5: f(std::integral_constant<int, 5>{}, r0); break;
+    case 4: f(std::integral_constant<int, 4>{}, r0); break;
+    case 3: f(std::integral_constant<int, 3>{}, r0); break;
+    case 2: f(std::integral_constant<int, 2>{}, r0); break;
+    case 1: f(std::integral_constant<int, 1>{}, r0); break;
     default: break;
   }
   static_assert(kRows == 6, "the tail cases cover 1 .. kRows - 1");
@@ -137,7 +138,8 @@ void for_row_tiles(int64_t rows, F&& f) {
 void tile_scores(Scratch& w, int count) {
   const int64_t d = w.d, ld = w.ld;
   std::fill(w.tile_max.begin(), w.tile_max.end(), -std::numeric_limits<float>::infinity());
-  for_row_tiles(count, [&]<int R>(int64_t j0) {
+  for_row_tiles(count, [&](auto rows_tag, int64_t j0) {
+    constexpr int R = decltype(rows_tag)::value;
     const float* const* k = &w.krows[j0];
     for (int64_t r0 = 0; r0 < ld; r0 += kCols) {
       RegisterTile<R> tile;
@@ -173,7 +175,8 @@ void tile_accumulate(Scratch& w, int count) {
     store8(&w.l[r], load8(&w.l[r]) * alpha + sum);
   }
   const int64_t d_full = d / kCols * kCols;
-  for_row_tiles(w.bs, [&]<int R>(int64_t r0) {
+  for_row_tiles(w.bs, [&](auto rows_tag, int64_t r0) {
+    constexpr int R = decltype(rows_tag)::value;
     for (int64_t c0 = 0; c0 < d_full; c0 += kCols) {
       RegisterTile<R> tile;
       tile.load(&w.o[r0 * d + c0], d);
