@@ -152,13 +152,16 @@ def ops_library():
 
 
 @pytest.fixture(scope="module")
-def custom_op_bart(exports, ops_library, tmp_path_factory):
-    """`lsg-export onnx --attention custom-op` on the tiny LSG bart: (converted, export folder)."""
+def custom_op_bart(exports, ops_library):
+    """The tiny LSG bart exported with --attention custom-op: (converted, export folder). Made by the bench's
+    export cache (export_onnx with the ort-custom-op backend's options, validated), where the bench test
+    below then finds it instead of exporting it again."""
+    from lsg_export.bench.exports import CACHE_DIR, cached_export, inside
+    from lsg_export.bench.target import resolve_target
     converted = exports["bart"][0]
-    folder = tmp_path_factory.mktemp("seq2seq-op") / "bart-onnx-op"
-    run = CliRunner().invoke(main, ["onnx", str(converted.path), "-o", str(folder), "--attention", "custom-op",
-                                    "--seq", str(SEQ), "--lengths", "9,33"])
-    assert run.exit_code == 0, run.output
+    target = resolve_target(converted.path)
+    with inside(target.model / CACHE_DIR):
+        folder = cached_export("ort-custom-op", target, "cpu", status=lambda message: None)
     return converted, folder
 
 
