@@ -398,10 +398,11 @@ def load_ort_seq2seq(spec, folder, meta):
 
 
 def load_ort(spec):
-    import json
     from pathlib import Path
+
+    from ..sources import read_export_json
     folder = Path(spec["export"])
-    meta = json.loads((folder / "export.json").read_text())
+    meta = read_export_json(folder)
     if meta.get("seq2seq"):
         return load_ort_seq2seq(spec, folder, meta)
     info = target_info(spec)

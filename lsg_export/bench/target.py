@@ -3,7 +3,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import LSGExportError
-from ..sources import last_output
+from ..sources import EXPORT_JSON, last_output
 from .backends import export_kind
 
 DEFAULT_LENGTHS = (512, 1024, 2048, 4096, 8192)
@@ -43,7 +43,7 @@ def resolve_target(path=None):
                 raise LSGExportError("no MODEL_OR_EXPORT given and neither `lsg-export onnx` nor `lsg-export convert` "
                                      "has written anything from this directory: name a folder") from None
     path = Path(path).resolve()
-    if (path / "export.json").is_file():
+    if (path / EXPORT_JSON).is_file():
         from ..onnx.pipeline import read_export_folder
         meta = read_export_folder(path)
         model = meta.get("model")

@@ -110,15 +110,21 @@ def resolve_atol(atol, fp16, quantize, optimize=None):
 
 def check_lengths(info, seq, lengths, batch_size):
     """(seq, validation lengths) of an export request: --seq within the position table (default: all of
-    it), --lengths within 1..seq (default: around the block boundaries), a positive --batch-size."""
+    it), then check_validation."""
     seq = info.max_length if seq is None else seq
     if not isinstance(seq, int) or not 1 <= seq <= info.max_length:
         raise LSGExportError(f"--seq {seq} is outside 1..{info.max_length}, the lengths {info.path}'s position "
                              f"table covers")
+    return seq, check_validation(info, seq, lengths, batch_size)
+
+
+def check_validation(info, seq, lengths, batch_size):
+    """Validation lengths of a graph valid up to seq: --lengths within 1..seq (default: around the block
+    boundaries), with a positive --batch-size."""
     lengths = parse_lengths(lengths, seq) if lengths else default_lengths(info.config["block_size"], seq)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise LSGExportError(f"--batch-size must be positive, got {batch_size}")
-    return seq, lengths
+    return lengths
 
 
 def export_onnx(model=None, output=None, *, seq=None, task="auto", opset=DEFAULT_OPSET, attention="gather",
@@ -235,10 +241,7 @@ def validate_onnx(folder=None, *, model=None, lengths=None, batch_size=2, text=N
         raise LSGExportError(f"the PyTorch model {source} named in {folder / EXPORT_JSON} is gone: pass --model")
     info = read_model_folder(source)
     task, seq = meta["task"], int(meta["seq"])
-    lengths = parse_lengths(lengths or meta.get("validation", {}).get("lengths")
-                            or default_lengths(info.config["block_size"], seq), seq)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise LSGExportError(f"--batch-size must be positive, got {batch_size}")
+    lengths = check_validation(info, seq, lengths or meta.get("validation", {}).get("lengths"), batch_size)
     fp16, quantize = meta.get("fp16"), meta.get("quantize")
     atol, enforced = resolve_atol(atol, fp16, quantize, (meta.get("optimize") or {}).get("level"))
     device = device or meta.get("device", "cpu")

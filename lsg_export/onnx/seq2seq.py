@@ -16,7 +16,6 @@ themselves, reading the mask at [j - G] for encoder row j, so that no shape rela
 and the encoder output is baked in.
 """
 import inspect
-import json
 import shutil
 import time
 from pathlib import Path
@@ -26,14 +25,12 @@ import torch
 
 from ..convert import atomic_folder, check_output, quiet_transformers
 from ..errors import LSGExportError
-from ..sources import read_export_json
-from ..sources import remember_output
+from ..sources import read_export_json, remember_output
 from .export import (DEFAULT_OPSET, EXTERNAL_DATA_BYTES, check_opset, export_graph, final_graph, finish_graph,
                      get_attention_backend, graph_domains)
 from .optimize import check_options
 from .tasks import make_inputs
-from .validate import (Comparison, ValidationReport, default_lengths, make_session, parse_lengths, text_chunks,
-                       text_ids)
+from .validate import Comparison, ValidationReport, make_session, text_chunks, text_ids
 
 ENCODER_FILE = "encoder_model.onnx"
 DECODER_FILE = "decoder_model.onnx"
@@ -400,7 +397,7 @@ def validate_folder(folder, model, info, meta, lengths, batch_size, atol, device
 def validate_seq2seq(folder, meta, *, model=None, lengths=None, batch_size=2, text=None, atol=None, device=None,
                      status=None, record=True):
     """validate_onnx for an encoder-decoder export folder (see pipeline.validate_onnx)."""
-    from .pipeline import EXPORT_JSON, resolve_atol, write_json
+    from .pipeline import EXPORT_JSON, check_validation, resolve_atol, write_json
     from .tasks import read_model_folder
     status = status or (lambda message: None)
     folder = Path(folder)
@@ -412,10 +409,7 @@ def validate_seq2seq(folder, meta, *, model=None, lengths=None, batch_size=2, te
         raise LSGExportError(f"the PyTorch model {source} named in {folder / EXPORT_JSON} is gone: pass --model")
     info = read_model_folder(source)
     seq = int(meta["seq"])
-    lengths = parse_lengths(lengths or meta.get("validation", {}).get("lengths")
-                            or default_lengths(info.config["block_size"], seq), seq)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise LSGExportError(f"--batch-size must be positive, got {batch_size}")
+    lengths = check_validation(info, seq, lengths or meta.get("validation", {}).get("lengths"), batch_size)
     atol, _ = resolve_atol(atol, False, None)
     ids = text_ids(folder, text) if text else None
     status(f"loading {info.path}")
