@@ -154,14 +154,15 @@ class LSGAttention(nn.Module):
 
     def forward(self, q, k, v, key_mask):
         g = self.num_global_tokens
-        global_q, q = q[:, :, :g], q[:, :, g:]
+        dropout = self.dropout if self.training else None
+        # global queries: dense attention over all G + T keys (k and v as they come: no copy), globals
+        # never masked
+        full_mask = F.pad(key_mask, (g, 0))[:, None, None, :]
+        global_out = attend(q[:, :, :g], k, v, full_mask, dropout)
+
+        q = q[:, :, g:]
         global_k, k = k[:, :, :g], k[:, :, g:]
         global_v, v = v[:, :, :g], v[:, :, g:]
-        dropout = self.dropout if self.training else None
-
-        # global queries: dense attention over all G + T keys, globals never masked
-        full_mask = F.pad(key_mask, (g, 0))[:, None, None, :]
-        global_out = attend(global_q, torch.cat([global_k, k], 2), torch.cat([global_v, v], 2), full_mask, dropout)
 
         key_mask = key_mask[:, None, :, None]
         sparse_k = sparse_v = sparse_mask = None
@@ -188,8 +189,11 @@ class LSGAttention(nn.Module):
             top = norms.reshape(n, h, -1, m).topk(m // self.sparsity_factor, dim=-1).indices.flip(-1)
             offsets = torch.arange(top.shape[2], device=k.device).reshape(1, 1, -1, 1) * m
             index = (top + offsets).reshape(n, h, -1, 1)
-        mask = key_mask.expand(n, h, t, 1).gather(2, index)
-        return k.gather(2, index.expand(-1, -1, -1, d)), v.gather(2, index.expand(-1, -1, -1, d)), mask
+            # whole rows by one index into (n*h*t, d): a row copy per key in the graph (Gather),
+            # where gather along dim 2 reads an index per element (GatherElements)
+            rows = (index + torch.arange(n * h, device=k.device).reshape(n, h, 1, 1) * t).reshape(-1)
+        take = lambda x: x.reshape(-1, x.shape[-1]).index_select(0, rows).reshape(n, h, -1, x.shape[-1])  # noqa: E731
+        return take(k), take(v), take(key_mask.expand(n, h, t, 1))
 
     def _compress_pooling(self, q, k, v, key_mask):
         # masked mean of each group of sf consecutive tokens; a group of padding only is masked

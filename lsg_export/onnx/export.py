@@ -17,6 +17,7 @@ from ..errors import LSGExportError
 from ..modeling.lsg_attention import block_attention
 from .backends import (ATTENTION_BACKENDS, MIN_OPSET, AttentionBackend, get_attention_backend,  # noqa: F401
                        register_attention_backend)
+from .rewrites import apply_rewrites
 
 MAX_OPSET = 25  # opset 25 needs IR 13, the highest onnxruntime 1.31 loads (18..25 checked)
 DEFAULT_OPSET = 18
@@ -52,9 +53,11 @@ def check_opset(opset, backend):
                              f"ONNX Runtime loads")
 
 
-def export_graph(module, inputs, path, *, output_names, backend, opset, external_data, dynamic_dims=None):
+def export_graph(module, inputs, path, *, output_names, backend, opset, external_data, dynamic_dims=None,
+                 device="cpu"):
     """module(**inputs) -> path (ONNX), every input dim symbolic but where `dynamic_dims` ({input name:
-    its symbolic dims}) says otherwise. Returns the seconds spent."""
+    its symbolic dims}) says otherwise; the graph rewritten for ONNX Runtime on `device` (rewrites/).
+    Returns the seconds spent."""
     start = time.perf_counter()
     names = list(inputs)
     args = tuple(inputs[n] for n in names)
@@ -72,6 +75,7 @@ def export_graph(module, inputs, path, *, output_names, backend, opset, external
                                              verbose=False, report=False,
                                              custom_translation_table=dict(backend.translations) or None)
             tidy(onnx_program.model)
+            apply_rewrites(onnx_program.model, device)
     except LSGExportError:
         raise
     except Exception as error:  # torch.export / the exporter: one line, the first of the message
