@@ -112,6 +112,9 @@ def _print_report(console, report, as_json, payload):
 @click.option("--lengths", help="Validation lengths, e.g. 1,500,4096 [default: around the block boundaries, "
               "seq/2 and seq].")
 @click.option("--batch-size", default=2, type=int, help="Validation batch (its last row padded).")
+@click.option("--merge-decoders/--no-merge-decoders", default=None, help="Encoder-decoders: also write "
+              "decoder_model_merged.onnx (both decoders in one graph, as optimum exports; optimum loads it) "
+              "[default: on].")
 @click.option("--force", is_flag=True, help="Replace a non-empty output folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result (export.json) as JSON.")
 @user_errors
@@ -124,7 +127,8 @@ def onnx(model, output, as_json, **options):
       lsg-export onnx                                  # the folder `convert` last wrote from here
       lsg-export onnx lsg-all-MiniLM-L6-v2-4096 --optimize O2 -o minilm-onnx
       lsg-export onnx lsg-bert --task feature-extraction --seq 2048 --quantize int8
-      lsg-export onnx lsg-bart-base-4096 -o bart-onnx  # encoder_model.onnx, decoder(_with_past)_model.onnx
+      lsg-export onnx lsg-bart-base-4096 -o bart-onnx  # encoder_model.onnx, decoder(_with_past)_model.onnx, merged
+      lsg-export onnx lsg-bart-base-4096 --optimize O2 --quantize int8 -o bart-int8
       lsg-export onnx lsg-all-MiniLM-L6-v2-4096 --attention custom-op -o minilm-onnx-op
     """
     from rich.console import Console

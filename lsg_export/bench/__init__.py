@@ -4,8 +4,9 @@
     result = run_bench("lsg-all-MiniLM-L6-v2-4096", seq=[1024, 4096], backends=["torch-lsg", "ort-gather"])
     result.to_dict()   # every measurement, the environment and a summary
 
-Encoder-decoders (bart, mbart, pegasus) are timed on their encoder and on greedy generation of
-`new_tokens` tokens (tokens/s), with torch-lsg, torch-dense, ort-gather and ort-custom-op.
+Encoder-decoders (bart, mbart, pegasus) are timed on their encoder and on generation of `new_tokens`
+tokens (tokens/s; greedy, or beam search with num_beams), with torch-lsg, torch-dense and the ort-* backends
+(gather, optimized, int8, fp16 on CUDA, custom-op).
 
 Modules: backends (how each backend is loaded and run), exports (the ONNX exports the ort-* backends
 need, cached), target (what is benchmarked, at which lengths), measure (timing loop, peak memory, one

@@ -12,8 +12,9 @@ full rows of random token ids (no padding: a benchmark measures whole documents)
   ort-*                ONNX Runtime sessions on exports (exports.py makes the missing ones); IO binding on CUDA
 
 Encoder-decoders (bart, mbart, pegasus: task text2text-generation) run on the backends marked
-`seq2seq`: torch-lsg, torch-dense and the ort-* whose exports exist for them (gather, custom-op); their Runner
-times the encoder and, through `runner.generate`, greedy generation of a fixed number of new tokens.
+`seq2seq`: torch-lsg, torch-dense and the ort-* made for them (gather, optimized, int8, fp16, custom-op); their
+Runner times the encoder and, through `runner.generate`, generation of a fixed number of new tokens (greedy,
+or beam search with num_beams > 1).
 
 A loader returns a Runner; the measuring loop (measure.py) calls `runner.prepare(batch, length)` and
 times the zero-argument function it returns.
@@ -48,11 +49,11 @@ BACKENDS = {b.name: b for b in (
     Backend("torch-chunked", f"original {CHUNK}-token model on independent {CHUNK}-token chunks", "torch"),
     Backend("ort-gather", "ONNX Runtime, gather graph", "ort", export={"attention": "gather"}, seq2seq=True),
     Backend("ort-gather-optimized", "ONNX Runtime, gather graph --optimize O2", "ort",
-            export={"attention": "gather", "optimize": "O2"}),
+            export={"attention": "gather", "optimize": "O2"}, seq2seq=True),
     Backend("ort-int8", "ONNX Runtime, gather graph O2 + int8 MatMul weights", "ort", devices=("cpu",),
-            export={"attention": "gather", "optimize": "O2", "quantize": "int8"}),
+            export={"attention": "gather", "optimize": "O2", "quantize": "int8"}, seq2seq=True),
     Backend("ort-fp16", "ONNX Runtime, gather graph O2 in float16", "ort", devices=("cuda",),
-            export={"attention": "gather", "optimize": "O2", "fp16": True, "device": "cuda"}),
+            export={"attention": "gather", "optimize": "O2", "fp16": True, "device": "cuda"}, seq2seq=True),
     Backend("ort-custom-op", "ONNX Runtime, custom-op attention (ai.lsg.BlockSparseAttention)", "ort",
             export={"attention": "custom-op"}, seq2seq=True),
     Backend("torch-longformer", "random-weight Longformer of the same size, window = LSG local span", "torch"),
@@ -74,7 +75,7 @@ def seq2seq_skip_reason(name):
     """Why backend `name` does not run encoder-decoders."""
     if BACKENDS[name].engine == "torch":
         return "encoder-only baseline"
-    return "--optimize, --quantize and --fp16 exports are not available for encoder-decoders yet"
+    return "its export is not made for encoder-decoders"
 
 
 def select_backends(names, device, seq2seq=False):
@@ -113,8 +114,8 @@ def skipped_for_seq2seq(device):
 class Runner:
     """prepare(batch, length) -> a function running one forward on that input; sync() waits for the device.
 
-    Encoder-decoders: prepare times the encoder, generate(batch, length, new_tokens) -> a function running
-    greedy generation of exactly new_tokens tokens from that input (None for encoders)."""
+    Encoder-decoders: prepare times the encoder, generate(batch, length, new_tokens, num_beams=1) -> a
+    function running generation of exactly new_tokens tokens from that input (None for encoders)."""
 
     def __init__(self, prepare, sync=None, max_length=None, note=None, generate=None):
         self._prepare, self.sync, self.max_length, self.note = prepare, sync or (lambda: None), max_length, note
@@ -308,15 +309,16 @@ def ort_session(path, device, attention, threads):
     return make_session(path, device, get_attention_backend(attention), options=ort_options(device, threads))
 
 
-# --- encoder-decoders: the encoder, and greedy generation ------------------------------------------
+# --- encoder-decoders: the encoder, and generation -------------------------------------------------
 
-def greedy(new_tokens):
-    """generate() settings: greedy, exactly new_tokens tokens (no early end at the end-of-sequence token)."""
-    return dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, num_beams=1, do_sample=False)
+def greedy(new_tokens, num_beams=1):
+    """generate() settings: greedy (num_beams 1) or beam search, exactly new_tokens tokens (no early end at
+    the end-of-sequence token), one sequence per input."""
+    return dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, num_beams=num_beams, do_sample=False)
 
 
 class Generation:
-    """One timed greedy generation: the encoder, then generate() from its output (the same work as generate()
+    """One timed generation: the encoder, then generate() from its output (the same work as generate()
     alone, which runs the encoder first); each run's decoding time (the part after the encoder) is kept in
     `decode_seconds`, so that the decoder's pace comes from the same run, not from two noisy medians."""
 
@@ -350,8 +352,8 @@ def seq2seq_runner(encode, generate, info, device, max_length, note, sync=None):
         inputs = inputs_for(batch, length)
         return lambda: encode(inputs)
 
-    def prepare_generate(batch, length, new_tokens):
-        return Generation(encode, generate, inputs_for(batch, length), greedy(new_tokens), sync)
+    def prepare_generate(batch, length, new_tokens, num_beams=1):
+        return Generation(encode, generate, inputs_for(batch, length), greedy(new_tokens, num_beams), sync)
 
     return Runner(prepare, sync, max_length, note, generate=prepare_generate)
 
@@ -375,7 +377,8 @@ def torch_seq2seq_runner(model, spec, info, note=None):
 
 
 def load_ort_seq2seq(spec, folder, meta):
-    """optimum's ORTModelForSeq2SeqLM on the export's three graphs (encoder_model.onnx, ...)."""
+    """optimum's ORTModelForSeq2SeqLM on the export's graphs (encoder_model.onnx and the merged decoder, or
+    the decoder and decoder with past when the export has no merged one), as optimum loads the folder."""
     from ..onnx.seq2seq import load_seq2seq_model
     from .measure import first_line
     info = target_info(spec)
@@ -389,11 +392,13 @@ def load_ort_seq2seq(spec, folder, meta):
         raise LSGExportError(f"ONNX Runtime cannot load {folder} ({first_line(error)})") from None
     if device == "cuda" and "CUDAExecutionProvider" not in model.encoder.session.get_providers():
         raise LSGExportError("ONNX Runtime has no CUDAExecutionProvider here")
+    decoders = "merged decoder" if model.decoder.is_merged else "decoder and decoder with past"
     return seq2seq_runner(lambda inputs: model.encoder(**inputs),
                           lambda inputs, encoded, settings: model.generate(**inputs, encoder_outputs=encoded, **settings),
                           info, torch.device(device),
                           int(meta["seq"]),
-                          note=f"{folder} (encoder, decoder and decoder with past; attention {meta.get('attention')})",
+                          note=f"{folder} (encoder, {decoders}; {meta.get('precision', 'fp32')}, optimize "
+                               f"{(meta.get('optimize') or {}).get('level', 'none')}, attention {meta.get('attention')})",
                           sync=torch.cuda.synchronize if device == "cuda" else None)
 
 

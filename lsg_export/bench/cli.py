@@ -5,6 +5,7 @@ from ..errors import user_errors
 
 BACKEND_NAMES = ("torch-lsg, torch-dense, torch-chunked, ort-gather, ort-gather-optimized, ort-int8 (cpu), "
                  "ort-fp16 (cuda), ort-custom-op, torch-longformer")
+SEQ2SEQ_NAMES = "torch-lsg, torch-dense, ort-gather, ort-gather-optimized, ort-int8, ort-fp16, ort-custom-op"
 
 
 @click.command("bench", context_settings={"show_default": True})
@@ -12,8 +13,8 @@ BACKEND_NAMES = ("torch-lsg, torch-dense, torch-chunked, ort-gather, ort-gather-
 @click.option("--seq", help="Lengths, e.g. 512,1024,4096 [default: 512,1024,2048,4096,8192 up to the model's "
               "maximum; --quick: 128,256].")
 @click.option("--batch-size", default="1", help="Batch sizes, e.g. 1,4.")
-@click.option("--backends", help=f"Comma-separated, among {BACKEND_NAMES}; encoder-decoders: torch-lsg, torch-dense, "
-              "ort-gather, ort-custom-op [default: all that run on the device and the model].")
+@click.option("--backends", help=f"Comma-separated, among {BACKEND_NAMES}; encoder-decoders: {SEQ2SEQ_NAMES} "
+              "[default: all that run on the device and the model].")
 @click.option("--device", default="cpu", help="cpu or cuda.")
 @click.option("--threads", type=int, help="Threads of every backend (torch.set_num_threads, ONNX Runtime "
               "intra_op_num_threads) [default: the CPUs available].")
@@ -24,8 +25,9 @@ BACKEND_NAMES = ("torch-lsg, torch-dense, torch-chunked, ort-gather, ort-gather-
 @click.option("--csv", "csv_file", type=click.Path(dir_okay=False, allow_dash=True), help="The same as CSV: a row per backend, length and batch, with its times.")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False), help="PNG: latency and memory against length, "
               "speed-ups at the longest length.")
-@click.option("--new-tokens", type=int, help="Encoder-decoders: tokens of the timed greedy generation (exactly "
+@click.option("--new-tokens", type=int, help="Encoder-decoders: tokens of the timed generation (exactly "
               "that many) [default: 32; --quick: 8].")
+@click.option("--num-beams", type=int, help="Encoder-decoders: beams of the timed generation [default: 1, greedy].")
 @click.option("--quick", is_flag=True, help="Seconds-long smoke run: lengths 128,256, 1 warm-up, 2 runs.")
 @user_errors
 def bench_command(model_or_export, json_file, csv_file, plot_file, **options):
@@ -34,8 +36,8 @@ def bench_command(model_or_export, json_file, csv_file, plot_file, **options):
     p50/p90/p99, tokens/s, peak memory (each backend in its own process), speed-ups against torch-lsg
     and torch-chunked. Missing ONNX exports are made into MODEL/bench-exports and reused. A backend that
     fails, or a length it cannot run, is reported as such; the others go on. Encoder-decoders (bart, mbart,
-    pegasus) report the encoder's latency and greedy generation's new tokens/s, on torch-lsg, torch-dense,
-    ort-gather and ort-custom-op.
+    pegasus) report the encoder's latency and generation's new tokens/s (greedy, or --num-beams N), on
+    torch-lsg, torch-dense and the ort-* backends made for them.
 
     \b
     Examples:
@@ -44,6 +46,7 @@ def bench_command(model_or_export, json_file, csv_file, plot_file, **options):
       lsg-export bench minilm-onnx --backends torch-lsg,ort-gather,torch-chunked --batch-size 1,4
       lsg-export bench lsg-roberta --device cuda --backends torch-lsg,ort-fp16
       lsg-export bench lsg-bart-base-4096 --seq 4096 --new-tokens 32 --threads 2
+      lsg-export bench lsg-bart-base-4096 --seq 4096 --backends torch-lsg,ort-int8 --num-beams 4
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -51,7 +54,7 @@ def bench_command(model_or_export, json_file, csv_file, plot_file, **options):
     from .backends import select_backends, skipped_for_seq2seq
     from .plot import plot
     from .report import render_table, write_csv, write_json
-    from .run import check_device, check_new_tokens, run_bench
+    from .run import check_device, check_new_tokens, check_num_beams, run_bench
     from .target import choose_lengths, parse_ints, resolve_target
 
     console = Console(stderr=True)
@@ -63,12 +66,14 @@ def bench_command(model_or_export, json_file, csv_file, plot_file, **options):
         console.print(f"using {target.describe()}", soft_wrap=True)
     lengths = choose_lengths(options["seq"], target, options["quick"])
     check_new_tokens(options["new_tokens"], target, options["quick"])
+    check_num_beams(options["num_beams"], target)
     total = len(names) * len(lengths) * len(parse_ints(options["batch_size"], "--batch-size"))
     if target.seq2seq and not options["backends"]:
         reasons = {}
         for name, why in skipped_for_seq2seq(options["device"]).items():
             reasons.setdefault(why, []).append(name)
-        console.print(f"encoder-decoder: encoder latency and greedy generation on {', '.join(names)}; not run: "
+        how = "greedy" if (options["num_beams"] or 1) == 1 else f"{options['num_beams']}-beam"
+        console.print(f"encoder-decoder: encoder latency and {how} generation on {', '.join(names)}; not run: "
                       + "; ".join(f"{', '.join(group)} ({why})" for why, group in reasons.items()), soft_wrap=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as bar:

@@ -250,7 +250,7 @@ def measure_backend(spec, send):
                 cell.peak_memory_mb = memory.peak_mb()
                 history.setdefault(batch, []).append((length, cell.p50_ms / 1000))
                 if runner.generate is not None:  # encoder-decoders: then greedy generation from the same input
-                    call = runner.generate(batch, length, spec["new_tokens"])
+                    call = runner.generate(batch, length, spec["new_tokens"], spec.get("num_beams") or 1)
                     memory.reset()
                     times, _ = time_runs(call, runner.sync, spec["warmup"], spec["repeat"], cell_seconds)
                     summarize_generation(cell, times, call.decode_seconds[-len(times):], spec["new_tokens"])

@@ -28,7 +28,9 @@ def plot(result, path, batch=None):
     panels = [(latency, f"{'encoder ' if seq2seq else ''}p50 latency (ms)"),
               (memory, f"peak memory (MB, {ok[0].memory_kind if ok else ''})")]
     if seq2seq:
-        panels.append((axes[3], f"greedy generation, new tokens/s ({result.settings['new_tokens']} tokens)"))
+        beams = result.settings.get("num_beams", 1)
+        how = "greedy" if beams == 1 else f"{beams}-beam"
+        panels.append((axes[3], f"{how} generation, new tokens/s ({result.settings['new_tokens']} tokens)"))
     for axis, label in panels:
         axis.set_xscale("log", base=2)
         axis.set_yscale("log")

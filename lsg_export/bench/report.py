@@ -155,7 +155,8 @@ def render_table(result):
     from rich.table import Table
     env, settings = result.environment, result.settings
     seq2seq = result.target.get("seq2seq", False)
-    what = (f"; enc: the encoder; gen: greedy generation of {settings['new_tokens']} new tokens, encoder included; "
+    how = "greedy" if settings.get("num_beams", 1) == 1 else f"{settings['num_beams']}-beam"
+    what = (f"; enc: the encoder; gen: {how} generation of {settings['new_tokens']} new tokens, encoder included; "
             f"decode: its tokens/s after the encoder") if seq2seq else ""
     table = Table(title=f"lsg-export bench: {result.target['architecture']} ({result.target['task']}), "
                         f"{settings['device']}, {settings['threads']} threads",

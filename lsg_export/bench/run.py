@@ -74,12 +74,26 @@ def check_new_tokens(new_tokens, target, quick):
     return new_tokens
 
 
+def check_num_beams(num_beams, target):
+    """Beams of the timed generation: encoder-decoders only (default 1: greedy)."""
+    if not target.seq2seq:
+        if num_beams is not None:
+            raise LSGExportError(f"--num-beams is for encoder-decoders; {target.model} is an encoder ({target.task})")
+        return None
+    if num_beams is None:
+        return 1
+    if not isinstance(num_beams, int) or num_beams < 1:
+        raise LSGExportError(f"--num-beams must be a positive integer, got {num_beams!r}")
+    return num_beams
+
+
 def run_bench(target=None, *, seq=None, batch_size=None, backends=None, device="cpu", threads=None, warmup=3,
-              repeat=20, quick=False, new_tokens=None, status=None, progress=None):
+              repeat=20, quick=False, new_tokens=None, num_beams=None, status=None, progress=None):
     """Benchmark MODEL_OR_EXPORT `target` (None: the last export made here, else the last convert).
 
     seq / batch_size: lists or "512,1024". backends: names (default: those of the device; for an
-    encoder-decoder, those that run one). new_tokens: encoder-decoders' greedy generation length.
+    encoder-decoder, those that run one). new_tokens: encoder-decoders' generation length; num_beams:
+    their beams (default 1: greedy).
     status(message): what is being done; progress(backend, length, batch, cell or None): after each cell.
     Returns a BenchResult; bad arguments raise LSGExportError before any work."""
     from .report import environment
@@ -88,6 +102,7 @@ def run_bench(target=None, *, seq=None, batch_size=None, backends=None, device="
     found = resolve_target(target)
     names = select_backends(backends, device, found.seq2seq)
     new_tokens = check_new_tokens(new_tokens, found, quick)
+    num_beams = check_num_beams(num_beams, found)
     lengths = choose_lengths(seq, found, quick)
     batches = parse_ints(batch_size or "1", "--batch-size")
     threads = threads or os.cpu_count() or 1
@@ -98,7 +113,7 @@ def run_bench(target=None, *, seq=None, batch_size=None, backends=None, device="
     settings = {"backends": names, "lengths": lengths, "batch_sizes": batches, "device": device, "threads": threads,
                 "warmup": warmup, "repeat": repeat, "quick": quick}
     if found.seq2seq:  # encoder-decoders: encoder latency, and greedy generation of new_tokens tokens
-        settings["new_tokens"] = new_tokens
+        settings["new_tokens"], settings["num_beams"] = new_tokens, num_beams
         settings["skipped_backends"] = {} if backends else skipped_for_seq2seq(device)
     target_info = {"model": str(found.model), "export": str(found.export) if found.export else None,
                    "export_kind": found.export_kind, "task": found.task, "chosen": found.chosen,
@@ -142,7 +157,7 @@ def run_backend(name, export, target, settings, status, progress):
         spec = {"backend": name, "model": str(target.model), "export": record["export"], "task": target.task,
                 "device": settings["device"], "threads": settings["threads"], "lengths": lengths, "batches": [batch],
                 "warmup": settings["warmup"], "repeat": settings["repeat"], "quick": settings["quick"],
-                "new_tokens": settings.get("new_tokens")}
+                "new_tokens": settings.get("new_tokens"), "num_beams": settings.get("num_beams")}
         mine = {k: c for k, c in cells.items() if k[1] == batch}
 
         def on_event(event, mine=mine):

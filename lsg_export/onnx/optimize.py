@@ -6,7 +6,11 @@ The levels are optimum's (optimum.onnxruntime.AutoOptimizationConfig):
       LayerNormalization, SkipLayerNormalization, Gelu / BiasGelu, EmbedLayerNormalization where the
       pattern is there (LSG's global tokens put a Concat before the embeddings' LayerNorm, so it is not);
   O3  O2 + the tanh approximation of Gelu (FastGelu): faster, results change by ~1e-4..1e-3.
-Attention fusion is off: LSG attention matches none of ONNX Runtime's attention kernels.
+Attention fusion is off: LSG attention matches none of ONNX Runtime's attention kernels. The dense decoders
+of the encoder-decoders are optimised with model_type bart instead (its attention fusion on; what it fuses
+is in export.json, and the validation checks the result).
+
+Temporary files are named after the graph (NAME.ort.onnx, NAME.fp32.onnx): a folder may hold several graphs.
 """
 from collections import Counter
 
@@ -63,7 +67,7 @@ def onnxruntime_pass(path, opt_level, device, setup_session, fusions_follow, ext
     The step optimize_model runs first, done here so that the session is set up as the attention
     backend needs (a graph with the custom op needs its library registered to load at all)."""
     import onnxruntime as ort
-    out = path.with_name("model.ort.onnx")
+    out = path.with_name(path.stem + ".ort.onnx")
     options = ort.SessionOptions()
     options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_BASIC if opt_level == 1
                                         else ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
@@ -79,10 +83,11 @@ def onnxruntime_pass(path, opt_level, device, setup_session, fusions_follow, ext
     return out
 
 
-def optimize_graph(path, level, config, device, external_data, setup_session=None):
+def optimize_graph(path, level, config, device, external_data, setup_session=None, model_type="bert"):
     """Rewrite `path` in place with optimum's `level`; returns what changed.
 
-    setup_session: the attention backend's session set-up (e.g. registering the custom-op library)."""
+    setup_session: the attention backend's session set-up (e.g. registering the custom-op library).
+    model_type: onnxruntime.transformers' model type; "bart" (dense decoders) keeps its attention fusion."""
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
@@ -90,8 +95,8 @@ def optimize_graph(path, level, config, device, external_data, setup_session=Non
 
     spec = LEVELS[level]
     before = op_counts(onnx.load(str(path), load_external_data=False))
-    options = FusionOptions("bert")
-    options.enable_attention = False
+    options = FusionOptions(model_type)
+    options.enable_attention = model_type != "bert"
     options.enable_gelu_approximation = spec["gelu_approximation"]
     heads, width = heads_and_width(config)
     optimized = None
@@ -100,7 +105,7 @@ def optimize_graph(path, level, config, device, external_data, setup_session=Non
             optimized = onnxruntime_pass(path, spec["opt_level"], device, setup_session, spec["fusions"],
                                          external_data)
             if spec["fusions"]:  # onnxruntime.transformers' fusions on ONNX Runtime's output (opt_level 0: no 2nd pass)
-                model = optimize_model(str(optimized), "bert", heads, width, optimization_options=options,
+                model = optimize_model(str(optimized), model_type, heads, width, optimization_options=options,
                                        opt_level=0, use_gpu=device == "cuda").model
             else:
                 model = onnx.load(str(optimized))
@@ -116,7 +121,8 @@ def optimize_graph(path, level, config, device, external_data, setup_session=Non
     set_ir_version(model)
     save_model(model, path, external_data)
     after = op_counts(model)
-    return {"level": level, "opt_level": spec["opt_level"], "transformer_fusions": spec["fusions"],
+    return {"level": level, "model_type": model_type, "opt_level": spec["opt_level"],
+            "transformer_fusions": spec["fusions"],
             "gelu_approximation": spec["gelu_approximation"], "nodes_before": sum(before.values()),
             "nodes_after": sum(after.values()),
             "fused": {op: n for op, n in sorted(after.items()) if n > before.get(op, 0) and op not in before}}
@@ -143,9 +149,9 @@ def quantize_int8(path, external_data):
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from .export import quiet_exporter
-    source = path.with_name("model.fp32.onnx")
+    source = path.with_name(path.stem + ".fp32.onnx")
     path.rename(source)
-    data = path.with_name("model.onnx.data")
+    data = path.with_name(path.name + ".data")
     try:
         with quiet_exporter():
             quantize_dynamic(str(source), str(path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],

@@ -129,11 +129,12 @@ def check_validation(info, seq, lengths, batch_size):
 
 def export_onnx(model=None, output=None, *, seq=None, task="auto", opset=DEFAULT_OPSET, attention="gather",
                 optimize="none", fp16=False, quantize=None, device="cpu", atol=None, lengths=None, batch_size=2,
-                force=False, status=None):
+                merge_decoders=None, force=False, status=None):
     """Export a converted LSG folder to ONNX, validate it against PyTorch, write OUT.
 
     model: the folder (None: the last one `lsg-export convert` wrote from the current directory).
     output: OUT (default MODEL/onnx). seq: the longest input (default: the model's maximum).
+    merge_decoders: encoder-decoders only, also write decoder_model_merged.onnx (default: yes).
     Returns an ExportResult; `result.passed` is False when validation found a difference above atol
     (OUT is written all the same, with the failure in export.json). LSGExportError for bad input."""
     status = status or (lambda message: None)
@@ -144,7 +145,11 @@ def export_onnx(model=None, output=None, *, seq=None, task="auto", opset=DEFAULT
         from .seq2seq import export_seq2seq
         return export_seq2seq(info, output, seq=seq, task=task, opset=opset, attention=attention, optimize=optimize,
                               fp16=fp16, quantize=quantize, device=device, atol=atol, lengths=lengths,
-                              batch_size=batch_size, force=force, status=status, started=started)
+                              batch_size=batch_size, merge_decoders=merge_decoders, force=force, status=status,
+                              started=started)
+    if merge_decoders is not None:
+        raise LSGExportError(f"--merge-decoders is for encoder-decoders (bart, mbart, pegasus); {info.path} holds a "
+                             f"{info.family.class_name(info.head)}")
     task = infer_task(info, task)
     backend = get_attention_backend(attention)
     check_opset(opset, backend)

@@ -8,12 +8,20 @@ OUT holds what `optimum.onnxruntime.ORTModelForSeq2SeqLM.from_pretrained(OUT)` l
   decoder_model.onnx            input_ids, encoder_attention_mask, encoder_hidden_states -> logits,
                                 present.{i}.decoder.key/value, present.{i}.encoder.key/value;
   decoder_with_past_model.onnx  input_ids, encoder_attention_mask, past_key_values.{i}.{decoder,encoder}
-                                .{key,value} -> logits, present.{i}.decoder.key/value.
+                                .{key,value} -> logits, present.{i}.decoder.key/value;
+  decoder_model_merged.onnx     (--merge-decoders, the default) both decoders in one graph, as optimum's
+                                exporter writes it (optimum.onnx.merge_decoders): an If node on the extra
+                                bool input use_cache_branch; the past inputs are given on the first step too
+                                (empty, as ORTModelForSeq2SeqLM feeds them). optimum loads it when present.
 
 The decoder is dense: the family's own, exported with torch.export like the encoder. ORTModelForSeq2SeqLM
 gives the decoder the caller's attention mask (t columns); the graphs put the G ones in front
 themselves, reading the mask at [j - G] for encoder row j, so that no shape relation between the mask
 and the encoder output is baked in.
+
+--optimize, --fp16 and --quantize apply to each graph before the merge (optimum refuses to optimise a
+merged graph): the encoder as the encoders' graphs (model_type bert, no attention fusion), the dense
+decoders with onnxruntime.transformers' model_type bart.
 """
 import inspect
 import shutil
@@ -28,7 +36,7 @@ from ..errors import LSGExportError
 from ..sources import read_export_json, remember_output
 from .export import (DEFAULT_OPSET, EXTERNAL_DATA_BYTES, check_opset, export_graph, final_graph, finish_graph,
                      get_attention_backend, graph_domains)
-from .optimize import check_options
+from .optimize import check_options, optimize_graph, quantize_int8, to_float16
 from .tasks import make_inputs
 from .validate import Comparison, ValidationReport, make_session, text_chunks, text_ids
 
@@ -36,6 +44,7 @@ ENCODER_FILE = "encoder_model.onnx"
 DECODER_FILE = "decoder_model.onnx"
 DECODER_WITH_PAST_FILE = "decoder_with_past_model.onnx"
 PART_FILES = (ENCODER_FILE, DECODER_FILE, DECODER_WITH_PAST_FILE)
+MERGED_FILE = "decoder_model_merged.onnx"
 
 
 class EncoderModule(torch.nn.Module):
@@ -198,8 +207,8 @@ def check_sizes(model):
                                  f"{EXTERNAL_DATA_BYTES / 1e9:.1f} GB (external data) are not supported yet")
 
 
-def export_parts(model, info, folder, seq, backend, opset, status):
-    """Write the three graphs; returns {file: {"nodes", "seconds"}}."""
+def export_parts(model, info, folder, seq, backend, opset, status, device="cpu"):
+    """Write the three graphs (rewritten for ONNX Runtime on `device`); returns {file: {"nodes", "seconds"}}."""
     from .pipeline import example_length
     layers = model.config.decoder_layers
     example = encoder_inputs(info, 2, example_length(info.config["block_size"], seq))
@@ -213,7 +222,7 @@ def export_parts(model, info, folder, seq, backend, opset, status):
     status(f"exporting the encoder (opset {opset}, {backend.name} attention)")
     path = folder / ENCODER_FILE
     seconds = export_graph(EncoderModule(model).eval(), example, path, output_names=["last_hidden_state"],
-                           backend=backend, opset=opset, external_data=False)
+                           backend=backend, opset=opset, external_data=False, device=device)
     proto = finish_part(path, {}, {"input_ids": ENC_AXES, "attention_mask": ENC_AXES}, (HIDDEN_AXES,), doc)
     foreign = [d for d in graph_domains(proto) if d not in backend.domains]
     if foreign:
@@ -229,7 +238,7 @@ def export_parts(model, info, folder, seq, backend, opset, status):
         past_dims = {identifier(n): (0, 2) for n in names if n.startswith("past_key_values")}
         path = folder / file
         seconds = export_graph(DecoderModule(model, with_past).eval(), inputs, path, output_names=outputs,
-                               backend=backend, opset=opset, external_data=False,
+                               backend=backend, opset=opset, external_data=False, device=device,
                                dynamic_dims={"encoder_hidden_states": (0, 1), **past_dims})
         decoder_axis = "past_decoder_sequence_length" if with_past else "decoder_sequence_length"
         input_axes = {"input_ids": ("batch_size", "decoder_sequence_length"), "encoder_attention_mask": ENC_AXES,
@@ -244,13 +253,81 @@ def export_parts(model, info, folder, seq, backend, opset, status):
     return parts
 
 
-class Sessions:
-    """ONNX Runtime sessions of the three graphs of a folder."""
+# --- --optimize, --fp16, --quantize, the merged decoder -------------------------------------------
 
-    def __init__(self, folder, device, backend):
+def graph_config(config, file):
+    """Heads and width of one graph for onnxruntime.transformers (the config names them d_model, ...)."""
+    side = "encoder" if file == ENCODER_FILE else "decoder"
+    return {"num_attention_heads": config[f"{side}_attention_heads"], "hidden_size": config["d_model"]}
+
+
+def _totals(per_file, key):
+    return sum(step[key] for step in per_file.values())
+
+
+def post_process(folder, config, backend, optimize, fp16, quantize, device, status):
+    """The steps of export_onnx on each of the three graphs; returns export.json's "optimize", "fp16" and
+    "quantize" (each with its per-graph summaries under "graphs")."""
+    optimized, quantized = {}, {}
+    for file in PART_FILES:
+        path, encoder = folder / file, file == ENCODER_FILE
+        if optimize != "none":
+            status(f"optimizing {file} ({optimize})")
+            optimized[file] = optimize_graph(path, optimize, graph_config(config, file), device, False,
+                                             backend.setup_session if encoder else None,
+                                             model_type="bert" if encoder else "bart")
+        if fp16:
+            status(f"converting {file} to float16")
+            to_float16(path, False)
+        if quantize:
+            status(f"quantizing the MatMul weights of {file} to int8")
+            quantized[file] = quantize_int8(path, False)
+    steps = {"optimize": None, "fp16": {"fp16": True, "keep_io_types": True} if fp16 else False, "quantize": None}
+    if optimized:
+        steps["optimize"] = {"level": optimize, "nodes_before": _totals(optimized, "nodes_before"),
+                             "nodes_after": _totals(optimized, "nodes_after"), "graphs": optimized}
+    if quantized:
+        steps["quantize"] = {**{k: v for k, v in quantized[ENCODER_FILE].items() if k != "quantized_matmuls"},
+                             "quantized_matmuls": _totals(quantized, "quantized_matmuls"), "graphs": quantized}
+    return steps
+
+
+def merge_decoder_graphs(folder):
+    """decoder_model_merged.onnx from the two decoders, by optimum's merge (strict=False: the decoder with
+    past has no encoder presents; the merge gives its branch placeholders, which optimum never reads)."""
+    from optimum.onnx import merge_decoders
+
+    from .export import quiet_exporter
+    try:
+        with quiet_exporter():
+            merge_decoders(folder / DECODER_FILE, folder / DECODER_WITH_PAST_FILE, save_path=folder / MERGED_FILE,
+                           strict=False)
+    except Exception as error:
+        raise LSGExportError(f"merging the decoders failed ({error.__class__.__name__}: "
+                             f"{str(error).splitlines()[0][:200] if str(error) else ''})") from None
+
+
+class Sessions:
+    """ONNX Runtime sessions of the graphs of a folder (merged: the merged decoder's, when it is there)."""
+
+    def __init__(self, folder, device, backend, merged=False):
         self.encoder, self.decoder, self.decoder_with_past = (
             make_session(Path(folder) / f, device, backend) for f in PART_FILES)
+        self.merged = make_session(Path(folder) / MERGED_FILE, device, backend) if merged else None
         self.past_names = [i.name for i in self.decoder_with_past.get_inputs() if i.name.startswith("past")]
+
+    def run_merged(self, decoder_ids, mask, hidden, config):
+        """The merged graph's two branches: (logits of decoder_ids[:, :-1] without past, logits of the last
+        id with the presents of the first as past). The first step gets empty past tensors, as optimum's."""
+        heads = config.decoder_attention_heads
+        empty = np.zeros((hidden.shape[0], heads, 0, config.d_model // heads), dtype=np.float32)
+        common = {"encoder_attention_mask": mask, "encoder_hidden_states": hidden}
+        first = self.merged.run(None, {**common, "input_ids": decoder_ids[:, :-1],
+                                       **{name: empty for name in self.past_names},
+                                       "use_cache_branch": np.array([False])})
+        step = self.merged.run(None, {**common, "input_ids": decoder_ids[:, -1:],
+                                      **dict(zip(self.past_names, first[1:])), "use_cache_branch": np.array([True])})
+        return first[0], step[0]
 
 
 def _diff_row(length, name, expected, got, atol, enforced, agreement=None):
@@ -266,7 +343,8 @@ def _diff_row(length, name, expected, got, atol, enforced, agreement=None):
 def compare_seq2seq(sessions, model, info, lengths, batch_size, atol, enforced, ids=None, inputs_label="random ids",
                     progress=None, ort_model=None, new_tokens=GENERATE_TOKENS):
     """Per length (batch_size rows, the last padded): encoder output on the real rows (globals + real
-    tokens), decoder logits without and with past, and greedy generation from ORTModelForSeq2SeqLM
+    tokens), decoder logits without and with past (and from the merged graph's two branches when
+    `sessions` has it), and greedy generation from ORTModelForSeq2SeqLM
     (`ort_model`) against PyTorch's tokens."""
     report = ValidationReport(atol, enforced, batch_size, list(lengths), inputs_label)
     generator = torch.Generator().manual_seed(0)
@@ -287,6 +365,8 @@ def compare_seq2seq(sessions, model, info, lengths, batch_size, atol, enforced, 
             step = sessions.decoder_with_past.run(None, {"input_ids": decoder_ids[:, -1:].numpy(),
                                                          "encoder_attention_mask": feeds["attention_mask"],
                                                          **dict(zip(sessions.past_names, first[1:]))})
+            merged = (sessions.run_merged(decoder_ids.numpy(), feeds["attention_mask"], hidden, model.config)
+                      if sessions.merged is not None else ())
         except Exception as error:
             raise LSGExportError(f"ONNX Runtime failed at length {length} ({str(error).splitlines()[0][:300]})") \
                 from None
@@ -296,7 +376,10 @@ def compare_seq2seq(sessions, model, info, lengths, batch_size, atol, enforced, 
                            decoder_input_ids=decoder_ids).logits.numpy()
         rows = torch.nn.functional.pad(inputs["attention_mask"], (globals_, 0), value=1).bool().numpy()
         report.rows.append(_diff_row(length, "last_hidden_state", expected.numpy()[rows], hidden[rows], atol, enforced))
-        for name, reference, got in (("logits", logits[:, :-1], first[0]), ("logits (past)", logits[:, -1:], step[0])):
+        pairs = [("logits", logits[:, :-1], first[0]), ("logits (past)", logits[:, -1:], step[0])]
+        if merged:
+            pairs += [("logits (merged)", logits[:, :-1], merged[0]), ("logits (merged, past)", logits[:, -1:], merged[1])]
+        for name, reference, got in pairs:
             agreement = float((reference.argmax(-1) == got.argmax(-1)).mean()) if reference.shape == got.shape else 0.0
             report.rows.append(_diff_row(length, name, reference, got, atol, enforced, agreement))
         if ort_model is not None:
@@ -317,24 +400,28 @@ def compare_generation(ort_model, model, inputs, length, new_tokens, enforced):
                       float(1 - differ.mean()), bool(differ.sum() == 0) or not enforced)
 
 
-def load_seq2seq_model(folder, provider="CPUExecutionProvider", session_options=None, **kwargs):
+def load_seq2seq_model(folder, provider="CPUExecutionProvider", session_options=None, use_merged=None, **kwargs):
     """optimum's ORTModelForSeq2SeqLM of an export folder, the custom-op library registered when the
-    encoder graph needs it (export.json "custom_ops"). kwargs go to from_pretrained."""
+    encoder graph needs it (export.json "custom_ops"). use_merged: optimum's (None: the merged decoder
+    when export.json says the folder has one). kwargs go to from_pretrained."""
     from optimum.onnxruntime import ORTModelForSeq2SeqLM
 
     meta = read_export_json(folder)
+    if use_merged is None:  # said, not left to optimum, which logs a line when it looks for a missing file
+        use_merged = bool(meta.get("merged_decoder"))
     if meta.get("custom_ops"):
         from ..ops import session_options_with_ops
         session_options = session_options_with_ops(session_options)
     with quiet_transformers():
         return ORTModelForSeq2SeqLM.from_pretrained(str(folder), provider=provider, session_options=session_options,
-                                                    use_merged=False, **kwargs)
+                                                    use_merged=use_merged, **kwargs)
 
 
 def export_seq2seq(info, output=None, *, seq=None, task="auto", opset=DEFAULT_OPSET, attention="gather",
                    optimize="none", fp16=False, quantize=None, device="cpu", atol=None, lengths=None, batch_size=2,
-                   force=False, status=None, started=None):
-    """export_onnx for a converted encoder-decoder folder (`info`): the three graphs, validated.
+                   merge_decoders=None, force=False, status=None, started=None):
+    """export_onnx for a converted encoder-decoder folder (`info`): the three graphs (each optimised,
+    converted, quantised as asked) and the merged decoder (merge_decoders: default on), validated.
 
     Returns pipeline.ExportResult (task text2text-generation)."""
     from .pipeline import (EXPORT_JSON, ExportResult, check_lengths, resolve_atol, versions, write_json,
@@ -345,34 +432,43 @@ def export_seq2seq(info, output=None, *, seq=None, task="auto", opset=DEFAULT_OP
     backend = get_attention_backend(attention)
     check_opset(opset, backend)
     check_options(optimize, fp16, quantize, device)
-    if optimize != "none" or fp16 or quantize:
-        raise LSGExportError("--optimize, --fp16 and --quantize are not available for encoder-decoders yet")
+    if device == "cuda" and "CUDAExecutionProvider" not in backend.providers:
+        raise LSGExportError(f"the {backend.name} attention does not run on CUDA")
+    merge_decoders = True if merge_decoders is None else bool(merge_decoders)
     seq, lengths = check_lengths(info, seq, lengths, batch_size)
-    atol, _ = resolve_atol(atol, False, None)
+    atol, enforced = resolve_atol(atol, fp16, quantize, optimize)
     output = check_output(Path(output) if output else info.path / "onnx", force)
 
     status(f"loading {info.path} ({info.family.class_name(info.head)}, task {TASK})")
     model = load_model(info, seq)
     check_sizes(model)
     with atomic_folder(output, force) as tmp:
-        parts = export_parts(model, info, tmp, seq, backend, opset, status)
-        finals = {file: final_graph(tmp / file) for file in PART_FILES}
+        parts = export_parts(model, info, tmp, seq, backend, opset, status, device)
+        nodes = sum(part["nodes"] for part in parts.values())
+        steps = post_process(tmp, info.config, backend, optimize, fp16, quantize, device, status)
+        files = list(PART_FILES)
+        if merge_decoders:
+            status("merging the decoders (decoder_model_merged.onnx)")
+            merge_decoder_graphs(tmp)
+            files.append(MERGED_FILE)
+        finals = {file: final_graph(tmp / file) for file in files}
         write_side_files(info, tmp, seq)
         if (info.path / "generation_config.json").is_file():  # generate() of ORT and PyTorch: the same settings
             shutil.copy(info.path / "generation_config.json", tmp / "generation_config.json")
         meta = {
             "model": str(info.path.resolve()), "architecture": info.family.class_name(info.head),
-            "model_type": info.family.model_type, "task": TASK, "seq2seq": True, "files": list(PART_FILES),
+            "model_type": info.family.model_type, "task": TASK, "seq2seq": True, "files": files,
+            "merged_decoder": merge_decoders,
             "seq": seq, "opset": opset, "attention": backend.name, "custom_ops": getattr(backend, "custom_ops", None),
             "device": device, "lsg": {**info.lsg_options, "pass_global_tokens_to_decoder":
                                       info.config.get("pass_global_tokens_to_decoder", True)},
-            "graph": {"nodes": sum(f["nodes"] for f in finals.values()),
-                      "domains": sorted({d for f in finals.values() for d in f["domains"]})},
-            "graphs": {file: {**parts[file], **finals[file]} for file in PART_FILES},
-            "optimize": None, "fp16": False, "quantize": None, "precision": "fp32", "versions": versions(),
+            "graph": {"nodes": nodes, "domains": sorted({d for f in finals.values() for d in f["domains"]})},
+            "graphs": {file: {**parts.get(file, {}), **finals[file]} for file in files},
+            **steps, "precision": "fp16" if fp16 else ("int8" if quantize else "fp32"), "versions": versions(),
         }
         write_json(tmp / EXPORT_JSON, meta)
-        report = validate_folder(tmp, model, info, meta, lengths, batch_size, atol, device=device, status=status)
+        report = validate_folder(tmp, model, info, meta, lengths, batch_size, atol, enforced, device=device,
+                                 status=status)
         meta["seconds"] = {"export": round(sum(p["seconds"] for p in parts.values()), 2),
                            "total": round(time.perf_counter() - started, 2)}
         meta["validation"] = report.to_dict()
@@ -381,15 +477,17 @@ def export_seq2seq(info, output=None, *, seq=None, task="auto", opset=DEFAULT_OP
     return ExportResult(output, TASK, report, meta)
 
 
-def validate_folder(folder, model, info, meta, lengths, batch_size, atol, device="cpu", ids=None,
+def validate_folder(folder, model, info, meta, lengths, batch_size, atol, enforced=True, device="cpu", ids=None,
                     inputs_label="random ids", status=None):
+    """compare_seq2seq on an export folder: its graphs' sessions, and generation by ORTModelForSeq2SeqLM as
+    optimum loads the folder (the merged decoder when there is one)."""
     status = status or (lambda message: None)
     backend = get_attention_backend(meta.get("attention", "gather"))
-    sessions = Sessions(folder, device, backend)
+    sessions = Sessions(folder, device, backend, merged=bool(meta.get("merged_decoder")))
     # CPU tensors in and out, as PyTorch's side (optimum binds CUDA buffers by default)
     ort_model = load_seq2seq_model(folder, provider="CUDAExecutionProvider" if device == "cuda" else
                                    "CPUExecutionProvider", use_io_binding=False)
-    return compare_seq2seq(sessions, model, info, lengths, batch_size, atol, True, ids=ids,
+    return compare_seq2seq(sessions, model, info, lengths, batch_size, atol, enforced, ids=ids,
                            inputs_label=inputs_label, ort_model=ort_model,
                            progress=lambda n: status(f"validating: length {n} of {', '.join(map(str, lengths))}"))
 
@@ -401,7 +499,7 @@ def validate_seq2seq(folder, meta, *, model=None, lengths=None, batch_size=2, te
     from .tasks import read_model_folder
     status = status or (lambda message: None)
     folder = Path(folder)
-    missing = [f for f in PART_FILES if not (folder / f).is_file()]
+    missing = [f for f in meta.get("files", PART_FILES) if not (folder / f).is_file()]
     if missing:
         raise LSGExportError(f"{folder}: no {', '.join(missing)}")
     source = model or meta.get("model")
@@ -410,12 +508,14 @@ def validate_seq2seq(folder, meta, *, model=None, lengths=None, batch_size=2, te
     info = read_model_folder(source)
     seq = int(meta["seq"])
     lengths = check_validation(info, seq, lengths or meta.get("validation", {}).get("lengths"), batch_size)
-    atol, _ = resolve_atol(atol, False, None)
+    fp16, quantize = meta.get("fp16"), meta.get("quantize")
+    atol, enforced = resolve_atol(atol, fp16, quantize, (meta.get("optimize") or {}).get("level"))
+    device = device or meta.get("device", "cpu")
+    check_options("none", bool(fp16), quantize and "int8", device)
     ids = text_ids(folder, text) if text else None
     status(f"loading {info.path}")
     torch_model = load_model(info, seq)
-    report = validate_folder(folder, torch_model, info, meta, lengths, batch_size, atol,
-                             device=device or meta.get("device", "cpu"), ids=ids,
+    report = validate_folder(folder, torch_model, info, meta, lengths, batch_size, atol, enforced, device=device, ids=ids,
                              inputs_label=f"text {Path(text).name}" if text else "random ids", status=status)
     if record:
         meta["validation"] = report.to_dict()
@@ -424,4 +524,4 @@ def validate_seq2seq(folder, meta, *, model=None, lengths=None, batch_size=2, te
 
 
 __all__ = ["export_seq2seq", "validate_seq2seq", "load_seq2seq_model", "compare_seq2seq", "EncoderModule",
-           "DecoderModule", "decoder_names", "PART_FILES", "TASK"]
+           "DecoderModule", "decoder_names", "PART_FILES", "MERGED_FILE", "TASK"]
