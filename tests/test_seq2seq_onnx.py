@@ -493,6 +493,7 @@ def _has_cuda():
     return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not _has_cuda(), reason="--fp16 needs CUDA (onnxruntime-gpu and a GPU)")
 def test_fp16_on_cuda(exports, tmp_path):
     """--optimize O2 --fp16 --device cuda: float16 graphs with float32 inputs and outputs, outputs within 1e-2."""
