@@ -102,13 +102,15 @@ def test_quick_run_writes_csv_plot_and_cached_exports(quick_run, tiny_lsg):
     assert [float(t) for t in rows[0]["times_ms"].split()] == data["results"][0]["times_ms"]
     png = (out / "bench.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
-    for name in ("ort-gather", "ort-gather-optimized", "ort-int8", "ort-custom-op"):
+    for name in ("ort-gather", "ort-gather-optimized", "ort-int8", "ort-custom-op", "ort-int8-custom-op"):
         folder = tiny_lsg / "bench-exports" / name
         assert data["backends"][name]["export"] == str(folder)
         meta = json.loads((folder / "export.json").read_text())
         assert meta["task"] == "feature-extraction" and meta["seq"] == 128
-    assert json.loads((tiny_lsg / "bench-exports" / "ort-int8" / "export.json").read_text())["quantize"]["weight_type"] \
-        == "QInt8"
+    for name, attention in (("ort-int8", "gather"), ("ort-int8-custom-op", "custom-op")):
+        meta = json.loads((tiny_lsg / "bench-exports" / name / "export.json").read_text())
+        assert meta["quantize"]["weight_type"] == "QInt8" and meta["attention"] == attention
+        assert meta["quantize"]["quantized_matmuls"] > 0 and meta["optimize"]["level"] == "O2"
 
 
 def test_default_target_is_the_last_convert_and_exports_are_reused(quick_run, tiny_lsg, tmp_path, monkeypatch):

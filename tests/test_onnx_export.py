@@ -62,6 +62,16 @@ def test_raw_graph_is_standard_onnx(exported):
         for value in model.graph.input:
             assert [d.dim_param for d in value.type.tensor_type.shape.dim] == axes, (case.name, value)
         assert [v.name for v in model.graph.output] == list(TASKS[data["task"]].outputs)
+        # the CPU rewrites (onnx/rewrites): each of the 2 layers' residual additions before LayerNormalization
+        # is one Sum, and every exact GELU ends on its * 0.5, the spelling ONNX Runtime fuses
+        kinds = [node.op_type for node in model.graph.node]
+        assert kinds.count("Sum") == 4, (case.name, kinds.count("Sum"))
+        producers = {out: node for node in model.graph.node for out in node.output}
+        for node in model.graph.node:
+            if node.op_type == "Erf":
+                add = next(n for n in model.graph.node if node.output[0] in n.input)
+                mul = next(n for n in model.graph.node if add.output[0] in n.input)
+                assert all(name in producers for name in mul.input), case.name  # x * (1 + erf): no constant yet
         if checked < 3:  # the export checked all; again here on a few, explicitly
             onnx.checker.check_model(model)
             assert SymbolicShapeInference.infer_shapes(model, auto_merge=True) is not None

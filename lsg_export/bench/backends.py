@@ -56,6 +56,8 @@ BACKENDS = {b.name: b for b in (
             export={"attention": "gather", "optimize": "O2", "fp16": True, "device": "cuda"}, seq2seq=True),
     Backend("ort-custom-op", "ONNX Runtime, custom-op attention (ai.lsg.BlockSparseAttention)", "ort",
             export={"attention": "custom-op"}, seq2seq=True),
+    Backend("ort-int8-custom-op", "ONNX Runtime, custom-op graph O2 + int8 MatMul weights", "ort", devices=("cpu",),
+            export={"attention": "custom-op", "optimize": "O2", "quantize": "int8"}, seq2seq=True),
     Backend("torch-longformer", "random-weight Longformer of the same size, window = LSG local span", "torch"),
 )}
 
@@ -65,7 +67,7 @@ def export_kind(meta):
     if meta.get("fp16"):
         return "ort-fp16"
     if meta.get("quantize"):
-        return "ort-int8"
+        return "ort-int8-custom-op" if meta.get("attention") == "custom-op" else "ort-int8"
     if meta.get("attention", "gather") != "gather":
         return "ort-custom-op" if meta["attention"] == "custom-op" else None
     return "ort-gather-optimized" if meta.get("optimize") else "ort-gather"
@@ -289,15 +291,13 @@ def load_torch_longformer(spec):
 
 
 def ort_options(device, threads):
-    """SessionOptions of every ort-* backend: `threads` intra-op threads and, on CPU, no SkipLayerNormalization
-    fusion at load time (graphs exported with --optimize have it already)."""
+    """SessionOptions of every ort-* backend: `threads` intra-op threads, nothing else (what a server gets:
+    the graphs carry their CPU rewrites themselves, onnx/rewrites/)."""
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    if device == "cpu":  # the CPU SkipLayerNormalization kernel is slower than Add + LayerNormalization (README)
-        options.add_session_config_entry("optimization.disable_specified_optimizers", "SkipLayerNormFusion")
     return options
 
 

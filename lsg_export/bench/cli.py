@@ -4,8 +4,9 @@ import click
 from ..errors import user_errors
 
 BACKEND_NAMES = ("torch-lsg, torch-dense, torch-chunked, ort-gather, ort-gather-optimized, ort-int8 (cpu), "
-                 "ort-fp16 (cuda), ort-custom-op, torch-longformer")
-SEQ2SEQ_NAMES = "torch-lsg, torch-dense, ort-gather, ort-gather-optimized, ort-int8, ort-fp16, ort-custom-op"
+                 "ort-fp16 (cuda), ort-custom-op, ort-int8-custom-op (cpu), torch-longformer")
+SEQ2SEQ_NAMES = ("torch-lsg, torch-dense, ort-gather, ort-gather-optimized, ort-int8, ort-fp16, ort-custom-op, "
+                 "ort-int8-custom-op")
 
 
 @click.command("bench", context_settings={"show_default": True})

@@ -10,7 +10,8 @@ import platform
 import sys
 from pathlib import Path
 
-LSG_BACKENDS = ("torch-lsg", "ort-gather", "ort-gather-optimized", "ort-int8", "ort-fp16", "ort-custom-op")
+LSG_BACKENDS = ("torch-lsg", "ort-gather", "ort-gather-optimized", "ort-int8", "ort-fp16", "ort-custom-op",
+                "ort-int8-custom-op")
 STATUS_STYLE = {"ok": "green", "skipped": "yellow", "out of memory": "red", "failed": "red"}
 
 

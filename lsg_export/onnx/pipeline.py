@@ -174,7 +174,7 @@ def export_onnx(model=None, output=None, *, seq=None, task="auto", opset=DEFAULT
         path = tmp / MODEL_FILE
         status(f"exporting to ONNX (opset {opset}, {backend.name} attention)")
         export_seconds = export_graph(module, example, path, output_names=outputs, backend=backend, opset=opset,
-                                      external_data=external)
+                                      external_data=external, device=device)
         status("checking the graph (onnx.checker, symbolic shape inference)")
         proto = finish_graph(path, input_axes=input_axes(task), output_axes=TASKS[task].output_axes,
                              external_data=external,
