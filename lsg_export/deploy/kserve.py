@@ -77,7 +77,8 @@ def from_yaml(text):
 
     KServe's ApiClient resolves type names in kserve.models only, while its models hold Kubernetes
     types (V1ObjectMeta, V1ResourceRequirements): those are looked up in kubernetes.client.models,
-    whose generator spells maps dict[str, str] where KServe's parser wants dict(str, str)."""
+    whose generator spells maps dict[str, str] (newer kubernetes clients write Dict[str, str] and List[...]) where
+    KServe's parser wants dict(str, str) and list[...]."""
     import json
 
     import yaml
@@ -87,8 +88,10 @@ def from_yaml(text):
 
     class ManifestClient(kserve.ApiClient):
         def _ApiClient__deserialize(self, data, klass):  # the (name-mangled) private resolver
-            if isinstance(klass, str) and klass.startswith("dict[") and klass.endswith("]"):
+            if isinstance(klass, str) and klass[:5] in ("dict[", "Dict[") and klass.endswith("]"):
                 klass = f"dict({klass[5:-1]})"
+            elif isinstance(klass, str) and klass.startswith("List[") and klass.endswith("]"):
+                klass = f"list[{klass[5:-1]}]"
             elif isinstance(klass, str) and not hasattr(kserve.models, klass) and hasattr(k8s_models, klass):
                 klass = getattr(k8s_models, klass)
             return super()._ApiClient__deserialize(data, klass)
