@@ -227,6 +227,22 @@ def read_export_folder(folder):
     return meta
 
 
+def validation_settings(folder, meta, model, lengths, batch_size, atol, device):
+    """What a re-validation of an export folder runs with, checked: (info of the PyTorch model, lengths,
+    atol, enforced, device), from the arguments or else from export.json (`meta`)."""
+    source = model or meta.get("model")
+    if source and model is None and not Path(source).is_dir():
+        raise LSGExportError(f"the PyTorch model {source} named in {folder / EXPORT_JSON} is gone: pass --model")
+    info = read_model_folder(source)
+    lengths = check_validation(info, int(meta["seq"]), lengths or meta.get("validation", {}).get("lengths"),
+                               batch_size)
+    fp16, quantize = meta.get("fp16"), meta.get("quantize")
+    atol, enforced = resolve_atol(atol, fp16, quantize, (meta.get("optimize") or {}).get("level"))
+    device = device or meta.get("device", "cpu")
+    check_options("none", bool(fp16), quantize and "int8", device)
+    return info, lengths, atol, enforced, device
+
+
 def validate_onnx(folder=None, *, model=None, lengths=None, batch_size=2, text=None, atol=None, device=None,
                   status=None, record=True):
     """Rerun the comparison of an exported folder with its PyTorch model; returns a ValidationReport.
@@ -241,16 +257,8 @@ def validate_onnx(folder=None, *, model=None, lengths=None, batch_size=2, text=N
         from .seq2seq import validate_seq2seq
         return validate_seq2seq(folder, meta, model=model, lengths=lengths, batch_size=batch_size, text=text,
                                 atol=atol, device=device, status=status, record=record)
-    source = model or meta.get("model")
-    if source and model is None and not Path(source).is_dir():
-        raise LSGExportError(f"the PyTorch model {source} named in {folder / EXPORT_JSON} is gone: pass --model")
-    info = read_model_folder(source)
+    info, lengths, atol, enforced, device = validation_settings(folder, meta, model, lengths, batch_size, atol, device)
     task, seq = meta["task"], int(meta["seq"])
-    lengths = check_validation(info, seq, lengths or meta.get("validation", {}).get("lengths"), batch_size)
-    fp16, quantize = meta.get("fp16"), meta.get("quantize")
-    atol, enforced = resolve_atol(atol, fp16, quantize, (meta.get("optimize") or {}).get("level"))
-    device = device or meta.get("device", "cpu")
-    check_options("none", bool(fp16), quantize and "int8", device)
     ids = text_ids(folder, text) if text else None
 
     status(f"loading {info.path}")

@@ -268,7 +268,7 @@ def _totals(per_file, key):
 def post_process(folder, config, backend, optimize, fp16, quantize, device, status):
     """The steps of export_onnx on each of the three graphs; returns export.json's "optimize", "fp16" and
     "quantize" (each with its per-graph summaries under "graphs")."""
-    optimized, quantized = {}, {}
+    optimized, quantized, converted = {}, {}, False
     for file in PART_FILES:
         path, encoder = folder / file, file == ENCODER_FILE
         if optimize != "none":
@@ -278,11 +278,11 @@ def post_process(folder, config, backend, optimize, fp16, quantize, device, stat
                                              model_type="bert" if encoder else "bart")
         if fp16:
             status(f"converting {file} to float16")
-            to_float16(path, False)
+            converted = to_float16(path, False)
         if quantize:
             status(f"quantizing the MatMul weights of {file} to int8")
             quantized[file] = quantize_int8(path, False)
-    steps = {"optimize": None, "fp16": {"fp16": True, "keep_io_types": True} if fp16 else False, "quantize": None}
+    steps = {"optimize": None, "fp16": converted, "quantize": None}
     if optimized:
         steps["optimize"] = {"level": optimize, "nodes_before": _totals(optimized, "nodes_before"),
                              "nodes_after": _totals(optimized, "nodes_after"), "graphs": optimized}
@@ -495,26 +495,16 @@ def validate_folder(folder, model, info, meta, lengths, batch_size, atol, enforc
 def validate_seq2seq(folder, meta, *, model=None, lengths=None, batch_size=2, text=None, atol=None, device=None,
                      status=None, record=True):
     """validate_onnx for an encoder-decoder export folder (see pipeline.validate_onnx)."""
-    from .pipeline import EXPORT_JSON, check_validation, resolve_atol, write_json
-    from .tasks import read_model_folder
+    from .pipeline import EXPORT_JSON, validation_settings, write_json
     status = status or (lambda message: None)
     folder = Path(folder)
     missing = [f for f in meta.get("files", PART_FILES) if not (folder / f).is_file()]
     if missing:
         raise LSGExportError(f"{folder}: no {', '.join(missing)}")
-    source = model or meta.get("model")
-    if source and model is None and not Path(source).is_dir():
-        raise LSGExportError(f"the PyTorch model {source} named in {folder / EXPORT_JSON} is gone: pass --model")
-    info = read_model_folder(source)
-    seq = int(meta["seq"])
-    lengths = check_validation(info, seq, lengths or meta.get("validation", {}).get("lengths"), batch_size)
-    fp16, quantize = meta.get("fp16"), meta.get("quantize")
-    atol, enforced = resolve_atol(atol, fp16, quantize, (meta.get("optimize") or {}).get("level"))
-    device = device or meta.get("device", "cpu")
-    check_options("none", bool(fp16), quantize and "int8", device)
+    info, lengths, atol, enforced, device = validation_settings(folder, meta, model, lengths, batch_size, atol, device)
     ids = text_ids(folder, text) if text else None
     status(f"loading {info.path}")
-    torch_model = load_model(info, seq)
+    torch_model = load_model(info, int(meta["seq"]))
     report = validate_folder(folder, torch_model, info, meta, lengths, batch_size, atol, enforced, device=device, ids=ids,
                              inputs_label=f"text {Path(text).name}" if text else "random ids", status=status)
     if record:
