@@ -290,7 +290,7 @@ def load_torch_longformer(spec):
                         note=f"random weights, attention window {window}, first token global")
 
 
-def ort_options(device, threads):
+def ort_options(threads):
     """SessionOptions of every ort-* backend: `threads` intra-op threads, nothing else (what a server gets:
     the graphs carry their CPU rewrites themselves, onnx/rewrites/)."""
     import onnxruntime as ort
@@ -306,16 +306,10 @@ def ort_session(path, device, attention, threads):
     attention backend, e.g. the custom-op library) with ort_options."""
     from ..onnx.export import get_attention_backend
     from ..onnx.validate import make_session
-    return make_session(path, device, get_attention_backend(attention), options=ort_options(device, threads))
+    return make_session(path, device, get_attention_backend(attention), options=ort_options(threads))
 
 
 # --- encoder-decoders: the encoder, and generation -------------------------------------------------
-
-def greedy(new_tokens, num_beams=1):
-    """generate() settings: greedy (num_beams 1) or beam search, exactly new_tokens tokens (no early end at
-    the end-of-sequence token), one sequence per input."""
-    return dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, num_beams=num_beams, do_sample=False)
-
 
 class Generation:
     """One timed generation: the encoder, then generate() from its output (the same work as generate()
@@ -353,7 +347,8 @@ def seq2seq_runner(encode, generate, info, device, max_length, note, sync=None):
         return lambda: encode(inputs)
 
     def prepare_generate(batch, length, new_tokens, num_beams=1):
-        return Generation(encode, generate, inputs_for(batch, length), greedy(new_tokens, num_beams), sync)
+        from ..onnx.seq2seq import generation_settings
+        return Generation(encode, generate, inputs_for(batch, length), generation_settings(new_tokens, num_beams), sync)
 
     return Runner(prepare, sync, max_length, note, generate=prepare_generate)
 
@@ -385,7 +380,7 @@ def load_ort_seq2seq(spec, folder, meta):
     device = spec["device"]
     provider = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
     try:
-        model = load_seq2seq_model(folder, provider=provider, session_options=ort_options(device, spec["threads"]))
+        model = load_seq2seq_model(folder, provider=provider, session_options=ort_options(spec["threads"]))
     except LSGExportError:
         raise
     except Exception as error:

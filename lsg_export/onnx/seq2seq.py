@@ -387,9 +387,15 @@ def compare_seq2seq(sessions, model, info, lengths, batch_size, atol, enforced, 
     return report
 
 
+def generation_settings(new_tokens, num_beams=1):
+    """generate() settings of the validation and the bench: greedy (num_beams 1) or beam search, exactly
+    new_tokens tokens (no early end at the end-of-sequence token), one sequence per input."""
+    return dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, num_beams=num_beams, do_sample=False)
+
+
 def compare_generation(ort_model, model, inputs, length, new_tokens, enforced):
     """Greedy tokens of ORTModelForSeq2SeqLM vs PyTorch: a row whose max_abs_diff counts differing tokens."""
-    settings = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, num_beams=1, do_sample=False)
+    settings = generation_settings(new_tokens)
     with torch.no_grad(), quiet_transformers():
         expected = model.generate(**inputs, **settings)
         got = ort_model.generate(**inputs, **settings)
