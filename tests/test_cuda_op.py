@@ -1,10 +1,12 @@
-"""ai.lsg.BlockSparseAttention on CUDA.
+"""ai.lsg.BlockSparseAttention and ai.lsg.LSGAttention on CUDA.
 
 On any machine with nvcc (CI): the CUDA sources compile (one architecture), the library's C entry
 runs the op's checks, and the CPU kernel of that build still matches PyTorch. With a C++ compiler:
 the CUDA kernels themselves, run by a CPU emulation of CUDA (custom_ops/emulation/), against
 PyTorch. On a GPU (marked `gpu`): the kernel through the ctypes harness against lsg_attention.block_attention, the ONNX
-Runtime CUDA op against the CPU op, and the MiniLM-LSG export with the custom op on CUDA.
+Runtime CUDA op against the CPU op, and the MiniLM-LSG export with the custom op on CUDA. LSGAttention
+(q, k, v in the projections' (n, G + T, h * d) layout, global rows included) is checked against
+lsg_attention.lsg_attend the same ways, emulated and on a GPU.
 """
 import functools
 import types
@@ -15,7 +17,7 @@ import torch
 
 from lsg_export import ops
 from lsg_export.errors import LSGExportError
-from lsg_export.modeling.lsg_attention import LSGAttention, block_attention
+from lsg_export.modeling.lsg_attention import LSGAttention, attend, block_attention, lsg_attend
 from lsg_export.ops import cuda_harness
 
 SPARSITY_TYPES = ("norm", "pooling", "stride", "block_stride", "bos_pooling", "none")
@@ -45,28 +47,66 @@ def requires_gpu(need_ort=False):
         pytest.skip(reason)
 
 
+def padding_mask(t, lengths):
+    """(n, T) additive mask: row r masked from lengths[r] on."""
+    key_mask = torch.zeros(len(lengths), t)
+    for row, length in enumerate(lengths):
+        key_mask[row, length:] = torch.finfo(torch.float32).min
+    return key_mask
+
+
+def compressed(q, k, v, key_mask, g, bs, sbs, sf, sparsity_type):
+    """sparse_k, sparse_v, sparse_mask of (n, h, T, d) tokens ([] without a compressed part)."""
+    if sparsity_type == "none" or not sbs:
+        return []
+    config = types.SimpleNamespace(block_size=bs, sparse_block_size=sbs, sparsity_factor=sf,
+                                   sparsity_type=sparsity_type, num_global_tokens=max(g, 1))
+    return list(LSGAttention(config).compress(q, k, v, key_mask[:, None, :, None]))
+
+
 def make_case(seed, n, h, blocks, d, g, bs, sbs, sf, sparsity_type, lengths, device="cpu"):
     """Float32 inputs of the op (masked tail per row) and block_attention's output, on `device`."""
     generator = torch.Generator().manual_seed(seed)
     t = blocks * bs
     q, k, v = (torch.randn(n, h, t, d, generator=generator) for _ in range(3))
     global_k, global_v = (torch.randn(n, h, g, d, generator=generator) for _ in range(2))
-    key_mask = torch.zeros(n, 1, t, 1)
-    for row, length in enumerate(lengths):
-        key_mask[row, :, length:] = torch.finfo(torch.float32).min
-    sparse = []
-    if sparsity_type != "none" and sbs:
-        config = types.SimpleNamespace(block_size=bs, sparse_block_size=sbs, sparsity_factor=sf,
-                                       sparsity_type=sparsity_type, num_global_tokens=max(g, 1))
-        sparse = list(LSGAttention(config).compress(q, k, v, key_mask))
+    key_mask = padding_mask(t, lengths)[:, None, :, None]
+    sparse = compressed(q, k, v, key_mask[:, 0, :, 0], g, bs, sbs, sf, sparsity_type)
     expected = block_attention(q, k, v, key_mask, global_k, global_v, *(sparse or [None] * 3), bs, sbs, sf)
     inputs = [x.contiguous().to(device) for x in [q, k, v, key_mask, global_k, global_v, *sparse]]
     return inputs, expected.to(device)
 
 
+def make_lsg_case(seed, n, h, blocks, d, g, bs, sbs, sf, sparsity_type, lengths, device="cpu", soft_mask=False):
+    """Float32 inputs of LSGAttention (q, k, v (n, G + T, h * d), key_mask (n, T) with a masked tail per
+    row, the compressed inputs of the T tokens) and lsg_attend's output in that layout, on `device`.
+    soft_mask: the visible tokens' mask values in (-2, 0] instead of 0 (the mask is additive)."""
+    generator = torch.Generator().manual_seed(seed)
+    t = blocks * bs
+    q, k, v = (torch.randn(n, h, g + t, d, generator=generator) for _ in range(3))
+    key_mask = padding_mask(t, lengths) - (2 * torch.rand(n, t, generator=generator) if soft_mask else 0)
+    sparse = compressed(q[:, :, g:], k[:, :, g:], v[:, :, g:], key_mask, g, bs, sbs, sf, sparsity_type)
+    expected = lsg_attend(q, k, v, key_mask, *(sparse or [None] * 3), g, bs, sbs, sf)
+    merged = lambda x: x.transpose(1, 2).reshape(n, g + t, h * d)  # noqa: E731  (n, h, rows, d) -> (n, rows, h * d)
+    inputs = [x.contiguous().to(device) for x in [merged(q), merged(k), merged(v), key_mask, *sparse]]
+    return inputs, merged(expected).to(device)
+
+
 def as_dtype(inputs, dtype):
     # masks: float16's lowest at most (finfo(float32).min would round to -inf, which is masked too)
     return [x.clamp(min=-65504).to(dtype) if x.dtype != dtype else x for x in inputs]
+
+
+def off_alignment(x):
+    """x's values at a data pointer one element past an aligned one (the CUDA-core path)."""
+    buffer = torch.empty(x.numel() + 1, dtype=x.dtype, device=x.device)
+    buffer[1:] = x.reshape(-1)
+    return buffer[1:].view(x.shape)
+
+
+def max_error(out, expected):
+    assert out.shape == expected.shape
+    return (out.float() - expected).abs().max().item()
 
 
 # --- CPU: the CUDA sources compile, the C entry checks its inputs ---------------------------------
@@ -95,6 +135,16 @@ def test_cuda_sources_compile(tmp_path, monkeypatch):
         with pytest.raises(LSGExportError) as error:
             cuda_harness.call_entry(entry, fake, shapes, 16, 1, 16)
         assert "block_size" not in str(error.value) and str(error.value)
+
+    # LSGAttention's entry: (n, G + T, h * d) inputs, its attributes in the C signature's order
+    lsg_entry = cuda_harness.cuda_entry(library, cuda_harness.LSG_ENTRY)
+    lsg_shapes = [(1, 33, 128)] * 3 + [(1, 32)]
+    with pytest.raises(LSGExportError, match="not a multiple of num_heads"):
+        cuda_harness.call_lsg_entry(lsg_entry, fake[:4], lsg_shapes, 16, 1, 3, 1, 16)
+    with pytest.raises(LSGExportError, match="not a multiple of block_size 12"):
+        cuda_harness.call_lsg_entry(lsg_entry, fake[:4], lsg_shapes, 16, 1, 2, 1, 12)
+    with pytest.raises(LSGExportError, match="'key_mask' has shape"):
+        cuda_harness.call_lsg_entry(lsg_entry, fake[:4], lsg_shapes, 16, 1, 2, 3, 2)  # T = 30
 
     # the CPU kernel of a CUDA build is the same
     ort = pytest.importorskip("onnxruntime")
@@ -161,16 +211,68 @@ def test_emulated_kernel_edge_cases(emulated_library):
     inputs, expected = make_case(12, 1, 2, 3, 48, 2, 16, 16, 2, "norm", [40])
     out = run(*as_dtype(inputs, torch.float16), block_size=16, sparse_block_size=16, sparsity_factor=2)
     assert (out.float() - expected).abs().max().item() <= 2e-2
-    shifted = [torch.empty(x.numel() + 1, dtype=torch.float16)[1:].view(x.shape).copy_(x)
-               for x in as_dtype(make_case(12, 1, 2, 3, 64, 2, 16, 16, 2, "norm", [40])[0], torch.float16)]
+    inputs, expected = make_case(12, 1, 2, 3, 64, 2, 16, 16, 2, "norm", [40])
+    shifted = [off_alignment(x) for x in as_dtype(inputs, torch.float16)]
     assert shifted[0].data_ptr() % 16
-    expected = make_case(12, 1, 2, 3, 64, 2, 16, 16, 2, "norm", [40])[1]
     out = run(*shifted, block_size=16, sparse_block_size=16, sparsity_factor=2)
     assert (out.float() - expected).abs().max().item() <= 2e-2
     inputs, expected = make_case(13, 2, 2, 2, 64, 0, 16, 0, 2, "none", [32, 0])
     out = run(*as_dtype(inputs, torch.float16), block_size=16)
     assert (out[0].float() - expected[0]).abs().max().item() <= 2e-2
     assert torch.count_nonzero(out[1]).item() == 0
+
+
+# (dtype, head_dim, G, sparsity, blocks, bs, sbs, sf, lengths) of LSGAttention, q/k/v read in the
+# (n, G + T, h * d) layout: the CUDA-core path (float32), tensor cores at d 32 and 64, bfloat16, G 1 and
+# 3, with and without compressed keys, padded rows, a row of masked tokens only (its rows see the globals)
+EMULATED_LSG_CASES = [
+    ("float32", 32, 1, "norm", 3, 16, 16, 2, [48, 20]),
+    ("float16", 32, 3, "pooling", 3, 16, 16, 2, [48, 0]),
+    ("float16", 64, 1, "none", 2, 16, 0, 2, [32, 9]),
+    ("bfloat16", 32, 3, "stride", 2, 16, 16, 2, [32, 17]),
+]
+
+
+def check_lsg_edge_cases(run, device, dtype, atol):
+    """LSGAttention through `run` (the emulated or the CUDA harness, num_heads 2): head_dim 48 with
+    mask values other than 0, pointers off 16-byte alignment (both the CUDA-core path), G = 0 with a
+    row of masked tokens only (0, not NaN), T = 0 (the global rows alone: dense attention among them)."""
+    inputs, expected = make_lsg_case(22, 1, 2, 3, 48, 3, 16, 16, 2, "norm", [40], device, soft_mask=True)
+    out = run(*as_dtype(inputs, dtype), num_global=3, block_size=16, sparse_block_size=16, sparsity_factor=2)
+    assert out.dtype == dtype and max_error(out, expected) <= atol
+    inputs, expected = make_lsg_case(23, 1, 2, 3, 64, 1, 16, 16, 2, "norm", [40], device)
+    shifted = [off_alignment(x) for x in as_dtype(inputs, dtype)]
+    assert shifted[0].data_ptr() % 16
+    out = run(*shifted, num_global=1, block_size=16, sparse_block_size=16, sparsity_factor=2)
+    assert max_error(out, expected) <= atol
+    inputs, expected = make_lsg_case(24, 2, 2, 2, 64, 0, 16, 0, 2, "none", [32, 0], device)
+    out = run(*as_dtype(inputs, dtype), num_global=0, block_size=16)
+    assert max_error(out[0], expected[0]) <= atol
+    assert torch.count_nonzero(out[1]).item() == 0
+    generator = torch.Generator().manual_seed(25)
+    q, k, v = (torch.randn(2, 3, 64, generator=generator).to(device) for _ in range(3))
+    heads = lambda x: x.reshape(2, 3, 2, 32).transpose(1, 2)  # noqa: E731
+    expected = attend(heads(q), heads(k), heads(v), 0.0).transpose(1, 2).reshape(2, 3, 64)
+    out = run(*as_dtype([q, k, v, q.new_zeros(2, 0)], dtype), num_global=3, block_size=16)
+    assert max_error(out, expected) <= atol
+
+
+@pytest.mark.parametrize("case", EMULATED_LSG_CASES, ids=lambda c: f"{c[0]}-d{c[1]}-g{c[2]}-{c[3]}")
+def test_emulated_lsg_kernel_matches_lsg_attend(emulated_library, case):
+    dtype, d, g, sparsity_type, blocks, bs, sbs, sf, lengths = case
+    torch_dtype, atol = DTYPES[dtype]
+    inputs, expected = make_lsg_case(21, len(lengths), 2, blocks, d, g, bs, sbs, sf, sparsity_type, lengths)
+    out = cuda_harness.lsg_attention_emulated(*as_dtype(inputs, torch_dtype), num_heads=2, num_global=g,
+                                              block_size=bs, sparse_block_size=sbs, sparsity_factor=sf,
+                                              library=emulated_library)
+    assert out.dtype == torch_dtype
+    assert max_error(out[:, :g], expected[:, :g]) <= atol  # the global rows
+    assert max_error(out, expected) <= atol
+
+
+def test_emulated_lsg_kernel_edge_cases(emulated_library):
+    run = functools.partial(cuda_harness.lsg_attention_emulated, num_heads=2, library=emulated_library)
+    check_lsg_edge_cases(run, "cpu", torch.float16, 2e-2)
 
 
 # --- GPU: the kernel through the ctypes harness ---------------------------------------------------
@@ -252,12 +354,7 @@ def test_kernel_unaligned_and_odd_head_dim(dtype):
     out = run_harness(as_dtype(inputs, torch_dtype), 16, 16, 2)
     assert (out.float() - expected).abs().max().item() <= atol
     inputs, expected = make_case(6, 1, 2, 5, 64, 3, 16, 16, 2, "norm", [70], "cuda")
-    shifted = []
-    for x in as_dtype(inputs, torch_dtype):  # same values, data pointer 1 element past an aligned one
-        buffer = torch.empty(x.numel() + 1, dtype=x.dtype, device=x.device)
-        buffer[1:] = x.reshape(-1)
-        shifted.append(buffer[1:].view(x.shape))
-    out = run_harness(shifted, 16, 16, 2)
+    out = run_harness([off_alignment(x) for x in as_dtype(inputs, torch_dtype)], 16, 16, 2)
     assert (out.float() - expected).abs().max().item() <= atol
 
 
@@ -285,6 +382,47 @@ def test_kernel_runs_on_the_current_stream():
     stream.synchronize()
     assert (out.float() - expected).abs().max().item() <= 2e-2
     assert torch.isfinite(out_sum).item()
+
+
+def run_lsg_harness(inputs, h, g, bs, sbs, sf, **kwargs):
+    return cuda_harness.lsg_attention_cuda(*inputs, num_heads=h, num_global=g, block_size=bs,
+                                           sparse_block_size=sbs, sparsity_factor=sf, **kwargs)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("sparsity_type", ["norm", "pooling", "none"])
+@pytest.mark.parametrize("d", [32, 64, 128])
+@pytest.mark.parametrize("g", [1, 3])
+def test_lsg_kernel_matches_lsg_attend(dtype, sparsity_type, d, g):
+    requires_gpu()
+    torch_dtype, atol = DTYPES[dtype]
+    sbs = 16 if sparsity_type != "none" else 0
+    for seed, (blocks, lengths) in enumerate([(1, [16, 9]), (6, [96, 41]), (11, [176, 0])]):
+        inputs, expected = make_lsg_case(seed, 2, 3, blocks, d, g, 16, sbs, 2, sparsity_type, lengths, "cuda")
+        out = run_lsg_harness(as_dtype(inputs, torch_dtype), 3, g, 16, sbs, 2)
+        assert out.dtype == torch_dtype
+        assert max_error(out[:, :g], expected[:, :g]) <= atol, (blocks, lengths)  # the global rows
+        assert max_error(out, expected) <= atol, (blocks, lengths)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_lsg_kernel_bert_geometry(dtype):
+    """12 heads of 64 (rows of 768 channels), bs 128, G 1, 1536 tokens with padding, 641 keys per block."""
+    requires_gpu()
+    torch_dtype, atol = DTYPES[dtype]
+    inputs, expected = make_lsg_case(1, 2, 12, 12, 64, 1, 128, 128, 2, "norm", [1536, 1000], "cuda")
+    out = run_lsg_harness(as_dtype(inputs, torch_dtype), 12, 1, 128, 128, 2)
+    assert max_error(out, expected) <= atol
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_lsg_kernel_edge_cases(dtype):
+    requires_gpu()
+    torch_dtype, atol = DTYPES[dtype]
+    check_lsg_edge_cases(functools.partial(cuda_harness.lsg_attention_cuda, num_heads=2), "cuda", torch_dtype, atol)
 
 
 # --- GPU: the ONNX Runtime CUDA op ---------------------------------------------------------------

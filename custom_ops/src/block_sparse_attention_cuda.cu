@@ -1,4 +1,6 @@
-// CUDA kernels of ai.lsg.BlockSparseAttention (see include/lsg_ops/block_sparse_attention.h).
+// CUDA kernels of ai.lsg.BlockSparseAttention and ai.lsg.LSGAttention (see
+// include/lsg_ops/block_sparse_attention.h). Every operand is read at the shape's strides, so one
+// kernel serves both layouts: (n, h, rows, d) tensors, or the projections' (n, G + T, h * d).
 //
 // Flash-attention style: one thread block per (query tile, head, batch), where a query tile is
 // the rows [row0, row0 + kRows) of one LSG block. The thread block first lists the keys its LSG
@@ -18,6 +20,8 @@
 //   loaded while the current one is computed;
 // - CUDA cores (float32, other head dims, unaligned pointers): 8 threads per query row, 32-key
 //   tiles, float32 FMA; exact enough for the float32 contract (1e-4 against PyTorch).
+// With global queries (LSGAttention) a second launch computes the G global rows
+// (global_query_kernel).
 #if defined(LSG_CUDA_EMULATION)  // the kernels on the CPU, for tests: custom_ops/emulation/cuda_emulation.h
 #include "cuda_emulation.h"
 #else
@@ -64,22 +68,24 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { re
 // [G + Ts, G + Ts + T) tokens (Ts = 0 without a compressed part).
 __device__ __forceinline__ int64_t sparse_rows(const BlockSparseShape& s) { return s.has_sparse() ? s.sparse_length : 0; }
 
-// Key and value rows of list code `code` for (batch * heads + head) `bh`.
+// Key and value rows of list code `code` for batch b, head h: globals and tokens at the shape's
+// strides, the compressed tokens contiguous (n, h, T/sf, d).
 template <typename T>
-__device__ __forceinline__ void key_rows(const Params& p, int64_t bh, int code, const T*& krow, const T*& vrow) {
+__device__ __forceinline__ void key_rows(const Params& p, int64_t b, int64_t h, int code, const T*& krow,
+                                         const T*& vrow) {
   const BlockSparseShape& s = p.s;
-  const int64_t d = s.head_dim, g = s.num_global, ts = sparse_rows(s);
+  const int64_t g = s.num_global, ts = sparse_rows(s);
   const void *kbase, *vbase;
-  int64_t row;
+  int64_t at;
   if (code < g) {
-    kbase = p.t.global_k, vbase = p.t.global_v, row = bh * g + code;
+    kbase = p.t.global_k, vbase = p.t.global_v, at = s.globals.at(b, h, code);
   } else if (code < g + ts) {
-    kbase = p.t.sparse_k, vbase = p.t.sparse_v, row = bh * ts + (code - g);
+    kbase = p.t.sparse_k, vbase = p.t.sparse_v, at = ((b * s.heads + h) * ts + (code - g)) * s.head_dim;
   } else {
-    kbase = p.t.k, vbase = p.t.v, row = bh * s.length + (code - g - ts);
+    kbase = p.t.k, vbase = p.t.v, at = s.tokens.at(b, h, code - g - ts);
   }
-  krow = static_cast<const T*>(kbase) + row * d;
-  vrow = static_cast<const T*>(vbase) + row * d;
+  krow = static_cast<const T*>(kbase) + at;
+  vrow = static_cast<const T*>(vbase) + at;
 }
 
 // Writes the visible keys of LSG block `block` of (b, h) into codes/biases (capacity
@@ -170,7 +176,7 @@ __global__ void __launch_bounds__(kSimtThreads) simt_kernel(const Params p) {
   const int tiles = (bs + kSimtRows - 1) / kSimtRows;
   const int64_t block = blockIdx.x / tiles;
   const int row0 = (blockIdx.x % tiles) * kSimtRows;
-  const int64_t h = blockIdx.y, b = blockIdx.z, bh = b * s.heads + h;
+  const int64_t h = blockIdx.y, b = blockIdx.z, row_stride = s.tokens.row;
 
   float* qs = reinterpret_cast<float*>(smem4);
   float* ks = qs + kSimtRows * (d + 1);
@@ -181,10 +187,10 @@ __global__ void __launch_bounds__(kSimtThreads) simt_kernel(const Params p) {
   float* biases = reinterpret_cast<float*>(codes + s.max_keys());
   int* warp_counts = reinterpret_cast<int*>(biases + s.max_keys());
 
-  const T* q = static_cast<const T*>(p.t.q) + (bh * s.length + block * bs) * d;
+  const T* q = static_cast<const T*>(p.t.q) + s.tokens.at(b, h, block * bs);
   for (int i = threadIdx.x; i < kSimtRows * d; i += kSimtThreads) {
     const int r = i / d, c = i % d;
-    qs[r * (d + 1) + c] = row0 + r < bs ? to_float(q[(row0 + r) * static_cast<int64_t>(d) + c]) : 0.0f;
+    qs[r * (d + 1) + c] = row0 + r < bs ? to_float(q[(row0 + r) * row_stride + c]) : 0.0f;
   }
   const int count = build_key_list<T, kSimtThreads>(p, b, h, block, codes, biases, warp_counts);
 
@@ -200,7 +206,7 @@ __global__ void __launch_bounds__(kSimtThreads) simt_kernel(const Params p) {
       float kx = 0.0f, vx = 0.0f;
       if (t0 + j < count) {
         const T *krow, *vrow;
-        key_rows<T>(p, bh, codes[t0 + j], krow, vrow);
+        key_rows<T>(p, b, h, codes[t0 + j], krow, vrow);
         kx = to_float(krow[c]);
         vx = to_float(vrow[c]);
       }
@@ -257,7 +263,7 @@ __global__ void __launch_bounds__(kSimtThreads) simt_kernel(const Params p) {
 
   if (row0 + r < bs) {
     const float inv = row_sum > 0.0f ? 1.0f / row_sum : 0.0f;  // no visible key at all: 0
-    T* out = static_cast<T*>(p.t.out) + (bh * s.length + block * bs + row0 + r) * d;
+    T* out = static_cast<T*>(p.t.out) + s.tokens.at(b, h, block * bs + row0 + r);
 #pragma unroll
     for (int m = 0; m < kChunks; ++m) {
       const int c = part + 8 * m;
@@ -369,7 +375,7 @@ __global__ void __launch_bounds__(32 * kMmaWarps<D>, kMmaBlocksPerSM<D>) mma_ker
   const int tiles = (bs + kRows - 1) / kRows;
   const int64_t block = blockIdx.x / tiles;
   const int row0 = (blockIdx.x % tiles) * kRows;
-  const int64_t h = blockIdx.y, b = blockIdx.z, bh = b * s.heads + h;
+  const int64_t h = blockIdx.y, b = blockIdx.z, row_stride = s.tokens.row;
 
   T* ks = reinterpret_cast<T*>(smem4);     // kTileRows x kStride: the queries first, then each key tile
   T* vs = ks + kTileRows<D> * kStride;     // kMmaKeys x kStride: the value tile
@@ -378,11 +384,11 @@ __global__ void __launch_bounds__(32 * kMmaWarps<D>, kMmaBlocksPerSM<D>) mma_ker
   float* biases = reinterpret_cast<float*>(codes + s.max_keys());
   int* warp_counts = reinterpret_cast<int*>(biases + s.max_keys());
 
-  const T* q = static_cast<const T*>(p.t.q) + (bh * s.length + block * bs) * D;
+  const T* q = static_cast<const T*>(p.t.q) + s.tokens.at(b, h, block * bs);
   for (int i = threadIdx.x; i < kRows * kVectors; i += kThreads) {
     const int r = i / kVectors, c = (i % kVectors) * 8;
     float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    if (row0 + r < bs) x = __ldg(reinterpret_cast<const float4*>(q + (row0 + r) * static_cast<int64_t>(D) + c));
+    if (row0 + r < bs) x = __ldg(reinterpret_cast<const float4*>(q + (row0 + r) * row_stride + c));
     *reinterpret_cast<float4*>(ks + r * kStride + c) = x;
   }
   const int count = build_key_list<T, kThreads>(p, b, h, block, codes, biases, warp_counts);
@@ -412,7 +418,7 @@ __global__ void __launch_bounds__(32 * kMmaWarps<D>, kMmaBlocksPerSM<D>) mma_ker
       next_k[e] = next_v[e] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);  // padding keys: zeros (never NaN)
       if (t0 + j < count) {
         const T *krow, *vrow;
-        key_rows<T>(p, bh, codes[t0 + j], krow, vrow);
+        key_rows<T>(p, b, h, codes[t0 + j], krow, vrow);
         next_k[e] = __ldg(reinterpret_cast<const float4*>(krow + c));
         next_v[e] = __ldg(reinterpret_cast<const float4*>(vrow + c));
       }
@@ -525,11 +531,100 @@ __global__ void __launch_bounds__(32 * kMmaWarps<D>, kMmaBlocksPerSM<D>) mma_ker
   }
   const float inv0 = sum0 > 0.0f ? 1.0f / sum0 : 0.0f, inv1 = sum1 > 0.0f ? 1.0f / sum1 : 0.0f;  // no key: 0
   const int r0 = row0 + warp * 16 + g, r1 = r0 + 8;
-  T* out = static_cast<T*>(p.t.out) + (bh * s.length + block * bs) * D + 2 * t;
+  T* out = static_cast<T*>(p.t.out) + s.tokens.at(b, h, block * bs) + 2 * t;
 #pragma unroll
   for (int n = 0; n < D / 8; ++n) {
-    if (r0 < bs) *reinterpret_cast<uint32_t*>(out + r0 * static_cast<int64_t>(D) + n * 8) = pack2(o[n][0] * inv0, o[n][1] * inv0, T());
-    if (r1 < bs) *reinterpret_cast<uint32_t*>(out + r1 * static_cast<int64_t>(D) + n * 8) = pack2(o[n][2] * inv1, o[n][3] * inv1, T());
+    if (r0 < bs) *reinterpret_cast<uint32_t*>(out + r0 * row_stride + n * 8) = pack2(o[n][0] * inv0, o[n][1] * inv0, T());
+    if (r1 < bs) *reinterpret_cast<uint32_t*>(out + r1 * row_stride + n * 8) = pack2(o[n][2] * inv1, o[n][3] * inv1, T());
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Global queries (shape.global_queries): each of the G global query rows attends densely to all
+// G + T keys (globals never masked, tokens through key_mask). One thread block per (global query,
+// head, batch): its warps take every kGlobalWarps-th key, the lanes split head_dim (lane l holds
+// channels l, l + 32, ...), the dot product is a warp reduction, and each warp keeps an online
+// softmax in float32 (base 2) that the warps merge in shared memory at the end. These rows are
+// G / (G + T) of the output with G small: simple rather than fast.
+
+constexpr int kGlobalWarps = 8;
+constexpr int kGlobalChunks = 4;  // channels per lane: head_dim <= 128
+
+// shared memory: each warp's running max and sum, then its accumulator (kGlobalWarps x d)
+__host__ __device__ inline size_t global_smem_floats(int64_t d) { return kGlobalWarps * (d + 2); }
+
+template <typename T>
+__global__ void __launch_bounds__(32 * kGlobalWarps) global_query_kernel(const Params p) {
+  LSG_DYNAMIC_SHARED(smem4);
+  const BlockSparseShape& s = p.s;
+  const int d = static_cast<int>(s.head_dim);
+  const int64_t query = blockIdx.x, h = blockIdx.y, b = blockIdx.z, g = s.num_global;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+
+  const T* q = static_cast<const T*>(p.t.global_q) + s.globals.at(b, h, query);
+  float qr[kGlobalChunks], o[kGlobalChunks];
+#pragma unroll
+  for (int m = 0; m < kGlobalChunks; ++m) {
+    const int c = lane + 32 * m;
+    qr[m] = c < d ? to_float(q[c]) * p.scale_log2 : 0.0f;
+    o[m] = 0.0f;
+  }
+  float row_max = -INFINITY, row_sum = 0.0f;
+  const T* key_mask = static_cast<const T*>(p.t.key_mask) + b * s.length;
+  for (int64_t j = warp; j < g + s.length; j += kGlobalWarps) {
+    float bias = 0.0f;
+    const T *krow, *vrow;
+    if (j < g) {
+      krow = static_cast<const T*>(p.t.global_k) + s.globals.at(b, h, j);
+      vrow = static_cast<const T*>(p.t.global_v) + s.globals.at(b, h, j);
+    } else {
+      bias = to_float(key_mask[j - g]);
+      if (is_masked(bias)) continue;  // one key for the whole warp: it skips it together
+      krow = static_cast<const T*>(p.t.k) + s.tokens.at(b, h, j - g);
+      vrow = static_cast<const T*>(p.t.v) + s.tokens.at(b, h, j - g);
+    }
+    float dot = 0.0f;
+#pragma unroll
+    for (int m = 0; m < kGlobalChunks; ++m) {
+      const int c = lane + 32 * m;
+      if (c < d) dot = fmaf(qr[m], to_float(krow[c]), dot);
+    }
+#pragma unroll
+    for (int lanes = 16; lanes >= 1; lanes >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, lanes);
+    const float score = dot + bias * kLog2e;  // the same in every lane (butterfly sums are symmetric)
+    const float new_max = fmaxf(row_max, score);
+    const float alpha = exp2f(row_max - new_max), weight = exp2f(score - new_max);
+    row_max = new_max;
+    row_sum = row_sum * alpha + weight;
+#pragma unroll
+    for (int m = 0; m < kGlobalChunks; ++m) {
+      const int c = lane + 32 * m;
+      if (c < d) o[m] = fmaf(weight, to_float(vrow[c]), o[m] * alpha);
+    }
+  }
+
+  float* maxes = reinterpret_cast<float*>(smem4);
+  float* sums = maxes + kGlobalWarps;
+  float* accs = sums + kGlobalWarps;
+  if (lane == 0) maxes[warp] = row_max, sums[warp] = row_sum;
+#pragma unroll
+  for (int m = 0; m < kGlobalChunks; ++m) {
+    const int c = lane + 32 * m;
+    if (c < d) accs[warp * d + c] = o[m];
+  }
+  __syncthreads();
+  float top = -INFINITY;
+  for (int w = 0; w < kGlobalWarps; ++w) top = fmaxf(top, maxes[w]);
+  T* out = static_cast<T*>(p.t.global_out) + s.globals.at(b, h, query);
+  for (int c = threadIdx.x; c < d; c += 32 * kGlobalWarps) {
+    float sum = 0.0f, acc = 0.0f;
+    for (int w = 0; w < kGlobalWarps; ++w) {
+      if (!(sums[w] > 0.0f)) continue;  // a warp that saw no key (its max is -inf)
+      const float factor = exp2f(maxes[w] - top);
+      sum += sums[w] * factor;
+      acc += accs[w * d + c] * factor;
+    }
+    out[c] = from_float<T>(sum > 0.0f ? acc / sum : 0.0f);  // no visible key at all: 0
   }
 }
 
@@ -537,6 +632,12 @@ __global__ void __launch_bounds__(32 * kMmaWarps<D>, kMmaBlocksPerSM<D>) mma_ker
 // Host side
 
 bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
+
+// Every row start of an operand at these strides keeps a 16-byte aligned base 16-byte aligned.
+bool aligned16(const Strides& st, size_t element_bytes) {
+  return (st.batch * element_bytes) % 16 == 0 && (st.head * element_bytes) % 16 == 0 &&
+         (st.row * element_bytes) % 16 == 0;
+}
 
 template <typename Kernel>
 const char* launch(Kernel kernel, const Params& params, int rows_per_cta, int threads, size_t smem, cudaStream_t stream) {
@@ -589,6 +690,33 @@ const char* launch_simt(const Params& params, cudaStream_t stream) {
   return launch(simt_kernel<T, 16>, params, kSimtRows, kSimtThreads, smem, stream);
 }
 
+template <typename T>
+const char* launch_global(const Params& params, cudaStream_t stream) {
+  const BlockSparseShape& s = params.s;
+  if (s.num_global > INT_MAX || s.heads > 65535 || s.batch > 65535)
+    return "LSGAttention (CUDA): more than 65535 heads or batch rows, or too many global tokens";
+  const dim3 grid(static_cast<unsigned>(s.num_global), static_cast<unsigned>(s.heads), static_cast<unsigned>(s.batch));
+  LSG_LAUNCH(global_query_kernel<T>, grid, 32 * kGlobalWarps, global_smem_floats(s.head_dim) * sizeof(float), stream,
+             params);
+  const cudaError_t err = cudaGetLastError();
+  return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
+}
+
+// The block rows (when T > 0), then the global rows (global_queries, G > 0), on one stream.
+template <typename T>
+const char* launch_op(const Params& params, bool tensor_cores, cudaStream_t stream) {
+  const char* error = nullptr;
+  if (params.s.num_block_tasks() > 0) {
+    if constexpr (std::is_same<T, float>::value) {
+      error = launch_simt<T>(params, stream);
+    } else {
+      error = tensor_cores ? launch_mma<T>(params, stream) : launch_simt<T>(params, stream);
+    }
+  }
+  if (error == nullptr && params.s.global_queries && params.s.num_global > 0) error = launch_global<T>(params, stream);
+  return error;
+}
+
 }  // namespace
 
 const char* block_sparse_attention_cuda(const BlockSparseShape& shape, const BlockSparseDeviceTensors& tensors,
@@ -603,19 +731,21 @@ const char* block_sparse_attention_cuda(const BlockSparseShape& shape, const Blo
   params.scale_log2 = shape.scale * kLog2e;
   cudaStream_t cuda_stream = static_cast<cudaStream_t>(stream);
 
+  // the tensor-core path reads 16-byte vectors of q, k, v and the globals (the global rows'
+  // kernel reads single elements): every row start must be 16-byte aligned
   const int64_t d = shape.head_dim;
   const void* pointers[] = {tensors.q, tensors.k, tensors.v, tensors.global_k, tensors.global_v,
                             tensors.sparse_k, tensors.sparse_v, tensors.out};
-  bool tensor_cores = type != ElementType::kFloat32 && (d == 32 || d == 64 || d == 128);
+  bool tensor_cores = type != ElementType::kFloat32 && (d == 32 || d == 64 || d == 128) &&
+                      aligned16(shape.tokens, 2) && (shape.num_global == 0 || aligned16(shape.globals, 2));
   for (const void* ptr : pointers) tensor_cores = tensor_cores && aligned16(ptr);  // null counts as aligned
   switch (type) {
     case ElementType::kFloat32:
-      return launch_simt<float>(params, cuda_stream);
+      return launch_op<float>(params, false, cuda_stream);
     case ElementType::kFloat16:
-      return tensor_cores ? launch_mma<__half>(params, cuda_stream) : launch_simt<__half>(params, cuda_stream);
+      return launch_op<__half>(params, tensor_cores, cuda_stream);
     case ElementType::kBFloat16:
-      return tensor_cores ? launch_mma<__nv_bfloat16>(params, cuda_stream)
-                          : launch_simt<__nv_bfloat16>(params, cuda_stream);
+      return launch_op<__nv_bfloat16>(params, tensor_cores, cuda_stream);
   }
   return "BlockSparseAttention (CUDA): unknown element type";
 }

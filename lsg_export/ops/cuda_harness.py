@@ -1,13 +1,16 @@
-"""The CUDA kernel of ai.lsg.BlockSparseAttention on torch CUDA tensors, without ONNX Runtime.
+"""The CUDA kernel of ai.lsg.BlockSparseAttention and ai.lsg.LSGAttention on torch CUDA tensors,
+without ONNX Runtime.
 
-The library built with CUDA exports a C entry, `lsg_block_sparse_attention_cuda`, that runs the
-op's own shape checks and then the very kernel the ONNX Runtime CUDA op launches; this module
-calls it through ctypes on torch's current stream, so the kernel can be checked against
-`lsg_attention.block_attention` on any GPU machine with torch, onnxruntime-gpu or not.
+The library built with CUDA exports one C entry per op, `lsg_block_sparse_attention_cuda` and
+`lsg_attention_cuda`, that runs the op's own shape checks and then the very kernel the ONNX Runtime
+CUDA op launches; this module calls them through ctypes on torch's current stream, so the kernel can
+be checked against `lsg_attention` on any GPU machine with torch, onnxruntime-gpu or not.
 
-    from lsg_export.ops.cuda_harness import block_sparse_attention_cuda
+    from lsg_export.ops.cuda_harness import block_sparse_attention_cuda, lsg_attention_cuda
     out = block_sparse_attention_cuda(q, k, v, key_mask, global_k, global_v, sparse_k, sparse_v, sparse_mask,
                                       block_size=128, sparse_block_size=128, sparsity_factor=2)
+    out = lsg_attention_cuda(q, k, v, key_mask, sparse_k, sparse_v, sparse_mask,  # q, k, v: (n, G + T, h * d)
+                             num_heads=12, num_global=1, block_size=128, sparse_block_size=128, sparsity_factor=2)
 """
 import ctypes
 import functools
@@ -16,37 +19,57 @@ import os
 from ..errors import LSGExportError
 
 ENTRY = "lsg_block_sparse_attention_cuda"
+LSG_ENTRY = "lsg_attention_cuda"
 INPUT_NAMES = ("q", "k", "v", "key_mask", "global_k", "global_v", "sparse_k", "sparse_v", "sparse_mask")
+LSG_INPUT_NAMES = ("q", "k", "v", "key_mask", "sparse_k", "sparse_v", "sparse_mask")
 NUM_INPUTS = len(INPUT_NAMES)
 ELEMENT_TYPES = {"float32": 0, "float16": 1, "bfloat16": 2}  # lsg::ElementType
+# int64 attributes between element_type and scale: (block_size, sparse_block_size, sparsity_factor),
+# LSGAttention's preceded by (num_heads, num_global)
+_INT_ATTRIBUTES = {ENTRY: 3, LSG_ENTRY: 5}
 
 
 @functools.lru_cache(maxsize=None)
-def cuda_entry(library=None):
-    """The C entry of `library` (default: the library built with CUDA, built first if needed)."""
+def cuda_entry(library=None, name=ENTRY):
+    """The C entry `name` (ENTRY or LSG_ENTRY) of `library` (default: the library built with CUDA,
+    built first if needed)."""
     if library is None:
         from . import build_ops
         library = build_ops(cuda=True)
     handle = ctypes.CDLL(str(library))
-    entry = getattr(handle, ENTRY, None)
+    entry = getattr(handle, name, None)
     if entry is None:
-        raise LSGExportError(f"{library} was built without CUDA: run `lsg-export build-ops --cuda`")
+        if getattr(handle, ENTRY, None) is None:
+            raise LSGExportError(f"{library} was built without CUDA: run `lsg-export build-ops --cuda`")
+        raise LSGExportError(f"{library} has no {name}: rebuild it with `lsg-export build-ops --cuda --force`")
     entry.restype = ctypes.c_int
-    entry.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int64),
-                      ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
-                      ctypes.c_float, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+    entry.argtypes = ([ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int64),
+                       ctypes.c_int, ctypes.c_void_p, ctypes.c_int] + [ctypes.c_int64] * _INT_ATTRIBUTES[name]
+                      + [ctypes.c_float, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t])
     return entry
 
 
 def call_entry(entry, pointers, shapes, out, element_type, block_size, sparse_block_size=0, sparsity_factor=1,
                scale=0.0, stream=None):
-    """Raw call: device addresses (int or None) and shapes of the inputs in the op's order, the
-    output address, lsg::ElementType code. Raises LSGExportError with the library's message."""
-    if not 6 <= len(pointers) <= NUM_INPUTS or len(shapes) != len(pointers):
-        raise LSGExportError(f"6 to {NUM_INPUTS} inputs, each with a shape")
-    addresses = (ctypes.c_void_p * NUM_INPUTS)(*[p or None for p in pointers])
-    dims = (ctypes.c_int64 * (4 * NUM_INPUTS))()
-    ranks = (ctypes.c_int64 * NUM_INPUTS)()
+    """Raw call of ENTRY: device addresses (int or None) and shapes of the inputs in the op's order,
+    the output address, lsg::ElementType code. Raises LSGExportError with the library's message."""
+    _call(entry, pointers, shapes, 6, NUM_INPUTS, out, element_type,
+          (block_size, sparse_block_size, sparsity_factor), scale, stream)
+
+
+def call_lsg_entry(entry, pointers, shapes, out, element_type, num_heads, num_global, block_size,
+                   sparse_block_size=0, sparsity_factor=1, scale=0.0, stream=None):
+    """Raw call of LSG_ENTRY (inputs q, k, v, key_mask [, sparse_k, sparse_v, sparse_mask]), as call_entry."""
+    _call(entry, pointers, shapes, 4, len(LSG_INPUT_NAMES), out, element_type,
+          (num_heads, num_global, block_size, sparse_block_size, sparsity_factor), scale, stream)
+
+
+def _call(entry, pointers, shapes, min_inputs, max_inputs, out, element_type, int_attributes, scale, stream):
+    if not min_inputs <= len(pointers) <= max_inputs or len(shapes) != len(pointers):
+        raise LSGExportError(f"{min_inputs} to {max_inputs} inputs, each with a shape")
+    addresses = (ctypes.c_void_p * max_inputs)(*[p or None for p in pointers])
+    dims = (ctypes.c_int64 * (4 * max_inputs))()
+    ranks = (ctypes.c_int64 * max_inputs)()
     for i, shape in enumerate(shapes):
         if len(shape) > 4:
             raise LSGExportError(f"input {i} has rank {len(shape)} > 4")
@@ -54,8 +77,8 @@ def call_entry(entry, pointers, shapes, out, element_type, block_size, sparse_bl
         for j, size in enumerate(shape):
             dims[4 * i + j] = int(size)
     error = ctypes.create_string_buffer(512)
-    status = entry(addresses, dims, ranks, len(pointers), out, element_type, block_size, sparse_block_size,
-                   sparsity_factor, scale, stream, error, len(error))
+    status = entry(addresses, dims, ranks, len(pointers), out, element_type, *int_attributes, scale, stream, error,
+                   len(error))
     if status:
         raise LSGExportError(error.value.decode(errors="replace"))
 
@@ -70,7 +93,8 @@ def block_sparse_attention_cuda(q, k, v, key_mask, global_k, global_v, sparse_k=
     inputs = _checked_inputs([q, k, v, key_mask, global_k, global_v], [sparse_k, sparse_v, sparse_mask], "cuda")
     with torch.cuda.device(q.device):
         stream = torch.cuda.current_stream(q.device).cuda_stream
-        return _run(cuda_entry(library), inputs, block_size, sparse_block_size, sparsity_factor, scale, stream)
+        return _run(call_entry, cuda_entry(library), inputs, stream, block_size, sparse_block_size, sparsity_factor,
+                    scale)
 
 
 def block_sparse_attention_emulated(q, k, v, key_mask, global_k, global_v, sparse_k=None, sparse_v=None,
@@ -79,7 +103,30 @@ def block_sparse_attention_emulated(q, k, v, key_mask, global_k, global_v, spars
     """The same kernels run by the CPU emulation of CUDA (`build_emulation`) on CPU tensors: slow, for
     checking the kernels' logic on machines without a GPU."""
     inputs = _checked_inputs([q, k, v, key_mask, global_k, global_v], [sparse_k, sparse_v, sparse_mask], "cpu")
-    return _run(cuda_entry(library), inputs, block_size, sparse_block_size, sparsity_factor, scale, None)
+    return _run(call_entry, cuda_entry(library), inputs, None, block_size, sparse_block_size, sparsity_factor, scale)
+
+
+def lsg_attention_cuda(q, k, v, key_mask, sparse_k=None, sparse_v=None, sparse_mask=None, *, num_heads, num_global,
+                       block_size, sparse_block_size=0, sparsity_factor=1, scale=0.0, library=None):
+    """ai.lsg.LSGAttention on CUDA tensors of one dtype: q, k, v (n, G + T, h * d) in the projections'
+    layout (the first G rows the global tokens), key_mask (n, T) (the T tokens'), compressed inputs
+    as for block_sparse_attention_cuda. Returns a new (n, G + T, h * d) tensor, global rows included,
+    computed on torch's current stream."""
+    import torch
+
+    inputs = _checked_inputs([q, k, v, key_mask], [sparse_k, sparse_v, sparse_mask], "cuda")
+    with torch.cuda.device(q.device):
+        stream = torch.cuda.current_stream(q.device).cuda_stream
+        return _run(call_lsg_entry, cuda_entry(library, LSG_ENTRY), inputs, stream, num_heads, num_global, block_size,
+                    sparse_block_size, sparsity_factor, scale)
+
+
+def lsg_attention_emulated(q, k, v, key_mask, sparse_k=None, sparse_v=None, sparse_mask=None, *, num_heads, num_global,
+                           block_size, sparse_block_size=0, sparsity_factor=1, scale=0.0, library):
+    """lsg_attention_cuda's kernels run by the CPU emulation of CUDA on CPU tensors (slow)."""
+    inputs = _checked_inputs([q, k, v, key_mask], [sparse_k, sparse_v, sparse_mask], "cpu")
+    return _run(call_lsg_entry, cuda_entry(library, LSG_ENTRY), inputs, None, num_heads, num_global, block_size,
+                sparse_block_size, sparsity_factor, scale)
 
 
 def _checked_inputs(required, sparse, device_type):
@@ -96,13 +143,14 @@ def _checked_inputs(required, sparse, device_type):
     return [x.contiguous() for x in inputs]  # alive until the kernel is enqueued (same stream after)
 
 
-def _run(entry, inputs, block_size, sparse_block_size, sparsity_factor, scale, stream):
+def _run(call, entry, inputs, stream, *attributes):
+    """A new output shaped as q (both ops), filled by call(entry, ...) (call_entry or call_lsg_entry)."""
     import torch
 
     out = torch.empty_like(inputs[0])
-    call_entry(entry, [x.data_ptr() if x.numel() else None for x in inputs], [tuple(x.shape) for x in inputs],
-               out.data_ptr() if out.numel() else None, ELEMENT_TYPES[str(out.dtype).removeprefix("torch.")],
-               block_size, sparse_block_size, sparsity_factor, scale, stream)
+    call(entry, [x.data_ptr() if x.numel() else None for x in inputs], [tuple(x.shape) for x in inputs],
+         out.data_ptr() if out.numel() else None, ELEMENT_TYPES[str(out.dtype).removeprefix("torch.")],
+         *attributes, stream=stream)
     return out
 
 
@@ -128,5 +176,6 @@ def build_emulation(folder):
     return library
 
 
-__all__ = ["block_sparse_attention_cuda", "block_sparse_attention_emulated", "build_emulation", "call_entry", "cuda_entry",
-           "ELEMENT_TYPES", "INPUT_NAMES"]
+__all__ = ["block_sparse_attention_cuda", "block_sparse_attention_emulated", "build_emulation", "call_entry",
+           "call_lsg_entry", "cuda_entry", "ELEMENT_TYPES", "INPUT_NAMES", "LSG_INPUT_NAMES", "lsg_attention_cuda",
+           "lsg_attention_emulated"]
