@@ -102,7 +102,7 @@ def _print_report(console, report, as_json, payload):
               "(bart, mbart, pegasus ForConditionalGeneration): text2text-generation.")
 @click.option("--opset", default=18, type=int, help="ONNX opset (18 and above).")
 @click.option("--attention", default="gather", help="How LSG attention becomes ONNX: gather (standard ops only) or "
-              "custom-op (one ai.lsg.BlockSparseAttention node per layer; needs the library of `lsg-export build-ops`, "
+              "custom-op (one ai.lsg.LSGAttention node per layer; needs the library of `lsg-export build-ops`, "
               "built on first use).")
 @click.option("--optimize", default="none", help="ONNX Runtime optimisation level: none, O1, O2 or O3 (as optimum).")
 @click.option("--fp16", is_flag=True, help="Float16 weights and compute, float32 inputs/outputs (CUDA only).")

@@ -9,7 +9,8 @@ Runtime CUDA op against the CPU op, and the MiniLM-LSG export with the custom op
 lsg_attention.lsg_attend the same ways, emulated and on a GPU.
 """
 import functools
-import types
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,8 +18,11 @@ import torch
 
 from lsg_export import ops
 from lsg_export.errors import LSGExportError
-from lsg_export.modeling.lsg_attention import LSGAttention, attend, block_attention, lsg_attend
+from lsg_export.modeling.lsg_attention import attend, block_attention
 from lsg_export.ops import cuda_harness
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _op_cases import compressed, make_lsg_case, padding_mask  # noqa: E402
 
 SPARSITY_TYPES = ("norm", "pooling", "stride", "block_stride", "bos_pooling", "none")
 DTYPES = {"float32": (torch.float32, 1e-4), "float16": (torch.float16, 2e-2), "bfloat16": (torch.bfloat16, 2e-2)}
@@ -47,23 +51,6 @@ def requires_gpu(need_ort=False):
         pytest.skip(reason)
 
 
-def padding_mask(t, lengths):
-    """(n, T) additive mask: row r masked from lengths[r] on."""
-    key_mask = torch.zeros(len(lengths), t)
-    for row, length in enumerate(lengths):
-        key_mask[row, length:] = torch.finfo(torch.float32).min
-    return key_mask
-
-
-def compressed(q, k, v, key_mask, g, bs, sbs, sf, sparsity_type):
-    """sparse_k, sparse_v, sparse_mask of (n, h, T, d) tokens ([] without a compressed part)."""
-    if sparsity_type == "none" or not sbs:
-        return []
-    config = types.SimpleNamespace(block_size=bs, sparse_block_size=sbs, sparsity_factor=sf,
-                                   sparsity_type=sparsity_type, num_global_tokens=max(g, 1))
-    return list(LSGAttention(config).compress(q, k, v, key_mask[:, None, :, None]))
-
-
 def make_case(seed, n, h, blocks, d, g, bs, sbs, sf, sparsity_type, lengths, device="cpu"):
     """Float32 inputs of the op (masked tail per row) and block_attention's output, on `device`."""
     generator = torch.Generator().manual_seed(seed)
@@ -75,21 +62,6 @@ def make_case(seed, n, h, blocks, d, g, bs, sbs, sf, sparsity_type, lengths, dev
     expected = block_attention(q, k, v, key_mask, global_k, global_v, *(sparse or [None] * 3), bs, sbs, sf)
     inputs = [x.contiguous().to(device) for x in [q, k, v, key_mask, global_k, global_v, *sparse]]
     return inputs, expected.to(device)
-
-
-def make_lsg_case(seed, n, h, blocks, d, g, bs, sbs, sf, sparsity_type, lengths, device="cpu", soft_mask=False):
-    """Float32 inputs of LSGAttention (q, k, v (n, G + T, h * d), key_mask (n, T) with a masked tail per
-    row, the compressed inputs of the T tokens) and lsg_attend's output in that layout, on `device`.
-    soft_mask: the visible tokens' mask values in (-2, 0] instead of 0 (the mask is additive)."""
-    generator = torch.Generator().manual_seed(seed)
-    t = blocks * bs
-    q, k, v = (torch.randn(n, h, g + t, d, generator=generator) for _ in range(3))
-    key_mask = padding_mask(t, lengths) - (2 * torch.rand(n, t, generator=generator) if soft_mask else 0)
-    sparse = compressed(q[:, :, g:], k[:, :, g:], v[:, :, g:], key_mask, g, bs, sbs, sf, sparsity_type)
-    expected = lsg_attend(q, k, v, key_mask, *(sparse or [None] * 3), g, bs, sbs, sf)
-    merged = lambda x: x.transpose(1, 2).reshape(n, g + t, h * d)  # noqa: E731  (n, h, rows, d) -> (n, rows, h * d)
-    inputs = [x.contiguous().to(device) for x in [merged(q), merged(k), merged(v), key_mask, *sparse]]
-    return inputs, merged(expected).to(device)
 
 
 def as_dtype(inputs, dtype):

@@ -1,5 +1,8 @@
-"""ai.lsg.BlockSparseAttention (CPU kernel) against lsg_attention.block_attention."""
+"""ai.lsg.BlockSparseAttention and ai.lsg.LSGAttention (CPU kernel) against lsg_attention.block_attention and
+lsg_attention.lsg_attend."""
+import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -12,8 +15,11 @@ from lsg_export.modeling.lsg_attention import LSGAttention, block_attention
 
 ort = pytest.importorskip("onnxruntime")
 ops = pytest.importorskip("lsg_export.ops")
+sys.path.insert(0, str(Path(__file__).parent))
+from _op_cases import make_lsg_case  # noqa: E402
 
 INPUTS = ("q", "k", "v", "key_mask", "global_k", "global_v", "sparse_k", "sparse_v", "sparse_mask")
+LSG_INPUTS = ("q", "k", "v", "key_mask", "sparse_k", "sparse_v", "sparse_mask")
 
 
 @pytest.fixture(scope="session")
@@ -21,12 +27,14 @@ def library():
     return ops.build_ops()
 
 
-def op_model(num_inputs, block_size, sparse_block_size, sparsity_factor, elem=TensorProto.FLOAT, scale=None):
-    names = list(INPUTS[:num_inputs])
-    attributes = dict(block_size=block_size, sparse_block_size=sparse_block_size, sparsity_factor=sparsity_factor)
+def op_model(num_inputs, block_size, sparse_block_size, sparsity_factor, elem=TensorProto.FLOAT, scale=None,
+             op_type=ops.OP_TYPE, **more):
+    names = list((LSG_INPUTS if op_type == ops.LSG_OP_TYPE else INPUTS)[:num_inputs])
+    attributes = dict(block_size=block_size, sparse_block_size=sparse_block_size, sparsity_factor=sparsity_factor,
+                      **more)
     if scale is not None:
         attributes["scale"] = scale
-    node = helper.make_node(ops.OP_TYPE, names, ["out"], domain=ops.DOMAIN, **attributes)
+    node = helper.make_node(op_type, names, ["out"], domain=ops.DOMAIN, **attributes)
     inputs = [helper.make_tensor_value_info(name, elem, None) for name in names]
     graph = helper.make_graph([node], "block_sparse_attention", inputs,
                               [helper.make_tensor_value_info("out", elem, None)])
@@ -42,7 +50,13 @@ def run_op(library, arrays, block_size, sparse_block_size, sparsity_factor, **kw
     options.register_custom_ops_library(str(library))
     options.intra_op_num_threads = 2
     session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    return session.run(None, dict(zip(INPUTS, arrays)))[0]
+    names = LSG_INPUTS if kwargs.get("op_type") == ops.LSG_OP_TYPE else INPUTS
+    return session.run(None, dict(zip(names, arrays)))[0]
+
+
+def run_lsg_op(library, inputs, heads, g, bs, sbs, sf, **kwargs):
+    arrays = [x.numpy() for x in inputs]
+    return run_op(library, arrays, bs, sbs, sf, op_type=ops.LSG_OP_TYPE, num_heads=heads, num_global=g, **kwargs)
 
 
 def make_case(seed, n, h, blocks, d, g, block_size, sparse_block_size, sparsity_factor, sparsity_type, lengths):
@@ -146,6 +160,39 @@ def test_float16(library):
     rounded = [torch.from_numpy(a.astype(np.float32)) for a in halves]
     expected = block_attention(*rounded, 16, 16, 2).numpy()
     assert np.abs(out.astype(np.float32) - expected).max() <= 2e-3
+
+
+# --- LSGAttention: q, k, v in the projections' (n, G + T, h * d) layout, the global rows included ------
+
+@pytest.mark.parametrize("sparsity_type,g,d,bs,sbs,sf", [("norm", 1, 32, 16, 16, 2), ("pooling", 3, 64, 16, 32, 4),
+                                                         ("stride", 7, 24, 8, 8, 2), ("none", 1, 32, 16, 0, 2),
+                                                         ("bos_pooling", 2, 16, 16, 16, 2)])
+def test_lsg_op_matches_lsg_attend(library, sparsity_type, g, d, bs, sbs, sf):
+    """Every row of the output, global rows included, over padded rows (a masked tail crossing blocks)."""
+    inputs, expected = make_lsg_case(11, 3, 3, 5, d, g, bs, sbs, sf, sparsity_type, [5 * bs, 3 * bs - 5, 7])
+    out = run_lsg_op(library, inputs, 3, g, bs, sbs, sf)
+    assert out.shape == expected.shape == (3, g + 5 * bs, 3 * d)
+    assert np.abs(out - expected.numpy()).max() <= 1e-5
+
+
+def test_lsg_op_soft_mask_float16_and_no_globals(library):
+    # additive mask values other than 0 / finfo.min; a row of padding only (its global row still sees the globals)
+    inputs, expected = make_lsg_case(12, 2, 2, 4, 32, 2, 16, 16, 2, "pooling", [64, 0], soft_mask=True)
+    assert np.abs(run_lsg_op(library, inputs, 2, 2, 16, 16, 2) - expected.numpy()).max() <= 1e-5
+    halves = [torch.from_numpy(np.maximum(x.numpy(), np.float32(-65504)).astype(np.float16)) for x in inputs]
+    out = run_lsg_op(library, halves, 2, 2, 16, 16, 2)
+    assert out.dtype == np.float16 and np.abs(out.astype(np.float32) - expected.numpy()).max() <= 2e-2
+    # G = 0: no global rows; every row still sees its local window
+    inputs, expected = make_lsg_case(13, 1, 2, 3, 32, 0, 16, 0, 2, "none", [48])
+    assert np.abs(run_lsg_op(library, inputs, 2, 0, 16, 0, 2) - expected.numpy()).max() <= 1e-5
+
+
+def test_lsg_op_bad_input_is_a_clear_error(library):
+    inputs, _ = make_lsg_case(14, 1, 2, 2, 32, 1, 16, 0, 2, "none", [32])
+    with pytest.raises(Exception, match="LSGAttention: .*not a multiple of num_heads"):
+        run_lsg_op(library, inputs, 5, 1, 16, 0, 2)
+    with pytest.raises(Exception, match="LSGAttention: .*not a multiple of block_size"):
+        run_lsg_op(library, inputs, 2, 2, 16, 0, 2)  # 33 rows = 2 globals + 31 tokens
 
 
 def test_bad_shape_is_a_clear_error(library):

@@ -1,4 +1,4 @@
-"""`lsg-export onnx --attention custom-op`: one ai.lsg.BlockSparseAttention node per layer.
+"""`lsg-export onnx --attention custom-op`: one ai.lsg.LSGAttention node per layer.
 
 The exports are the `custom_op_cases` of tests/_onnx_cases.py (run with the gather ones, once per
 session) and the bundled MiniLM at --seq 4096; each tiny case is compared with PyTorch at every length
@@ -49,7 +49,10 @@ def test_graph_has_one_op_per_layer(exported):
         assert attributes["block_size"] == cases.BLOCK
         assert attributes["sparse_block_size"] == (cases.BLOCK if sparse else 0)
         assert attributes["sparsity_factor"] == case.lsg.get("sparsity_factor", 2)
-        assert len(nodes[0].input) == (9 if sparse else 6)
+        assert attributes["num_global"] == case.lsg.get("num_global_tokens", 1) and attributes["num_heads"] == 4
+        # q, k, v straight from their projections: no per-head Transpose of them, nor of the output
+        assert [node.op_type for node in nodes] == [ops.LSG_OP_TYPE] * 2 and len(nodes[0].input) == (7 if sparse else 4)
+        assert "Transpose" not in {node.op_type for node in model.graph.node} or sparse
         assert {node.domain for node in model.graph.node} <= {"", ops.DOMAIN}
         assert {o.domain: o.version for o in model.opset_import}[ops.DOMAIN] == ops.OP_VERSION
         meta = data["info"]

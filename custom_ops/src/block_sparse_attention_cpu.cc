@@ -1,6 +1,7 @@
 // CPU kernel of ai.lsg.BlockSparseAttention (float32 math; see include/lsg_ops/block_sparse_attention.h).
 //
-// One task = one (batch, head, block) of bs queries. Its keys are streamed in place, in order
+// One task = one (batch, head, block) of bs queries (or, for LSGAttention, the G global queries of
+// one (batch, head) over all keys). Its keys are streamed in place, in order
 // (globals, left compressed window, right compressed window, the three local blocks), in tiles of
 // at most kTile visible keys: masked and out-of-range keys are skipped while a tile is gathered
 // (only row pointers are kept: keys and values are read where they are), and an online softmax
@@ -63,26 +64,31 @@ inline vf8 exp2_nonpositive8(vf8 x) {
 }
 
 struct Scratch {
-  int64_t bs = -1, d = -1, ld = 0;  // ld: bs rounded up to kCols, the row length of qt and st
+  int64_t rows = 0, d = 0, ld = 0;  // this task's queries (bs, or G), head_dim, rows rounded up to kCols
   std::vector<float> qt;      // (d, ld) queries * scale * log2 e, transposed (padding queries 0)
   std::vector<const float*> krows, vrows;  // (kTile) key and value rows of the tile, read in place
   std::vector<float> bias;    // (kTile) additive mask of the tile's keys * log2 e
   std::vector<float> st;      // (kTile, ld) scores of the tile, transposed; then weights
-  std::vector<float> o;       // (bs, d) running output
+  std::vector<float> o;       // (rows, d) running output
   std::vector<float> m, l, alpha, tile_max;  // (ld) per query: running max and sum, rescale, tile's max
 
-  void reserve(int64_t block_size, int64_t head_dim) {
-    if (block_size == bs && head_dim == d) return;
-    bs = block_size;
+  // Sizes the buffers for `query_rows` queries (they only grow: block and global tasks alternate)
+  // and resets the running state.
+  void start(int64_t query_rows, int64_t head_dim) {
+    rows = query_rows;
     d = head_dim;
-    ld = (bs + kCols - 1) / kCols * kCols;
-    qt.assign(d * ld, 0.0f);
-    krows.assign(kTile, nullptr);
-    vrows.assign(kTile, nullptr);
-    bias.assign(kTile, 0.0f);
-    st.assign(kTile * ld, 0.0f);
-    o.assign(bs * d, 0.0f);
-    for (auto* v : {&m, &l, &alpha, &tile_max}) v->assign(ld, 0.0f);
+    ld = (rows + kCols - 1) / kCols * kCols;
+    auto fit = [](auto& v, size_t size) { if (v.size() < size) v.resize(size); };
+    fit(qt, d * ld);
+    fit(krows, kTile);
+    fit(vrows, kTile);
+    fit(bias, kTile);
+    fit(st, kTile * ld);
+    fit(o, rows * d);
+    for (auto* v : {&m, &l, &alpha, &tile_max}) fit(*v, ld);
+    std::fill(m.begin(), m.begin() + ld, -std::numeric_limits<float>::infinity());
+    std::fill(l.begin(), l.begin() + ld, 0.0f);
+    std::fill(o.begin(), o.begin() + rows * d, 0.0f);
   }
 };
 
@@ -137,7 +143,7 @@ void for_row_tiles(int64_t rows, F&& f) {
 // columns: 8 queries per vector, no horizontal reductions.
 void tile_scores(Scratch& w, int count) {
   const int64_t d = w.d, ld = w.ld;
-  std::fill(w.tile_max.begin(), w.tile_max.end(), -std::numeric_limits<float>::infinity());
+  std::fill(w.tile_max.begin(), w.tile_max.begin() + ld, -std::numeric_limits<float>::infinity());
   for_row_tiles(count, [&](auto rows_tag, int64_t j0) {
     constexpr int R = decltype(rows_tag)::value;
     const float* const* k = &w.krows[j0];
@@ -175,7 +181,7 @@ void tile_accumulate(Scratch& w, int count) {
     store8(&w.l[r], load8(&w.l[r]) * alpha + sum);
   }
   const int64_t d_full = d / kCols * kCols;
-  for_row_tiles(w.bs, [&](auto rows_tag, int64_t r0) {
+  for_row_tiles(w.rows, [&](auto rows_tag, int64_t r0) {
     constexpr int R = decltype(rows_tag)::value;
     for (int64_t c0 = 0; c0 < d_full; c0 += kCols) {
       RegisterTile<R> tile;
@@ -199,24 +205,57 @@ void tile_accumulate(Scratch& w, int count) {
   });
 }
 
+// Rows far apart (the token layout) defeat the hardware prefetchers, which follow runs of adjacent
+// lines: each row is requested kAhead rows before it is read.
+constexpr int64_t kAhead = 8;
+inline void prefetch_row(const float* row, int64_t d) {
+  for (int64_t c = 0; c < d; c += 16) __builtin_prefetch(row + c);
+}
+
+inline void copy_row(float* dst, const float* src, int64_t d) {
+  int64_t c = 0;
+  for (; c + 8 <= d; c += 8) store8(dst + c, load8(src + c));
+  for (; c < d; ++c) dst[c] = src[c];
+}
+
 }  // namespace
 
-void block_sparse_attention_cpu_task(const BlockSparseShape& s, const BlockSparseTensors& t, int64_t task) {
-  const int64_t bs = s.block_size, d = s.head_dim, nb = s.num_blocks();
-  const int64_t block = task % nb;
-  const int64_t bh = task / nb;  // batch * heads + head
-  const int64_t b = bh / s.heads, h = bh % s.heads;
+int64_t keys_copy_elements(const BlockSparseShape& s) {
+  return s.tokens.row == s.head_dim ? 0 : s.batch * s.heads * s.length * s.head_dim;
+}
 
+void copy_keys_cpu_task(const BlockSparseShape& s, const BlockSparseTensors& t, float* k, float* v, int64_t task) {
+  const int64_t b = task / s.heads, h = task % s.heads, d = s.head_dim;
+  const float* k_src = t.k + s.tokens.at(b, h, 0);
+  const float* v_src = t.v + s.tokens.at(b, h, 0);
+  float* k_dst = k + task * s.length * d;
+  float* v_dst = v + task * s.length * d;
+  for (int64_t j = 0; j < s.length; ++j) {
+    if (j + kAhead < s.length) {
+      prefetch_row(k_src + (j + kAhead) * s.tokens.row, d);
+      prefetch_row(v_src + (j + kAhead) * s.tokens.row, d);
+    }
+    copy_row(k_dst + j * d, k_src + j * s.tokens.row, d);
+    copy_row(v_dst + j * d, v_src + j * s.tokens.row, d);
+  }
+}
+
+namespace {
+
+// One query tile: `rows` queries at `q` (row stride q_stride) attend to the keys `add_keys` streams;
+// the normalised output goes to `out` (row stride out_stride).
+template <typename AddKeys>
+void attend_rows(const BlockSparseShape& s, const float* q, int64_t q_stride, int64_t rows, float* out,
+                 int64_t out_stride, AddKeys&& add_keys) {
+  const int64_t d = s.head_dim;
   Scratch& w = thread_scratch();
-  w.reserve(bs, d);
-
-  const float* q = t.q + (bh * s.length + block * bs) * d;
+  w.start(rows, d);
   const float q_scale = s.scale * kLog2e;
-  for (int64_t r = 0; r < bs; ++r)
-    for (int64_t c = 0; c < d; ++c) w.qt[c * w.ld + r] = q[r * d + c] * q_scale;
-  std::fill(w.m.begin(), w.m.end(), -std::numeric_limits<float>::infinity());
-  std::fill(w.l.begin(), w.l.end(), 0.0f);
-  std::fill(w.o.begin(), w.o.end(), 0.0f);
+  for (int64_t r = 0; r < rows; ++r) {  // row by row: q's rows may be far apart (h * d)
+    if (q_stride != d && r + kAhead < rows) prefetch_row(q + (r + kAhead) * q_stride, d);
+    for (int64_t c = 0; c < d; ++c) w.qt[c * w.ld + r] = q[r * q_stride + c] * q_scale;
+  }
+  for (int64_t c = 0; c < d; ++c) std::fill(&w.qt[c * w.ld + rows], &w.qt[c * w.ld + w.ld], 0.0f);
 
   int count = 0;
   auto flush = [&]() {
@@ -225,39 +264,66 @@ void block_sparse_attention_cpu_task(const BlockSparseShape& s, const BlockSpars
     tile_accumulate(w, count);
     count = 0;
   };
-  // Appends the visible keys of rows [range) of (keys, values), mask stride 1 (nullptr: all visible).
-  auto stream = [&](const float* keys, const float* values, const float* mask, KeyRange range) {
+  // Appends the visible keys of rows [range) of (keys, values) (row stride `stride`), mask stride 1
+  // (nullptr: all visible).
+  auto stream = [&](const float* keys, const float* values, int64_t stride, const float* mask, KeyRange range) {
     for (int64_t j = range.begin; j < range.end; ++j) {
       const float bias = mask ? mask[j] : 0.0f;
       if (is_masked(bias)) continue;
-      w.krows[count] = keys + j * d;
-      w.vrows[count] = values + j * d;
+      w.krows[count] = keys + j * stride;
+      w.vrows[count] = values + j * stride;
       w.bias[count] = bias * kLog2e;
       if (++count == kTile) flush();
     }
   };
-
-  if (s.num_global > 0) {
-    const int64_t offset = bh * s.num_global * d;
-    stream(t.global_k + offset, t.global_v + offset, nullptr, KeyRange{0, s.num_global});
-  }
-  if (s.has_sparse()) {
-    const int64_t offset = bh * s.sparse_length * d;
-    const float* mask = t.sparse_mask + (b * s.sparse_mask_heads + (s.sparse_mask_heads > 1 ? h : 0)) * s.sparse_length;
-    for (int side = 0; side < 2; ++side)
-      stream(t.sparse_k + offset, t.sparse_v + offset, mask, sparse_keys(s, block, side));
-  }
-  {
-    const int64_t offset = bh * s.length * d;
-    stream(t.k + offset, t.v + offset, t.key_mask + b * s.length, local_keys(s, block));
-  }
+  add_keys(stream);
   flush();
 
-  float* out = t.out + (bh * s.length + block * bs) * d;
-  for (int64_t r = 0; r < bs; ++r) {
+  for (int64_t r = 0; r < rows; ++r) {
     const float inv = w.l[r] > 0.0f ? 1.0f / w.l[r] : 0.0f;  // no visible key at all: 0
-    for (int64_t c = 0; c < d; ++c) out[r * d + c] = w.o[r * d + c] * inv;
+    for (int64_t c = 0; c < d; ++c) out[r * out_stride + c] = w.o[r * d + c] * inv;
   }
+}
+
+}  // namespace
+
+void block_sparse_attention_cpu_task(const BlockSparseShape& s, const BlockSparseTensors& t, const Strides& ks,
+                                     int64_t task) {
+  const int64_t bs = s.block_size, nb = s.num_blocks();
+  const bool global_rows = task >= s.num_block_tasks();
+  // block tasks in (batch, block, head) order
+  const int64_t bh = global_rows ? task - s.num_block_tasks()
+                                 : (task / (nb * s.heads)) * s.heads + task % s.heads;  // batch * heads + head
+  const int64_t b = bh / s.heads, h = bh % s.heads;
+  const Strides& ts = s.tokens;
+  const Strides& gs = s.globals;
+  const float* key_mask = t.key_mask + b * s.length;
+  auto globals = [&](auto& stream) {
+    if (s.num_global > 0)
+      stream(t.global_k + gs.at(b, h, 0), t.global_v + gs.at(b, h, 0), gs.row, nullptr, KeyRange{0, s.num_global});
+  };
+
+  if (global_rows) {  // the G global queries: every global, then every visible token
+    attend_rows(s, t.global_q + gs.at(b, h, 0), gs.row, s.num_global, t.global_out + gs.at(b, h, 0), gs.row,
+                [&](auto& stream) {
+                  globals(stream);
+                  stream(t.k + ks.at(b, h, 0), t.v + ks.at(b, h, 0), ks.row, key_mask, KeyRange{0, s.length});
+                });
+    return;
+  }
+  const int64_t block = (task / s.heads) % nb;
+  attend_rows(s, t.q + ts.at(b, h, block * bs), ts.row, bs, t.out + ts.at(b, h, block * bs), ts.row,
+              [&](auto& stream) {
+                globals(stream);
+                if (s.has_sparse()) {
+                  const int64_t offset = bh * s.sparse_length * s.head_dim;
+                  const float* mask = t.sparse_mask + (b * s.sparse_mask_heads + (s.sparse_mask_heads > 1 ? h : 0)) *
+                                                          s.sparse_length;
+                  for (int side = 0; side < 2; ++side)
+                    stream(t.sparse_k + offset, t.sparse_v + offset, s.head_dim, mask, sparse_keys(s, block, side));
+                }
+                stream(t.k + ks.at(b, h, 0), t.v + ks.at(b, h, 0), ks.row, key_mask, local_keys(s, block));
+              });
 }
 
 void half_to_float(const uint16_t* src, float* dst, size_t count) {

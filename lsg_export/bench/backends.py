@@ -54,7 +54,7 @@ BACKENDS = {b.name: b for b in (
             export={"attention": "gather", "optimize": "O2", "quantize": "int8"}, seq2seq=True),
     Backend("ort-fp16", "ONNX Runtime, gather graph O2 in float16", "ort", devices=("cuda",),
             export={"attention": "gather", "optimize": "O2", "fp16": True, "device": "cuda"}, seq2seq=True),
-    Backend("ort-custom-op", "ONNX Runtime, custom-op attention (ai.lsg.BlockSparseAttention)", "ort",
+    Backend("ort-custom-op", "ONNX Runtime, custom-op attention (ai.lsg.LSGAttention)", "ort",
             export={"attention": "custom-op"}, seq2seq=True),
     Backend("ort-int8-custom-op", "ONNX Runtime, custom-op graph O2 + int8 MatMul weights", "ort", devices=("cpu",),
             export={"attention": "custom-op", "optimize": "O2", "quantize": "int8"}, seq2seq=True),

@@ -120,6 +120,43 @@ def block_attention(q, k, v, key_mask, global_k, global_v, sparse_k, sparse_v, s
     return out.reshape(n, h, t, d)
 
 
+def split_heads(x, heads):
+    """(n, t, h * d) -> (n, h, t, d)"""
+    n, t, _ = x.shape
+    return x.reshape(n, t, heads, -1).transpose(1, 2)
+
+
+def merge_heads(x):
+    """(n, h, t, d) -> (n, t, h * d)"""
+    n, h, t, d = x.shape
+    return x.transpose(1, 2).reshape(n, t, h * d)
+
+
+def lsg_attend(q, k, v, key_mask, sparse_k, sparse_v, sparse_mask, num_global, block_size, sparse_block_size,
+               sparsity_factor, block_attention=block_attention, dropout=None):
+    """LSG attention of G global + T tokens once the compressed keys are known (None: none).
+
+    q, k, v: (n, h, G + T, d), the globals first; key_mask: (n, T) additive. Global queries attend to
+    every key (k and v as they come: no copy; globals never masked), block i of the other queries to
+    the globals, the 2*sbs compressed tokens around its local window and its 3 local blocks
+    (`block_attention`). Returns (n, h, G + T, d). This is the part the LSGAttention op replaces."""
+    g = num_global
+    full_mask = F.pad(key_mask, (g, 0))[:, None, None, :]
+    global_out = attend(q[:, :, :g], k, v, full_mask, dropout)
+    out = block_attention(q[:, :, g:], k[:, :, g:], v[:, :, g:], key_mask[:, None, :, None], k[:, :, :g], v[:, :, :g],
+                          sparse_k, sparse_v, sparse_mask, block_size, sparse_block_size, sparsity_factor, dropout)
+    return torch.cat([global_out, out], dim=2)
+
+
+def norm_top_positions(norms, chunk, sparsity_factor):
+    """norms (n, h, T) -> (n, h, T/sf) positions: per chunk of m tokens and per head the m/sf of largest
+    norm, in increasing norm order as the reference's argsort leaves them."""
+    n, h, t = norms.shape
+    top = norms.reshape(n, h, -1, chunk).topk(chunk // sparsity_factor, dim=-1).indices.flip(-1)
+    offsets = torch.arange(top.shape[2], device=norms.device).reshape(1, 1, -1, 1) * chunk
+    return (top + offsets).reshape(n, h, -1)
+
+
 def _take_head_slot(x, heads, sparsity_factor):
     """x: (n, h or 1, A, sf, B) -> (n, h, A, B), head j keeping slot j mod sf."""
     n, _, a, sf, b = x.shape
@@ -147,30 +184,34 @@ class LSGAttention(nn.Module):
         self.dropout = nn.Dropout(dropout_prob)
         self.block_attention = block_attention  # an exporter may swap in the custom op
         self._lsh_projections = {}
+        # an exporter may set `forward_tokens` on the instance (the LSGAttention op)
 
     @property
     def uses_sparse(self):
         return self.sparsity_type != "none" and self.sparse_block_size > 0
 
     def forward(self, q, k, v, key_mask):
+        """q, k, v: (n, h, G + T, d), globals first; key_mask: (n, T) additive. Returns (n, h, G + T, d)."""
         g = self.num_global_tokens
-        dropout = self.dropout if self.training else None
-        # global queries: dense attention over all G + T keys (k and v as they come: no copy), globals
-        # never masked
-        full_mask = F.pad(key_mask, (g, 0))[:, None, None, :]
-        global_out = attend(q[:, :, :g], k, v, full_mask, dropout)
-
-        q = q[:, :, g:]
-        global_k, k = k[:, :, :g], k[:, :, g:]
-        global_v, v = v[:, :, :g], v[:, :, g:]
-
-        key_mask = key_mask[:, None, :, None]
-        sparse_k = sparse_v = sparse_mask = None
+        sparse = (None, None, None)
         if self.uses_sparse:
-            sparse_k, sparse_v, sparse_mask = self.compress(q, k, v, key_mask)
-        out = self.block_attention(q, k, v, key_mask, global_k, global_v, sparse_k, sparse_v, sparse_mask,
-                                   self.block_size, self.sparse_block_size, self.sparsity_factor, dropout)
-        return torch.cat([global_out, out], dim=2)
+            sparse = self.compress(q[:, :, g:], k[:, :, g:], v[:, :, g:], key_mask[:, None, :, None])
+        return lsg_attend(q, k, v, key_mask, *sparse, g, self.block_size, self.sparse_block_size,
+                          self.sparsity_factor, self.block_attention, self.dropout if self.training else None)
+
+    def forward_tokens(self, q, k, v, key_mask, heads):
+        """forward() in the projections' layout: q, k, v (n, G + T, h * d) -> (n, G + T, h * d)."""
+        return merge_heads(self(split_heads(q, heads), split_heads(k, heads), split_heads(v, heads), key_mask))
+
+    def compress_tokens(self, q, k, v, key_mask, heads):
+        """compress() of forward_tokens' inputs: (n, h, T/sf, d) keys and values, (n, 1 or h, T/sf, 1) mask.
+
+        The norm compression gathers its rows straight from (n, G + T, h * d): no per-head copy of k, v."""
+        g = self.num_global_tokens
+        if self.sparsity_type == "norm" and self.sparsity_factor > 1:
+            return self._compress_norm_tokens(k, v, key_mask, heads)
+        split = lambda x: split_heads(x, heads)[:, :, g:]  # noqa: E731
+        return self.compress(split(q), split(k), split(v), key_mask[:, None, :, None])
 
     # --- compression: T tokens -> T/sf tokens with an additive mask (n, 1 or h, T/sf, 1) ---
 
@@ -180,20 +221,31 @@ class LSGAttention(nn.Module):
         return getattr(self, "_compress_" + self.sparsity_type)(q, k, v, key_mask)
 
     def _compress_norm(self, q, k, v, key_mask):
-        # per chunk of m tokens and per head keep the m/sf keys of largest L2 norm (masked keys: 0),
-        # in increasing norm order as the reference's argsort leaves them
+        # per chunk of m tokens and per head keep the m/sf keys of largest L2 norm (masked keys: 0)
         n, h, t, d = k.shape
-        m = min(self.block_size, self.sparse_block_size)
         with torch.no_grad():
             norms = k.detach().norm(dim=-1) * (key_mask[..., 0] == 0)
-            top = norms.reshape(n, h, -1, m).topk(m // self.sparsity_factor, dim=-1).indices.flip(-1)
-            offsets = torch.arange(top.shape[2], device=k.device).reshape(1, 1, -1, 1) * m
-            index = (top + offsets).reshape(n, h, -1, 1)
+            index = norm_top_positions(norms, min(self.block_size, self.sparse_block_size), self.sparsity_factor)
             # whole rows by one index into (n*h*t, d): a row copy per key in the graph (Gather),
             # where gather along dim 2 reads an index per element (GatherElements)
-            rows = (index + torch.arange(n * h, device=k.device).reshape(n, h, 1, 1) * t).reshape(-1)
+            rows = (index + torch.arange(n * h, device=k.device).reshape(n, h, 1) * t).reshape(-1)
         take = lambda x: x.reshape(-1, x.shape[-1]).index_select(0, rows).reshape(n, h, -1, x.shape[-1])  # noqa: E731
         return take(k), take(v), take(key_mask.expand(n, h, t, 1))
+
+    def _compress_norm_tokens(self, k, v, key_mask, heads):
+        # _compress_norm on (n, G + T, h * d) keys and values: the same norms and positions, rows
+        # gathered from (n * (G + T) * h, d)
+        g, (n, t) = self.num_global_tokens, key_mask.shape
+        d = k.shape[-1] // heads
+        with torch.no_grad():
+            norms = k.detach().reshape(n, -1, heads, d).norm(dim=-1)[:, g:].transpose(1, 2)
+            norms = norms * (key_mask == 0)[:, None, :]
+            index = norm_top_positions(norms, min(self.block_size, self.sparse_block_size), self.sparsity_factor)
+            batch = torch.arange(n, device=k.device).reshape(n, 1, 1)
+            rows = ((batch * (g + t) + g + index) * heads + torch.arange(heads, device=k.device).reshape(1, heads, 1))
+            mask_rows = (batch * t + index).reshape(-1)
+        take = lambda x: x.reshape(-1, d).index_select(0, rows.reshape(-1)).reshape(n, heads, -1, d)  # noqa: E731
+        return take(k), take(v), key_mask.reshape(-1).index_select(0, mask_rows).reshape(n, heads, -1, 1)
 
     def _compress_pooling(self, q, k, v, key_mask):
         # masked mean of each group of sf consecutive tokens; a group of padding only is masked

@@ -40,16 +40,6 @@ def apply_lsg_options(config, options):
     config.__dict__.update(options)
 
 
-def split_heads(x, heads):
-    n, t, _ = x.shape
-    return x.reshape(n, t, heads, -1).transpose(1, 2)
-
-
-def merge_heads(x):
-    n, h, t, d = x.shape
-    return x.transpose(1, 2).reshape(n, t, h * d)
-
-
 class LSGSelfAttention(nn.Module):
     """query / key / value projections (the names bert, roberta and albert use) + LSG attention."""
 
@@ -63,11 +53,8 @@ class LSGSelfAttention(nn.Module):
         self.attention = LSGAttention(config, config.attention_probs_dropout_prob)
 
     def forward(self, hidden_states, key_mask):
-        heads = self.num_heads
-        q = split_heads(self.query(hidden_states), heads)
-        k = split_heads(self.key(hidden_states), heads)
-        v = split_heads(self.value(hidden_states), heads)
-        return merge_heads(self.attention(q, k, v, key_mask))
+        return self.attention.forward_tokens(self.query(hidden_states), self.key(hidden_states),
+                                             self.value(hidden_states), key_mask, self.num_heads)
 
 
 def add_global_tokens(embeddings, sums):

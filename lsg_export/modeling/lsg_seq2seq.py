@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from transformers.modeling_outputs import BaseModelOutput
 
 from .lsg_attention import LSGAttention
-from .lsg_base import apply_lsg_options, lsg_encode, lsg_heads, merge_heads, pop_lsg_options, split_heads
+from .lsg_base import apply_lsg_options, lsg_encode, lsg_heads, pop_lsg_options
 
 SEQ2SEQ_DEFAULTS = {"pass_global_tokens_to_decoder": True}
 
@@ -44,8 +44,8 @@ class LSGEncoderSelfAttention(nn.Module):
         self.attention = LSGAttention(config, config.attention_dropout)
 
     def forward(self, hidden_states, attention_mask=None, **unused):
-        q, k, v = (split_heads(p(hidden_states), self.num_heads) for p in (self.q_proj, self.k_proj, self.v_proj))
-        return self.out_proj(merge_heads(self.attention(q, k, v, attention_mask))), None
+        q, k, v = (p(hidden_states) for p in (self.q_proj, self.k_proj, self.v_proj))
+        return self.out_proj(self.attention.forward_tokens(q, k, v, attention_mask, self.num_heads)), None
 
 
 class LSGEncoderMixin:

@@ -8,7 +8,7 @@ from transformers.models.distilbert.modeling_distilbert import (
 
 from .lsg_attention import LSGAttention
 from .lsg_base import (LSGEmbeddingsMixin, apply_lsg_options, init_global_embeddings, lsg_encode, lsg_heads,
-                       merge_heads, model_output, pop_lsg_options, split_heads)
+                       model_output, pop_lsg_options)
 
 
 class LSGDistilBertConfig(DistilBertConfig):
@@ -35,8 +35,8 @@ class LSGDistilBertSelfAttention(nn.Module):
         self.attention = LSGAttention(config, config.attention_dropout)
 
     def forward(self, hidden_states, key_mask):
-        q, k, v = (split_heads(lin(hidden_states), self.n_heads) for lin in (self.q_lin, self.k_lin, self.v_lin))
-        return self.out_lin(merge_heads(self.attention(q, k, v, key_mask)))
+        q, k, v = (lin(hidden_states) for lin in (self.q_lin, self.k_lin, self.v_lin))
+        return self.out_lin(self.attention.forward_tokens(q, k, v, key_mask, self.n_heads))
 
 
 class LSGTransformerBlock(nn.Module):

@@ -1,12 +1,14 @@
-"""Attention backends: how LSGAttention.block_attention becomes ONNX.
+"""Attention backends: how LSGAttention becomes ONNX.
 
-An export swaps every LSGAttention's `block_attention` for the backend's function while torch.export
-traces the model, so the kind of attention in the graph is one switch (`--attention`):
+An export swaps every LSGAttention's `block_attention` (or its whole `forward_tokens`) for the
+backend's function while torch.export traces the model, so the kind of attention in the graph is one
+switch (`--attention`):
 
   gather     standard ONNX ops only: every block's keys read by one Gather (attention.py);
-  custom-op  one ai.lsg.BlockSparseAttention node per layer, run by the custom-op library (custom_op.py).
+  custom-op  one ai.lsg.LSGAttention node per layer, run by the custom-op library (custom_op.py).
 """
 import contextlib
+import functools
 from dataclasses import dataclass, field
 
 from ..errors import LSGExportError
@@ -22,7 +24,9 @@ class AttentionBackend:
     """One way of putting LSG attention in the graph.
 
     block_attention: replaces every LSGAttention's `block_attention` while exporting (None: keep the
-        module's own), e.g. a function calling a torch custom op;
+        module's own), e.g. a function calling a torch custom op; also what export_block_attention exports;
+    forward_tokens: f(module, q, k, v, key_mask, heads) replacing every LSGAttention's forward_tokens
+        while exporting (None: keep it);
     translations: torch.onnx's custom_translation_table entries (that custom op -> an ONNX node);
     domains: the op domains the raw graph may use ('' is the standard one);
     providers: the ONNX Runtime execution providers it runs on;
@@ -32,6 +36,7 @@ class AttentionBackend:
     name: str
     description: str
     block_attention: object = None
+    forward_tokens: object = None
     translations: dict = field(default_factory=dict)
     min_opset: int = MIN_OPSET
     domains: tuple = ("", "ai.onnx")
@@ -44,13 +49,16 @@ class AttentionBackend:
         modules = [m for m in model.modules() if isinstance(m, LSGAttention)]
         saved = [m.block_attention for m in modules]
         try:
-            if self.block_attention is not None:
-                for m in modules:
+            for m in modules:
+                if self.block_attention is not None:
                     m.block_attention = self.block_attention
+                if self.forward_tokens is not None:
+                    m.forward_tokens = functools.partial(self.forward_tokens, m)  # shadows the method
             yield
         finally:
             for m, original in zip(modules, saved):
                 m.block_attention = original
+                m.__dict__.pop("forward_tokens", None)
 
 
 ATTENTION_BACKENDS = {}
@@ -72,10 +80,12 @@ register_attention_backend(AttentionBackend(
     "gather", "LSG attention from standard ONNX ops only: every block's keys read by one Gather (attention.py)",
     block_attention=gather_block_attention))
 register_attention_backend(AttentionBackend(
-    "custom-op", f"LSG block attention as one {custom_op.DOMAIN}.{custom_op.OP_TYPE} node per layer, run by the "
+    "custom-op", f"LSG attention as one {custom_op.DOMAIN}.{custom_op.LSG_OP_TYPE} node per layer, run by the "
     "custom-op library (lsg-export build-ops; custom_op.py)",
     block_attention=custom_op.custom_op_block_attention,
-    translations={custom_op.TORCH_OP: custom_op.translate_block_sparse_attention},
+    forward_tokens=custom_op.custom_op_forward_tokens,
+    translations={custom_op.TORCH_OP: custom_op.translate_block_sparse_attention,
+                  custom_op.LSG_TORCH_OP: custom_op.translate_lsg_attention},
     domains=("", "ai.onnx", custom_op.DOMAIN),
     setup_session=custom_op.register_library,
     custom_ops=custom_op.LIBRARY_RECORD))

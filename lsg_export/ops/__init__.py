@@ -25,7 +25,8 @@ from pathlib import Path
 from ..errors import LSGExportError
 
 DOMAIN = "ai.lsg"
-OP_TYPE = "BlockSparseAttention"
+OP_TYPE = "BlockSparseAttention"  # the block part of LSG attention, operands (n, h, rows, d)
+LSG_OP_TYPE = "LSGAttention"  # the whole LSG attention in the projections' (n, G + T, h * d) layout
 OP_VERSION = 1
 ORT_HEADERS_PACKAGE = "com.github.asus4.onnxruntime@0.4.9"  # MIT; ONNX Runtime C API version 29
 BUILD_HINT = "run `lsg-export build-ops`"
@@ -253,7 +254,7 @@ def _first_line(error):
 def needs_custom_ops(error):
     """Whether an onnxruntime error says that the ai.lsg ops are not registered."""
     text = str(error)
-    return DOMAIN in text or OP_TYPE in text
+    return DOMAIN in text or OP_TYPE in text or LSG_OP_TYPE in text
 
 
 @contextlib.contextmanager
@@ -265,7 +266,7 @@ def explain_missing_ops():
         raise
     except Exception as error:
         if needs_custom_ops(error):
-            raise LSGExportError(f"this model uses the custom op {DOMAIN}.{OP_TYPE}, which needs the LSG custom-op "
+            raise LSGExportError(f"this model uses the custom ops of {DOMAIN}, which need the LSG custom-op "
                                  f"library: {BUILD_HINT} and open it with lsg_export.ops.session_options_with_ops()"
                                  ) from error
         raise
@@ -283,7 +284,7 @@ def inference_session(model, options=None, providers=None, with_ops=True):
                                     providers=providers or ["CPUExecutionProvider"])
 
 
-__all__ = ["DOMAIN", "OP_TYPE", "OP_VERSION", "BUILD_HINT", "build_ops", "library_path", "session_options_with_ops",
+__all__ = ["DOMAIN", "OP_TYPE", "LSG_OP_TYPE", "OP_VERSION", "BUILD_HINT", "build_ops", "library_path", "session_options_with_ops",
            "explain_missing_ops", "inference_session", "needs_custom_ops", "ort_include_dir", "cache_dir"]
 
 if __name__ == "__main__":  # python -m lsg_export.ops

@@ -12,6 +12,8 @@
 //   - the local keys at positions [(i-1)bs, (i+2)bs) of the T tokens (outside [0, T): none).
 // Masks are additive; a value <= kMaskedBelow (float16's lowest, float32's finfo.min, -inf)
 // marks a masked key, which the kernels skip entirely (its softmax weight is exactly 0).
+// With global queries (the LSGAttention op, lsg_attention.lsg_attend), each of the G global
+// queries attends to all G + T keys (globals unmasked, tokens with key_mask).
 #pragma once
 
 #include <cstddef>
@@ -31,6 +33,32 @@ constexpr float kMaskedBelow = -65504.0f;
 
 LSG_HD bool is_masked(float mask_value) { return !(mask_value > kMaskedBelow); }
 
+// Element strides of an (n, h, rows, d) operand whose rows of d channels are contiguous: element
+// (b, head, row, c) is at b * batch + head * head + row * row + c.
+struct Strides {
+  int64_t batch = 0;
+  int64_t head = 0;
+  int64_t row = 0;
+
+  LSG_HD int64_t at(int64_t b, int64_t h, int64_t r) const { return b * batch + h * head + r * row; }
+  // (n, h, rows, d) contiguous: the BlockSparseAttention layout
+  static LSG_HD Strides head_major(int64_t heads, int64_t rows, int64_t head_dim) {
+    Strides s;
+    s.row = head_dim;
+    s.head = rows * head_dim;
+    s.batch = heads * rows * head_dim;
+    return s;
+  }
+  // (n, rows, h * d) contiguous: the projections' own layout, read by LSGAttention
+  static LSG_HD Strides token_major(int64_t heads, int64_t rows, int64_t head_dim) {
+    Strides s;
+    s.row = heads * head_dim;
+    s.head = head_dim;
+    s.batch = rows * heads * head_dim;
+    return s;
+  }
+};
+
 struct BlockSparseShape {
   int64_t batch = 0;          // n
   int64_t heads = 0;          // h
@@ -43,11 +71,16 @@ struct BlockSparseShape {
   int64_t sparse_block_size = 0;  // sbs (0: no compressed part)
   int64_t sparsity_factor = 1;    // sf, divides bs
   float scale = 0.0f;             // multiplies q before the product; 1/sqrt(d) by default
+  Strides tokens;                 // q, k, v, out (rows: the T tokens)
+  Strides globals;                // global_k, global_v, and global_q, global_out when present (rows: G)
+  bool global_queries = false;    // also the G global queries' rows: dense attention over all G + T keys
 
   LSG_HD int64_t num_blocks() const { return length / block_size; }
   LSG_HD bool has_sparse() const { return sparse_length > 0 && sparse_block_size > 0; }
-  // one task = one (batch, head, block): the unit of parallel work of every kernel
-  LSG_HD int64_t num_tasks() const { return batch * heads * num_blocks(); }
+  // one task = one (batch, head, block), then with global_queries one per (batch, head) for the
+  // global rows: the unit of parallel work of the CPU kernel
+  LSG_HD int64_t num_block_tasks() const { return batch * heads * num_blocks(); }
+  LSG_HD int64_t num_tasks() const { return num_block_tasks() + (global_queries ? batch * heads : 0); }
   // most keys one block can see: G + 2 sbs + 3 bs
   LSG_HD int64_t max_keys() const {
     return num_global + (has_sparse() ? 2 * sparse_block_size : 0) + 3 * block_size;
@@ -80,14 +113,16 @@ LSG_HD KeyRange sparse_keys(const BlockSparseShape& s, int64_t block, int side) 
   return clip_range(begin, begin + s.sparse_block_size, s.sparse_length);
 }
 
-// Views of the inputs, row-major and contiguous, in the op's layout:
-//   q, k, v:      (n, h, T, d)       key_mask: (n, T) (the (n, 1, T, 1) input)
-//   global_k/v:   (n, h, G, d)
-//   sparse_k/v:   (n, h, T/sf, d)    sparse_mask: (n, sparse_mask_heads, T/sf)
-//   out:          (n, h, T, d)
+// Views of the inputs:
+//   q, k, v, out:     T rows at shape.tokens strides       key_mask: (n, T) contiguous
+//   global_k/v:       G rows at shape.globals strides
+//   global_q/out:     G rows at shape.globals strides (shape.global_queries only, else null)
+//   sparse_k/v:       (n, h, T/sf, d) contiguous          sparse_mask: (n, sparse_mask_heads, T/sf)
+// BlockSparseAttention: every operand its own contiguous (n, h, rows, d) tensor. LSGAttention:
+// q, k, v and out are (n, G + T, h * d) tensors, the globals their first G rows (token_major).
 // Element: float for the CPU kernel (float32 views), void for the CUDA kernel (device pointers in
 // the inputs' element type). sparse_* may be null when the shape has no compressed part,
-// global_* when num_global is 0.
+// global_k/v when num_global is 0.
 template <typename Element>
 struct BlockSparseViews {
   const Element* q = nullptr;
@@ -99,13 +134,24 @@ struct BlockSparseViews {
   const Element* sparse_k = nullptr;
   const Element* sparse_v = nullptr;
   const Element* sparse_mask = nullptr;
+  const Element* global_q = nullptr;
   Element* out = nullptr;
+  Element* global_out = nullptr;
 };
 using BlockSparseTensors = BlockSparseViews<float>;
 
-// CPU kernel (src/block_sparse_attention_cpu.cc). Computes task `task` in [0, num_tasks()):
-// thread-safe, any order; per-thread scratch is reused across tasks (no allocation per block).
-void block_sparse_attention_cpu_task(const BlockSparseShape& shape, const BlockSparseTensors& t,
+// CPU kernel (src/block_sparse_attention_cpu.cc), two steps:
+// 1. when k and v rows are strided (LSGAttention), copy_keys_cpu_task(shape, t, k, v, task) for task
+//    in [0, batch * heads) lays the T token rows of k and v out head-major (n, h, T, d) into k and v
+//    (keys_copy_elements(shape) floats each; 0: no copy needed): every block reads its keys three
+//    times, from contiguous rows, where rows h * d apart are slow to read (cache sets, prefetchers);
+// 2. block_sparse_attention_cpu_task(shape, t, keys, task) for task in [0, num_tasks()): a block of
+//    queries, or (task >= num_block_tasks()) the global queries of one (batch, head); `keys`: the
+//    strides of t.k and t.v (shape.tokens, or head-major after step 1). Thread-safe, any order;
+//    per-thread scratch is reused across tasks (no allocation per block).
+int64_t keys_copy_elements(const BlockSparseShape& shape);
+void copy_keys_cpu_task(const BlockSparseShape& shape, const BlockSparseTensors& t, float* k, float* v, int64_t task);
+void block_sparse_attention_cpu_task(const BlockSparseShape& shape, const BlockSparseTensors& t, const Strides& keys,
                                      int64_t task);
 
 // IEEE half <-> float conversions used by the float16 entry (computed in float32).
