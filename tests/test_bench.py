@@ -1,7 +1,7 @@
 """`lsg-export bench`: a --quick run of every CPU backend on a tiny LSG bert (table, JSON schema, CSV,
-plot, cached exports), an export as target with a length above its --seq and a broken copy that fails
-without stopping the other backends, the default target, bad arguments; the pieces (growth exponent,
-chunking, ratios, timing loop, peak memory) on real values."""
+plot, cached exports), two rounds pooled, an export as target with a length above its --seq and a broken
+copy that fails without stopping the other backends, the default target, bad arguments; the pieces
+(growth exponent, chunking, ratios, pooling, timing loop, peak memory) on real values."""
 import csv
 import datetime
 import json
@@ -18,9 +18,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _cli import assert_user_error, invoke  # noqa: E402
 
 from lsg_export.bench.backends import BACKENDS, Runner, chunked  # noqa: E402
-from lsg_export.bench.measure import Cell, PeakMemory, predicted_seconds, time_runs  # noqa: E402
-from lsg_export.bench.report import exponent  # noqa: E402
-from lsg_export.bench.run import SCHEMA, add_ratios  # noqa: E402
+from lsg_export.bench.measure import Cell, PeakMemory, pool, predicted_seconds, time_runs  # noqa: E402
+from lsg_export.bench.report import exponent, render_table  # noqa: E402
+from lsg_export.bench.run import SCHEMA, add_ratios, run_bench  # noqa: E402
 from lsg_export.errors import LSGExportError  # noqa: E402
 from lsg_export.sources import last_output, remember_output  # noqa: E402
 
@@ -159,6 +159,53 @@ def test_export_target_and_a_failing_backend(quick_run, tiny_lsg, tmp_path, monk
     assert data["results"][0]["reason"] == record["error"] and data["results"][0]["p50_ms"] is None
 
 
+def test_rounds_alternate_the_order_and_pool_the_runs(quick_run, tiny_lsg):
+    """--rounds 2 on torch-lsg and ort-gather (its export cached by quick_run): round 2 runs them in reverse
+    order and each cell pools both rounds' timed runs."""
+    messages, reported = [], []
+    result = run_bench(str(tiny_lsg), seq="64", backends=["torch-lsg", "ort-gather"], threads=1, quick=True,
+                       rounds=2, status=messages.append, progress=reported.append)
+    assert [m for m in messages if "running" in m] == [
+        "round 1/2: running torch-lsg", "round 1/2: running ort-gather",
+        "round 2/2: running ort-gather", "round 2/2: running torch-lsg"]
+    assert [c.backend for c in reported] == ["torch-lsg", "ort-gather", "ort-gather", "torch-lsg"]
+    assert result.settings["rounds"] == 2 and result.to_dict()["settings"]["rounds"] == 2
+    for name in ("torch-lsg", "ort-gather"):
+        first, second = [c for c in reported if c.backend == name]
+        cell = result.cell(name, 64, 1)
+        assert cell.status == "ok" and (first.runs, second.runs) == (2, 2)
+        assert cell.runs == first.runs + second.runs == len(cell.times_ms)
+        assert cell.times_ms == first.times_ms + second.times_ms and cell.warmup == first.warmup + second.warmup
+        assert cell.p50_ms == pytest.approx(float(np.median(cell.times_ms)), rel=1e-6)
+        assert cell.min_ms == min(cell.times_ms) and cell.peak_memory_mb == max(first.peak_memory_mb,
+                                                                               second.peak_memory_mb)
+        record = result.backends[name]
+        assert record["rounds"] == 2 and record["status"] == "ok" and len(record["load_average_rounds"]) == 2
+    lsg, ort = result.cell("torch-lsg", 64, 1), result.cell("ort-gather", 64, 1)
+    assert ort.speedup_vs_torch_lsg == round(lsg.p50_ms / ort.p50_ms, 3)  # on the pooled p50s
+    assert "2 rounds pooled" in render_table(result).title
+
+
+def test_pooling_keeps_failures_and_pools_generation():
+    def measured(times, decode_p50, memory):
+        return Cell("ort-gather", 256, 2, warmup=1, runs=len(times), times_ms=times, peak_memory_mb=memory,
+                    new_tokens=8, generate_times_ms=[10 * t for t in times], decode_p50_ms=decode_p50,
+                    generate_peak_memory_mb=memory + 1)
+
+    cells = [measured([1.0, 3.0], 20.0, 5.0), measured([2.0, 4.0, 6.0], 30.0, 7.0)]
+    cell = pool(cells)
+    assert (cell.runs, cell.warmup, cell.times_ms, cell.peak_memory_mb) == (5, 2, [1.0, 3.0, 2.0, 4.0, 6.0], 7.0)
+    assert (cell.p50_ms, cell.mean_ms, cell.min_ms) == (3.0, 3.2, 1.0)
+    assert cell.tokens_per_s == round(2 * 256 / 0.003, 1)
+    assert (cell.generate_runs, cell.generate_p50_ms, cell.generate_peak_memory_mb) == (5, 30.0, 8.0)
+    assert cell.decode_p50_ms == 25.0 and cell.decode_tokens_per_s == round(16 / 0.025, 2)  # median of the rounds
+    assert cells[0].runs == 2  # the rounds' cells are left as they were
+    oom = Cell("ort-gather", 256, 2, status="out of memory", reason="bad_alloc")
+    skipped = Cell("ort-gather", 256, 2, status="skipped", reason="one run would take ~200 s")
+    assert pool([cells[0], skipped, oom]) is oom and pool([skipped, cells[1]]) is skipped
+    assert pool([cells[0]]) is cells[0]
+
+
 def test_lengths_a_backend_cannot_run_are_skipped():
     runner = Runner(lambda batch, length: None, max_length=64)
     assert runner.limit(1, 64) is None and runner.limit(1, 65) == "above its maximum length 64"
@@ -173,6 +220,10 @@ def test_bad_arguments_give_one_line(tiny_lsg, tmp_path, monkeypatch):
     assert_user_error(invoke("bench", tiny_lsg, "--batch-size", "0"), "--batch-size must be positive")
     assert_user_error(invoke("bench", tiny_lsg, "--backends", "ort-fp16"), "ort-fp16 does not run on cpu")
     assert_user_error(invoke("bench", tiny_lsg, "--new-tokens", "8"), "--new-tokens is for encoder-decoders")
+    assert_user_error(invoke("bench", tiny_lsg, "--rounds", "0"), "--rounds must be a positive integer, got 0")
+    assert_user_error(invoke("bench", tiny_lsg, "--rounds", "two"), "--rounds must be a positive integer")
+    with pytest.raises(LSGExportError, match="--rounds must be a positive integer, got 1.5"):
+        run_bench(str(tiny_lsg), rounds=1.5)
     assert_user_error(invoke("bench", tmp_path), "not a converted LSG model folder")
     assert_user_error(invoke("bench", "--quick"), "neither `lsg-export onnx` nor `lsg-export convert`")
     if not torch.cuda.is_available():

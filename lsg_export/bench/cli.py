@@ -1,4 +1,6 @@
 """`lsg-export bench`: registered in lsg_export/cli.py with `main.add_command(bench_command)`."""
+import itertools
+
 import click
 
 from ..errors import user_errors
@@ -29,6 +31,9 @@ SEQ2SEQ_NAMES = ("torch-lsg, torch-dense, ort-gather, ort-gather-optimized, ort-
 @click.option("--new-tokens", type=int, help="Encoder-decoders: tokens of the timed generation (exactly "
               "that many) [default: 32; --quick: 8].")
 @click.option("--num-beams", type=int, help="Encoder-decoders: beams of the timed generation [default: 1, greedy].")
+@click.option("--rounds", default="1", metavar="INTEGER", help="Run the whole sequence of backends this many times, in reverse "
+              "order every other round (A B C, C B A, ...), and pool each cell's timed runs: a drift of the machine's "
+              "speed then weighs on every backend alike.")
 @click.option("--quick", is_flag=True, help="Seconds-long smoke run: lengths 128,256, 1 warm-up, 2 runs.")
 @user_errors
 def bench_command(model_or_export, json_file, csv_file, plot_file, **options):
@@ -48,6 +53,7 @@ def bench_command(model_or_export, json_file, csv_file, plot_file, **options):
       lsg-export bench lsg-roberta --device cuda --backends torch-lsg,ort-fp16
       lsg-export bench lsg-bart-base-4096 --seq 4096 --new-tokens 32 --threads 2
       lsg-export bench lsg-bart-base-4096 --seq 4096 --backends torch-lsg,ort-int8 --num-beams 4
+      lsg-export bench --seq 4096,16384 --rounds 3
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -55,12 +61,13 @@ def bench_command(model_or_export, json_file, csv_file, plot_file, **options):
     from .backends import select_backends, skipped_for_seq2seq
     from .plot import plot
     from .report import render_table, write_csv, write_json
-    from .run import check_device, check_new_tokens, check_num_beams, run_bench
+    from .run import check_device, check_new_tokens, check_num_beams, check_rounds, run_bench
     from .target import choose_lengths, parse_ints, resolve_target
 
     console = Console(stderr=True)
     # arguments checked before any work: the counts of the progress bar come from them
     check_device(options["device"])
+    options["rounds"] = rounds = check_rounds(options["rounds"])
     target = resolve_target(model_or_export)
     names = select_backends(options["backends"], options["device"], target.seq2seq)
     if target.chosen != "given":
@@ -68,7 +75,7 @@ def bench_command(model_or_export, json_file, csv_file, plot_file, **options):
     lengths = choose_lengths(options["seq"], target, options["quick"])
     check_new_tokens(options["new_tokens"], target, options["quick"])
     check_num_beams(options["num_beams"], target)
-    total = len(names) * len(lengths) * len(parse_ints(options["batch_size"], "--batch-size"))
+    cells = len(names) * len(lengths) * len(parse_ints(options["batch_size"], "--batch-size"))
     if target.seq2seq and not options["backends"]:
         reasons = {}
         for name, why in skipped_for_seq2seq(options["device"]).items():
@@ -78,11 +85,15 @@ def bench_command(model_or_export, json_file, csv_file, plot_file, **options):
                       + "; ".join(f"{', '.join(group)} ({why})" for why, group in reasons.items()), soft_wrap=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("preparing", total=total)
+        task = bar.add_task("preparing", total=cells * rounds)
+        done = itertools.count()  # cells reported so far: the round of the next one
+
+        def progress(cell):
+            where = f"round {next(done) // cells + 1}/{rounds}: " if rounds > 1 else ""
+            bar.update(task, advance=1, description=f"{where}{cell.backend} {cell.length} x {cell.batch}")
+
         result = run_bench(str(target.export or target.model), **options,
-                           status=lambda message: bar.update(task, description=message),
-                           progress=lambda cell: bar.update(task, advance=1,
-                                                            description=f"{cell.backend} {cell.length} x {cell.batch}"))
+                           status=lambda message: bar.update(task, description=message), progress=progress)
     result.target["chosen"] = target.chosen
     # the table goes to stderr when stdout carries the JSON or CSV
     out = console if "-" in (json_file, csv_file) else Console()

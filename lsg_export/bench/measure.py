@@ -13,7 +13,7 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 MIN_RUNS = 3  # timed runs kept even when one run is long
 LIMITS = {  # (seconds of timed runs per (length, batch), predicted seconds of one run above which it is skipped)
@@ -92,6 +92,27 @@ def summarize_generation(cell, times, decode_times, new_tokens):
     tokens = cell.batch * new_tokens
     cell.generate_tokens_per_s = round(tokens / (cell.generate_p50_ms / 1000.0), 2)
     cell.decode_tokens_per_s = round(tokens / (cell.decode_p50_ms / 1000.0), 2)
+    return cell
+
+
+def pool(rounds):
+    """One cell from the same (backend, length, batch) measured in each round (--rounds): the timed runs of
+    all rounds pooled and the statistics recomputed over them. A cell not ok in some round keeps that
+    round's status and reason, unpooled (failures first: a skip may only reflect a slower round)."""
+    bad = [c for c in rounds if c.status != "ok"]
+    if len(rounds) == 1:
+        return rounds[0]
+    if bad:
+        return next((c for c in bad if c.status != "skipped"), bad[0])
+    cell = replace(rounds[0], warmup=sum(c.warmup for c in rounds),
+                   peak_memory_mb=max((c.peak_memory_mb for c in rounds if c.peak_memory_mb is not None), default=None))
+    summarize(cell, [t / 1000.0 for c in rounds for t in c.times_ms])
+    if cell.generate_times_ms is not None:
+        # the runs' decoding parts are not kept in a cell: decode p50 is the median of the rounds' decode p50
+        summarize_generation(cell, [t / 1000.0 for c in rounds for t in c.generate_times_ms],
+                             [c.decode_p50_ms / 1000.0 for c in rounds], cell.new_tokens)
+        cell.generate_peak_memory_mb = max((c.generate_peak_memory_mb for c in rounds
+                                            if c.generate_peak_memory_mb is not None), default=None)
     return cell
 
 

@@ -50,8 +50,10 @@ def plot(result, path, batch=None):
     bars.set_xlabel(f"{'encoder ' if seq2seq else ''}speed-up over torch-lsg at {longest} tokens")
     bars.tick_params(axis="y", labelsize=8)
     env = result.environment
+    rounds = f", {result.settings['rounds']} rounds" if result.settings.get("rounds", 1) > 1 else ""
     figure.suptitle(f"{result.target['architecture']}, batch {batch}, {result.settings['device']}, "
-                    f"{result.settings['threads']} threads - {env['cpu']}{', ' + env['gpu'] if env['gpu'] else ''}, "
+                    f"{result.settings['threads']} threads{rounds} - {env['cpu']}"
+                    f"{', ' + env['gpu'] if env['gpu'] else ''}, "
                     f"{env['date'][:10]}", fontsize=10)
     figure.tight_layout()
     path = Path(path)

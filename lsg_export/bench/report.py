@@ -159,8 +159,10 @@ def render_table(result):
     how = "greedy" if settings.get("num_beams", 1) == 1 else f"{settings['num_beams']}-beam"
     what = (f"; enc: the encoder; gen: {how} generation of {settings['new_tokens']} new tokens, encoder included; "
             f"decode: its tokens/s after the encoder") if seq2seq else ""
+    rounds = settings.get("rounds", 1)
     table = Table(title=f"lsg-export bench: {result.target['architecture']} ({result.target['task']}), "
-                        f"{settings['device']}, {settings['threads']} threads",
+                        f"{settings['device']}, {settings['threads']} threads"
+                        + (f", {rounds} rounds pooled" if rounds > 1 else ""),
                   caption=f"{env['date'][:16]}, {env['cpu']}{', ' + env['gpu'] if env['gpu'] else ''}; "
                           f"x: speed-up (their p50 / this p50){what}")
     for column in SEQ2SEQ_COLUMNS if seq2seq else COLUMNS:

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 from ..errors import LSGExportError
 from .backends import BACKENDS, select_backends, skipped_for_seq2seq
-from .measure import Cell, run_in_process
+from .measure import Cell, pool, run_in_process
 from .target import choose_lengths, parse_ints, resolve_target
 
 SCHEMA = "lsg-export-bench/1"
@@ -87,18 +87,31 @@ def check_num_beams(num_beams, target):
     return num_beams
 
 
+def check_rounds(rounds):
+    """Rounds of the whole backend sequence: a positive integer (or its text, from the CLI)."""
+    if isinstance(rounds, str) and rounds.strip().isdigit():
+        rounds = int(rounds)
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise LSGExportError(f"--rounds must be a positive integer, got {rounds!r}")
+    return rounds
+
+
 def run_bench(target=None, *, seq=None, batch_size=None, backends=None, device="cpu", threads=None, warmup=3,
-              repeat=20, quick=False, new_tokens=None, num_beams=None, status=None, progress=None):
+              repeat=20, quick=False, new_tokens=None, num_beams=None, rounds=1, status=None, progress=None):
     """Benchmark MODEL_OR_EXPORT `target` (None: the last export made here, else the last convert).
 
     seq / batch_size: lists or "512,1024". backends: names (default: those of the device; for an
     encoder-decoder, those that run one). new_tokens: encoder-decoders' generation length; num_beams:
-    their beams (default 1: greedy).
-    status(message): what is being done; progress(backend, length, batch, cell or None): after each cell.
+    their beams (default 1: greedy). rounds: the whole sequence of backends runs that many times, in
+    reverse order every other round (a steady drift of the machine's speed then weighs on all alike); each
+    cell pools the timed runs of its rounds.
+    status(message): what is being done; progress(cell): after each cell of each round.
     Returns a BenchResult; bad arguments raise LSGExportError before any work."""
     from .report import environment
     status = status or (lambda message: None)
+    progress = progress or (lambda cell: None)
     check_device(device)
+    rounds = check_rounds(rounds)
     found = resolve_target(target)
     names = select_backends(backends, device, found.seq2seq)
     new_tokens = check_new_tokens(new_tokens, found, quick)
@@ -111,7 +124,7 @@ def run_bench(target=None, *, seq=None, batch_size=None, backends=None, device="
     if quick:
         warmup, repeat = min(warmup, 1), min(repeat, 2)
     settings = {"backends": names, "lengths": lengths, "batch_sizes": batches, "device": device, "threads": threads,
-                "warmup": warmup, "repeat": repeat, "quick": quick}
+                "warmup": warmup, "repeat": repeat, "quick": quick, "rounds": rounds}
     if found.seq2seq:  # encoder-decoders: encoder latency, and greedy generation of new_tokens tokens
         settings["new_tokens"], settings["num_beams"] = new_tokens, num_beams
         settings["skipped_backends"] = {} if backends else skipped_for_seq2seq(device)
@@ -126,10 +139,24 @@ def run_bench(target=None, *, seq=None, batch_size=None, backends=None, device="
 
     from .exports import prepare_exports
     exports = prepare_exports(names, found, device, status)
+    runs = {name: [] for name in names}  # name -> [(record, cells)] per round
+    for index in range(rounds):
+        where = f"round {index + 1}/{rounds}: " if rounds > 1 else ""
+        for name in names if index % 2 == 0 else names[::-1]:
+            if index and not any(c.status == "ok" for c in runs[name][0][1]):
+                for cell in runs[name][0][1]:  # nothing measured in round 1, nothing to pool: not run again
+                    progress(cell)
+                continue
+            runs[name].append(run_backend(name, exports.get(name), found, settings,
+                                          lambda message: status(where + message), progress))
     for name in names:
-        record, cells = run_backend(name, exports.get(name), found, settings, status, progress)
+        record = runs[name][0][0]  # the first round's, failed if a later round failed
+        failed = next((r for r, _ in runs[name] if r["status"] != "ok"), record)
+        record.update({k: failed[k] for k in ("status", "error", "detail") if k in failed}, rounds=rounds)
+        if rounds > 1:
+            record["load_average_rounds"] = [r["load_average"] for r, _ in runs[name]]
         result.backends[name] = record
-        result.cells.extend(cells)
+        result.cells.extend(pool(list(same)) for same in zip(*(cells for _, cells in runs[name])))
     add_ratios(result.cells)
     result.settings["seconds"] = round(time.time() - started, 1)
     result.environment["load_average_end"] = load_average()
