@@ -107,3 +107,43 @@ def test_residual_sum_only_on_cpu_and_only_when_safe():
     # the biased sum used elsewhere: the Adds must stay
     rewritten, counts = rewrite(residual_model(extra_use=True))
     assert counts["residual_sum"] == 0 and ops(rewritten).count("Add") == 2
+
+
+def ffn_model():
+    """The feed-forward block as the rewrites before row_tiles leave it: MatMul + bias, GELU ending on * 0.5,
+    MatMul, Sum(y, bias, residual), LayerNormalization."""
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["m1"]), helper.make_node("Add", ["m1", "b1"], ["lin"]),
+             helper.make_node("Div", ["lin", "root2"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
+             helper.make_node("Add", ["e", "one"], ["a"]), helper.make_node("Mul", ["lin", "a"], ["g0"]),
+             helper.make_node("Mul", ["g0", "half"], ["g"]), helper.make_node("MatMul", ["g", "w2"], ["m2"]),
+             helper.make_node("Sum", ["m2", "b2", "x"], ["s"]),
+             helper.make_node("LayerNormalization", ["s", "gamma", "beta"], ["y"], axis=-1, epsilon=1e-12)]
+    inits = [weight("w1", D, F), weight("b1", F), weight("root2", value=math.sqrt(2.0)), weight("one", value=1.0),
+             weight("half", value=0.5), weight("w2", F, D), weight("b2", D), weight("gamma", D), weight("beta", D)]
+    return model(nodes, inits)
+
+
+def test_row_tiles_same_bits_at_every_row_count(monkeypatch):
+    """Tiles of MIN_ROWS rows (4 here): row counts below, at and above the tile, past TILES x MIN_ROWS, and
+    rows that leave every tile but the first empty; ONNX Runtime with its fusions gives the same bits."""
+    from lsg_export.onnx.rewrites import row_tiles
+    monkeypatch.setattr(row_tiles, "MIN_ROWS", 4)
+    original = ffn_model()
+    rewritten, counts = rewrite(original)
+    assert counts["row_tiles"] == 1
+    kinds = ops(rewritten)
+    assert kinds.count("MatMul") == 2 * row_tiles.TILES and kinds.count("Slice") == row_tiles.TILES
+    assert kinds.count("LayerNormalization") == row_tiles.TILES and kinds.count("Concat") == 2
+    for rows in (1, 3, 4, 5, 63, 64, 65, 130):
+        x = RNG.standard_normal((2, rows, D)).astype(np.float32)
+        level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        np.testing.assert_array_equal(run(rewritten, x, level)[0], run(original, x, level)[0])
+
+
+def test_row_tiles_only_on_cpu_and_only_the_exact_block():
+    assert "row_tiles" not in rewrite(ffn_model(), "cuda")[1]
+    proto = ffn_model()
+    for init in proto.graph.initializer:
+        if init.name == "half":
+            init.CopyFrom(weight("half", value=0.25))  # not GELU
+    assert rewrite(proto)[1]["row_tiles"] == 0
