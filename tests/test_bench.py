@@ -176,7 +176,7 @@ def test_rounds_alternate_the_order_and_pool_the_runs(quick_run, tiny_lsg):
         assert cell.status == "ok" and (first.runs, second.runs) == (2, 2)
         assert cell.runs == first.runs + second.runs == len(cell.times_ms)
         assert cell.times_ms == first.times_ms + second.times_ms and cell.warmup == first.warmup + second.warmup
-        assert cell.p50_ms == pytest.approx(float(np.median(cell.times_ms)), rel=1e-6)
+        assert cell.p50_ms == pytest.approx(float(np.median(cell.times_ms)), abs=1e-4)  # p50 rounded to 4 places
         assert cell.min_ms == min(cell.times_ms) and cell.peak_memory_mb == max(first.peak_memory_mb,
                                                                                second.peak_memory_mb)
         record = result.backends[name]

@@ -154,8 +154,11 @@ def quantize_int8(path, external_data):
     data = path.with_name(path.name + ".data")
     try:
         with quiet_exporter():
+            # DefaultTensorType: onnx's shape inference gives no type past com.microsoft nodes (BiasGelu, ...)
+            # and the row tiles' Slices; every activation of these float32 graphs is float32
             quantize_dynamic(str(source), str(path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                             per_channel=False, use_external_data_format=external_data)
+                             per_channel=False, use_external_data_format=external_data,
+                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     except Exception as error:
         raise LSGExportError(f"--quantize int8 failed ({error.__class__.__name__}: {str(error)[:200]})") from None
     finally:
