@@ -1,4 +1,4 @@
-"""The ONNX Runtime custom-op library (`ai.lsg.BlockSparseAttention`): build, locate, load.
+"""The ONNX Runtime custom-op library (`ai.lsg.LSGAttention`, `ai.lsg.BlockSparseAttention`): build, locate, load.
 
     from lsg_export.ops import session_options_with_ops
     session = onnxruntime.InferenceSession(path, session_options_with_ops())

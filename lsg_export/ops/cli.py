@@ -13,7 +13,7 @@ from ..errors import user_errors
 @click.option("--verbose", is_flag=True, help="Show the CMake output.")
 @user_errors
 def build_ops_command(cuda, force, verbose):
-    """Build the custom-op library (ai.lsg.BlockSparseAttention) with CMake and print its path.
+    """Build the custom-op library (ai.lsg.LSGAttention, ai.lsg.BlockSparseAttention) with CMake and print its path.
 
     The build is cached under $LSG_EXPORT_CACHE (default ~/.cache/lsg-export) and redone only when
     the sources change. ONNX Runtime headers: $ORT_INCLUDE_DIR, else fetched once with npm."""
