@@ -1,4 +1,5 @@
-// CPU kernel of ai.lsg.BlockSparseAttention (float32 math; see include/lsg_ops/block_sparse_attention.h).
+// CPU kernel of ai.lsg.BlockSparseAttention and ai.lsg.LSGAttention (float32 math; see
+// include/lsg_ops/block_sparse_attention.h).
 //
 // One task = one (batch, head, block) of bs queries (or, for LSGAttention, the G global queries of
 // one (batch, head) over all keys). Its keys are streamed in place, in order

@@ -13,8 +13,13 @@ def target(op, x, half, one, root2):
     return op.Mul(x, op.Mul(half, op.Add(op.Erf(op.Div(x, root2)), one)))
 
 
-def replacement(op, x, half, one, root2):
+def fusable_gelu(op, x, half, one, root2):
+    """(x * (1 + erf(x / sqrt 2))) * 0.5: the spelling GeluFusion matches (row_tiles writes it too)."""
     return op.Mul(op.Mul(x, op.Add(op.Erf(op.Div(x, root2)), one)), half)
+
+
+def replacement(op, x, half, one, root2):
+    return fusable_gelu(op, x, half, one, root2)
 
 
 def condition(context, x, half, one, root2, **_):

@@ -1,5 +1,5 @@
 """The feed-forward block, LayerNormalization(Sum(MatMul(gelu(MatMul(x, W1) + b1), W2), b2, x)), run on
-row tiles of x: Split the rows into TILES parts of at least MIN_ROWS rows (the parts past the end are
+row tiles of x: Slice the rows into TILES parts of at least MIN_ROWS rows (the parts past the end are
 empty), the same nodes on each part, Concat. Every row is computed as before, so the result is the same
 bits. CPU only.
 
@@ -15,16 +15,21 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
 from ._constants import is_scalar
+from .gelu_order import fusable_gelu
 
 TILES = 16
 MIN_ROWS = 1024
 
 
+def feed_forward(op, x, w1, b1, root2, one, half, w2, b2, scale, shift, **attributes):
+    """The block as gelu_order and residual_sum leave it (the pattern) and as each tile computes it."""
+    hidden = fusable_gelu(op, op.Add(op.MatMul(x, w1), b1), half, one, root2)
+    return op.LayerNormalization(op.Sum(op.MatMul(hidden, w2), b2, x), scale, shift, **attributes)
+
+
 def target(op, x, w1, b1, root2, one, half, w2, b2, scale, shift):
-    a = op.Add(op.MatMul(x, w1), b1)
-    g = op.Mul(op.Mul(a, op.Add(op.Erf(op.Div(a, root2)), one)), half)
-    return op.LayerNormalization(op.Sum(op.MatMul(g, w2), b2, x), scale, shift, _allow_other_attributes=True,
-                                 _outputs=["normed"])
+    return feed_forward(op, x, w1, b1, root2, one, half, w2, b2, scale, shift, _allow_other_attributes=True,
+                        _outputs=["normed"])
 
 
 def replacement(op, x, w1, b1, root2, one, half, w2, b2, scale, shift, normed):
@@ -39,9 +44,7 @@ def replacement(op, x, w1, b1, root2, one, half, w2, b2, scale, shift, normed):
     outputs = []
     for i in range(TILES):  # Slice clips the ends: the tiles past the last row are empty
         part = op.Slice(x, op.Mul(ints(i), chunk), op.Mul(ints(i + 1), chunk), axis)
-        a = op.Add(op.MatMul(part, w1), b1)
-        g = op.Mul(op.Mul(a, op.Add(op.Erf(op.Div(a, root2)), one)), half)
-        outputs.append(op.LayerNormalization(op.Sum(op.MatMul(g, w2), b2, part), scale, shift, **attributes))
+        outputs.append(feed_forward(op, part, w1, b1, root2, one, half, w2, b2, scale, shift, **attributes))
     return op.Concat(*outputs, axis=1)
 
 
