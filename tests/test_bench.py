@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _cli import assert_user_error, invoke  # noqa: E402
 
 from lsg_export.bench.backends import BACKENDS, Runner, chunked  # noqa: E402
-from lsg_export.bench.measure import Cell, PeakMemory, pool, predicted_seconds, time_runs  # noqa: E402
+from lsg_export.bench.measure import (Cell, PeakMemory, planned_runs, pool, predicted_seconds,  # noqa: E402
+                                     time_interleaved, time_runs)
 from lsg_export.bench.report import exponent, render_table  # noqa: E402
 from lsg_export.bench.run import SCHEMA, add_ratios, run_bench  # noqa: E402
 from lsg_export.errors import LSGExportError  # noqa: E402
@@ -272,6 +273,27 @@ def test_timing_loop_caps_long_runs():
     assert (warm, len(times)) == (1, 3)  # one warm-up, MIN_RUNS timed runs
     assert predicted_seconds([(1024, 1.0), (2048, 2.0)], 8192) == pytest.approx(8.0)  # linear so far
     assert predicted_seconds([(1024, 1.0)], 4096) == pytest.approx(16.0)  # one point: assume quadratic
+
+
+def test_interleaved_timing_runs_cells_in_turns_and_keeps_a_failure_to_its_cell():
+    order = []
+
+    def call(name, seconds=0.0):
+        def run():
+            order.append(name)
+            time.sleep(seconds)
+            if name == "bad" and order.count("bad") == 2:
+                raise MemoryError("out of memory")
+        return run
+
+    timed = time_interleaved([(call("a", 0.01), 3), (call("b"), 1), (call("bad"), 4), (call("c", 0.02), 2)],
+                             lambda: None)
+    assert order == ["a", "b", "bad", "c", "a", "bad", "c", "a"]  # turns; "b" done after one, "bad" stops
+    (a, a_error), (b, b_error), (bad, bad_error), (c, c_error) = timed
+    assert (len(a), len(b), len(bad), len(c)) == (3, 1, 1, 2)
+    assert min(a) >= 0.01 and min(c) >= 0.02 and a_error is b_error is c_error is None
+    assert isinstance(bad_error, MemoryError)
+    assert (planned_runs(0.05, 20, 0.1), planned_runs(0.001, 20, 10.0), planned_runs(1.0, 5, 3.0)) == (3, 20, 3)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")

@@ -4,8 +4,12 @@ Each backend runs in its own process (forked from a server that imported torch /
 onnxruntime once), so that one backend's allocations, caches and thread pools never show in another's
 figures, and an out-of-memory kill ends only that backend. The process sends its results over a pipe.
 
-Memory is the increase over the process's state once the model is loaded: on CPU the peak resident
-set (VmHWM, reset before each (length, batch) on Linux), on CUDA torch's max allocated bytes, and for
+Within a process the lengths are warmed up one after another (ascending), then timed in turns, one
+run of each length and again: the machine's speed drifts by tens of percent over tens of seconds on
+small VMs, and a length timed half a minute after another one took that drift into their ratio.
+
+Memory is the increase over the process's state once the model is loaded, over a (length, batch)'s
+warm-up runs: on CPU the peak resident set (VmHWM, reset before each (length, batch) on Linux), on CUDA torch's max allocated bytes, and for
 ONNX Runtime on CUDA the process's GPU memory from NVML after the runs (its arena only grows).
 """
 import multiprocessing
@@ -116,21 +120,48 @@ def pool(rounds):
     return cell
 
 
+def timed_once(call, sync):
+    start = time.perf_counter()
+    call()
+    sync()
+    return time.perf_counter() - start
+
+
+def warm_up(call, sync, warmup, cell_seconds):
+    """Untimed runs: at least one, fewer than `warmup` when they would fill half the cell's time. Returns their
+    count and the fastest one's seconds (what the timed runs are planned on)."""
+    first = timed_once(call, sync)
+    times = [first]
+    while len(times) < warmup and first * (len(times) + 1) <= cell_seconds / 2:
+        times.append(timed_once(call, sync))
+    return len(times), min(times)
+
+
+def planned_runs(seconds, repeat, cell_seconds):
+    """Timed runs of a cell whose run takes `seconds`: `repeat`, cut to the cell's time (at least MIN_RUNS)."""
+    return max(min(repeat, MIN_RUNS), min(repeat, int(cell_seconds / max(seconds, 1e-9))))
+
+
 def time_runs(call, sync, warmup, repeat, cell_seconds):
     """Warm-up then timed runs; long runs cut the counts (at least one warm-up, MIN_RUNS timed)."""
-    def once():
-        start = time.perf_counter()
-        call()
-        sync()
-        return time.perf_counter() - start
+    warm, seconds = warm_up(call, sync, warmup, cell_seconds)
+    return [timed_once(call, sync) for _ in range(planned_runs(seconds, repeat, cell_seconds))], warm
 
-    first = once()
-    warm = 1
-    while warm < warmup and first * (warm + 1) <= cell_seconds / 2:
-        once()
-        warm += 1
-    runs = max(min(repeat, MIN_RUNS), min(repeat, int(cell_seconds / max(first, 1e-9))))
-    return [once() for _ in range(runs)], warm
+
+def time_interleaved(plans, sync):
+    """Timed runs of several cells in turns (one run of each, then again): a drift of the machine's speed
+    during the measurement then weighs on every cell alike, and their ratios (e.g. time at 16384 / time
+    at 4096 tokens) hold. plans: [(call, runs)]; returns per plan its seconds and its error (None, or the
+    exception that ended its runs)."""
+    times, errors = [[] for _ in plans], [None] * len(plans)
+    for turn in range(max((runs for _, runs in plans), default=0)):
+        for index, (call, runs) in enumerate(plans):
+            if turn < runs and errors[index] is None:
+                try:
+                    times[index].append(timed_once(call, sync))
+                except Exception as error:  # this cell fails, the others go on
+                    errors[index] = error
+    return list(zip(times, errors))
 
 
 # --- memory ------------------------------------------------------------------------------------
@@ -251,39 +282,62 @@ def measure_backend(spec, send):
           "load_memory_mb": round((memory.baseline - memory_before.baseline) / 2**20, 1)
           if memory.kind == "RSS increase" else None})
     cell_seconds, run_limit = LIMITS["quick" if spec["quick"] else "full"]
-    history = {}
+    for batch in spec["batches"]:
+        measure_batch(spec, runner, memory, batch, cell_seconds, run_limit, send)
+
+
+def measure_batch(spec, runner, memory, batch, cell_seconds, run_limit, send):
+    """Every length of one batch size: warm-up and peak memory length by length (ascending, so that what a
+    shorter length left behind is less than what the next one needs), then the timed runs of all lengths in
+    turns (time_interleaved), then, for encoder-decoders, generation length by length."""
+    history, ready = [], []  # history: (length, seconds of one run); ready: (cell, call, runs)
     for length in spec["lengths"]:
-        for batch in spec["batches"]:
-            cell = Cell(backend.name, length, batch, memory_kind=memory.kind, new_tokens=spec.get("new_tokens"))
-            predicted = predicted_seconds(history.get(batch, []), length)
-            reason = runner.limit(batch, length)
-            if reason is None and predicted > run_limit:
-                reason = f"one run would take ~{predicted:.0f} s (limit {run_limit:.0f} s)"
-            if reason:
-                cell.status, cell.reason = "skipped", reason
-                send({"event": "cell", **cell.to_dict()})
-                continue
-            try:
-                call = runner.prepare(batch, length)
-                memory.reset()
-                times, cell.warmup = time_runs(call, runner.sync, spec["warmup"], spec["repeat"], cell_seconds)
-                summarize(cell, times)
-                cell.peak_memory_mb = memory.peak_mb()
-                history.setdefault(batch, []).append((length, cell.p50_ms / 1000))
-                if runner.generate is not None:  # encoder-decoders: then greedy generation from the same input
-                    call = runner.generate(batch, length, spec["new_tokens"], spec.get("num_beams") or 1)
-                    memory.reset()
-                    times, _ = time_runs(call, runner.sync, spec["warmup"], spec["repeat"], cell_seconds)
-                    summarize_generation(cell, times, call.decode_seconds[-len(times):], spec["new_tokens"])
-                    cell.generate_peak_memory_mb = memory.peak_mb()
-            except Exception as error:  # reported in the table, the other lengths go on
-                cell.status = "out of memory" if is_oom(error) else "failed"
-                cell.reason = first_line(error)
-                if spec["device"] == "cuda":
-                    torch.cuda.empty_cache()
-            finally:
-                call = None
+        cell = Cell(spec["backend"], length, batch, memory_kind=memory.kind, new_tokens=spec.get("new_tokens"))
+        predicted = predicted_seconds(history, length)
+        reason = runner.limit(batch, length)
+        if reason is None and predicted > run_limit:
+            reason = f"one run would take ~{predicted:.0f} s (limit {run_limit:.0f} s)"
+        if reason:
+            cell.status, cell.reason = "skipped", reason
             send({"event": "cell", **cell.to_dict()})
+            continue
+        try:
+            call = runner.prepare(batch, length)
+            memory.reset()
+            cell.warmup, seconds = warm_up(call, runner.sync, spec["warmup"], cell_seconds)
+            cell.peak_memory_mb = memory.peak_mb()
+            history.append((length, seconds))
+            ready.append((cell, call, planned_runs(seconds, spec["repeat"], cell_seconds)))
+        except Exception as error:  # reported in the table, the other lengths go on
+            failed(cell, error, spec, send)
+    timed = time_interleaved([(call, runs) for _, call, runs in ready], runner.sync)
+    for (cell, _, _), (times, error) in zip(ready, timed):
+        try:
+            if error is not None:
+                raise error
+            summarize(cell, times)
+            if runner.generate is not None:  # encoder-decoders: then greedy generation from the same input
+                call = runner.generate(batch, cell.length, spec["new_tokens"], spec.get("num_beams") or 1)
+                memory.reset()
+                times, _ = time_runs(call, runner.sync, spec["warmup"], spec["repeat"], cell_seconds)
+                summarize_generation(cell, times, call.decode_seconds[-len(times):], spec["new_tokens"])
+                cell.generate_peak_memory_mb = memory.peak_mb()
+        except Exception as error:
+            failed(cell, error, spec, send)
+            continue
+        finally:
+            call = None
+        send({"event": "cell", **cell.to_dict()})
+
+
+def failed(cell, error, spec, send):
+    """Report `cell` as out of memory or failed with `error`'s first line."""
+    import torch
+    cell.status = "out of memory" if is_oom(error) else "failed"
+    cell.reason = first_line(error)
+    if spec["device"] == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    send({"event": "cell", **cell.to_dict()})
 
 
 def worker_main(spec, connection):
