@@ -9,8 +9,9 @@ run of each length and again: the machine's speed drifts by tens of percent over
 small VMs, and a length timed half a minute after another one took that drift into their ratio.
 
 Memory is the increase over the process's state once the model is loaded, over a (length, batch)'s
-warm-up runs: on CPU the peak resident set (VmHWM, reset before each (length, batch) on Linux), on CUDA torch's max allocated bytes, and for
-ONNX Runtime on CUDA the process's GPU memory from NVML after the runs (its arena only grows).
+warm-up runs: on CPU the peak resident set (VmHWM, reset before each (length, batch) on Linux), on CUDA
+torch's max allocated bytes, and for ONNX Runtime on CUDA the process's GPU memory from NVML (its arena
+only grows).
 """
 import multiprocessing
 import os
@@ -312,10 +313,11 @@ def measure_batch(spec, runner, memory, batch, cell_seconds, run_limit, send):
             failed(cell, error, spec, send)
     timed = time_interleaved([(call, runs) for _, call, runs in ready], runner.sync)
     for (cell, _, _), (times, error) in zip(ready, timed):
+        if error is not None:
+            failed(cell, error, spec, send)
+            continue
+        summarize(cell, times)
         try:
-            if error is not None:
-                raise error
-            summarize(cell, times)
             if runner.generate is not None:  # encoder-decoders: then greedy generation from the same input
                 call = runner.generate(batch, cell.length, spec["new_tokens"], spec.get("num_beams") or 1)
                 memory.reset()
