@@ -101,20 +101,26 @@ def _choose_architecture(family, config_dict, architecture):
     return head
 
 
-def _token_ids(tokenizer, config):
-    bos = getattr(tokenizer, "bos_token_id", None) if tokenizer is not None else None
-    if bos is None and tokenizer is not None:
-        bos = tokenizer.cls_token_id
-    bos = bos if bos is not None else getattr(config, "bos_token_id", None)
-    if bos is None:
-        bos = getattr(config, "cls_token_id", None)
-    mask = getattr(tokenizer, "mask_token_id", None) if tokenizer is not None else None
-    mask = mask if mask is not None else getattr(config, "mask_token_id", None)
-    if bos is None or mask is None:
-        raise LSGExportError("cannot find the bos/cls and mask token ids to initialise the global tokens: the "
-                             "checkpoint has no tokenizer and its config names none (use --random-global-init)"
-                             if mask is None and bos is not None else
-                             "cannot find the bos/cls and mask token ids (no tokenizer, none in the config)")
+def _special_id(tokenizer, config, kinds):
+    """The first `<kind>_token_id` the tokenizer, then the config, sets: (id, "tokenizer's bos") or (None, None)."""
+    for owner, label in ((tokenizer, "tokenizer"), (config, "config")):
+        for kind in kinds:
+            token_id = getattr(owner, f"{kind}_token_id", None) if owner is not None else None
+            if token_id is not None:
+                return token_id, f"{label}'s {kind}"
+    return None, None
+
+
+def _global_token_ids(tokenizer, config, random_init):
+    """(bos id, mask id) the global embeddings start from. random_init uses no mask token, and
+    without a bos/cls token it draws global 0 too, so it needs neither."""
+    bos, _ = _special_id(tokenizer, config, ("bos", "cls"))
+    mask, _ = (None, None) if random_init else _special_id(tokenizer, config, ("mask",))
+    if not random_init and (bos is None or mask is None):
+        missing = " and ".join(name for name, token_id in (("bos/cls", bos), ("mask", mask)) if token_id is None)
+        raise LSGExportError(f"cannot find the {missing} token id to initialise the global tokens (neither the "
+                             f"tokenizer nor the config names one): pass --random-global-init to draw them from "
+                             f"a normal fitted to the word embeddings")
     return bos, mask
 
 
@@ -197,7 +203,7 @@ def convert(model=None, output=None, *, max_sequence_length=4096, architecture=N
     state = lsg_model.state_dict()
     targets = embedding_targets(lsg_model, family)
     if targets.global_key and not (is_lsg and resize_lsg):
-        bos_id, mask_id = _token_ids(tokenizer, config)
+        bos_id, mask_id = _global_token_ids(tokenizer, config, random_global_init)
         try:
             glob = initial_global_embeddings(targets.word, targets.positions, bos_id, mask_id,
                                              global_positional_stride, targets.token_type, random_global_init,

@@ -34,24 +34,30 @@ def order_positions(positions, stride, generator=None):
     return positions.reshape(-1, step, d).transpose(0, 1).reshape(-1, d)
 
 
+def fitted_normal_draws(rows, count, generator=None):
+    """`count` draws from the normal whose mean and covariance are those of `rows` (one per row)."""
+    mean, cov = rows.mean(0), torch.cov(rows.T.double())
+    cov = cov + torch.eye(cov.shape[0], dtype=cov.dtype) * 1e-6  # keep it positive definite
+    draws = torch.linalg.cholesky(cov) @ torch.randn(cov.shape[0], count, generator=generator, dtype=cov.dtype)
+    return (mean.double().unsqueeze(0) + draws.T).to(rows.dtype)
+
+
 def initial_global_embeddings(word, positions, bos_id, mask_id, stride, token_type=None,
                               random_init=False, generator=None):
     """The 512 global embeddings of the reference converter.
 
     Default: reordered positions + the bos (else cls) word embedding for global 0 and the mask
-    token's for the others. random_init: draws from a normal fitted to the word embeddings, the
-    bos embedding in row 0, plus the reordered positions. bert/albert add token type 0."""
+    token's for the others. random_init: draws from a normal fitted to the word embeddings (global 0
+    is the bos embedding when there is a bos_id, as in the reference, else a draw too), plus the
+    reordered positions. bert/albert add token type 0 (twice to the random init's bos row, as the reference)."""
     positions = order_positions(positions.detach().clone(), stride, generator)
     word = word.detach()
     if random_init:
-        mean, cov = word.mean(0), torch.cov(word.T.double())
-        cov = cov + torch.eye(cov.shape[0], dtype=cov.dtype) * 1e-6  # keep it positive definite
-        draws = torch.linalg.cholesky(cov) @ torch.randn(cov.shape[0], 512, generator=generator, dtype=cov.dtype)
-        glob = (mean.double().unsqueeze(0) + draws.T).to(word.dtype)
-        glob[0] = word[bos_id]
+        glob = fitted_normal_draws(word, 512, generator)
         if token_type is not None:
             positions = positions + token_type
-            glob[0] = word[bos_id] + token_type
+        if bos_id is not None:
+            glob[0] = word[bos_id] + (token_type if token_type is not None else 0)
         return glob + positions
     positions[0] += word[bos_id]
     positions[1:] += word[mask_id].unsqueeze(0)
