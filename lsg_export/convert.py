@@ -111,16 +111,23 @@ def _special_id(tokenizer, config, kinds):
     return None, None
 
 
-def _global_token_ids(tokenizer, config, random_init):
-    """(bos id, mask id) the global embeddings start from. random_init uses no mask token, and
-    without a bos/cls token it draws global 0 too, so it needs neither."""
-    bos, _ = _special_id(tokenizer, config, ("bos", "cls"))
-    mask, _ = (None, None) if random_init else _special_id(tokenizer, config, ("mask",))
+def _global_token_ids(tokenizer, config, rows, random_init):
+    """(bos id, mask id) the global embeddings start from, each a row of the `rows`-row word table.
+    random_init uses no mask token, and without a bos/cls token it draws global 0 too, so it needs neither."""
+    bos, bos_origin = _special_id(tokenizer, config, ("bos", "cls"))
+    mask, mask_origin = (None, None) if random_init else _special_id(tokenizer, config, ("mask",))
     if not random_init and (bos is None or mask is None):
         missing = " and ".join(name for name, token_id in (("bos/cls", bos), ("mask", mask)) if token_id is None)
         raise LSGExportError(f"cannot find the {missing} token id to initialise the global tokens (neither the "
                              f"tokenizer nor the config names one): pass --random-global-init to draw them from "
                              f"a normal fitted to the word embeddings")
+    # distilled BART checkpoints: the tokenizer's <mask> id is vocab_size, one past the table
+    for token_id, origin, way_out in (
+            (bos, bos_origin, "inputs start with that token: fix the checkpoint's special tokens"),
+            (mask, mask_origin, "pass --random-global-init, which does not use the mask token")):
+        if token_id is not None and not 0 <= token_id < rows:
+            raise LSGExportError(f"the {origin} token id {token_id} is outside the word embedding table ({rows} "
+                                 f"rows, ids 0..{rows - 1}): the tokenizer does not match the checkpoint; {way_out}")
     return bos, mask
 
 
@@ -203,7 +210,7 @@ def convert(model=None, output=None, *, max_sequence_length=4096, architecture=N
     state = lsg_model.state_dict()
     targets = embedding_targets(lsg_model, family)
     if targets.global_key and not (is_lsg and resize_lsg):
-        bos_id, mask_id = _global_token_ids(tokenizer, config, random_global_init)
+        bos_id, mask_id = _global_token_ids(tokenizer, config, targets.word.shape[0], random_global_init)
         try:
             glob = initial_global_embeddings(targets.word, targets.positions, bos_id, mask_id,
                                              global_positional_stride, targets.token_type, random_global_init,

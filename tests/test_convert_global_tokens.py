@@ -91,3 +91,49 @@ def test_random_global_init_without_special_tokens(bert_without_special_tokens, 
     ratio = draws.std(0) / word.std(0)
     assert ratio.min() > 0.8 and ratio.max() < 1.25, ratio
     assert torch.corrcoef(draws[:, :2].T)[0, 1] > 0.85  # the covariance, not only the variances
+
+
+# --- 2. a special-token id outside the word embedding table -----------------------------------------
+
+def save_bpe_tokenizer(folder, tokenizer_class):
+    """A byte-level BPE tokenizer (bart / roberta) of TINY_VOCAB + 1 tokens whose <mask> is the last,
+    id TINY_VOCAB == vocab_size: one past the word table, as in distilled BART checkpoints."""
+    words = ["<s>", "<pad>", "</s>", "<unk>", *(f"t{i}" for i in range(4, TINY_VOCAB)), "<mask>"]
+    (folder / "vocab.json").write_text(json.dumps({word: i for i, word in enumerate(words)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = tokenizer_class(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"))
+    assert tokenizer.mask_token_id == TINY_VOCAB
+    tokenizer.save_pretrained(folder)
+
+
+@pytest.mark.parametrize("model_type, tokenizer_class", [("bart", "BartTokenizerFast"),
+                                                        ("roberta", "RobertaTokenizerFast")])
+def test_mask_id_outside_the_table(tiny_checkpoint, tmp_path, model_type, tokenizer_class):
+    import shutil
+
+    import transformers
+    source = shutil.copytree(tiny_checkpoint(model_type), tmp_path / f"tiny-{model_type}")
+    save_bpe_tokenizer(source, getattr(transformers, tokenizer_class))
+    workspace = tmp_path / "workspace"
+    result = invoke(source, "-o", workspace / "out", *SMALL, "--max-sequence-length", 128)
+    assert_one_error_line(result, f"tokenizer's mask token id {TINY_VOCAB} is outside the word embedding table "
+                                  f"({TINY_VOCAB} rows", "--random-global-init")
+    assert "Traceback" not in result.output and not workspace.exists()  # nothing written, not even the parent
+
+    result = invoke(source, "-o", workspace / "out", *SMALL, "--max-sequence-length", 128, "--random-global-init")
+    assert result.exit_code == 0, result.output  # the way out the error names works
+    assert json.loads((workspace / "out" / "tokenizer_config.json").read_text())["model_max_length"] == 128
+
+
+def test_bos_id_outside_the_table(tiny_bert, tmp_path):
+    """A bos/cls id past the table (from the config here) is an error with or without --random-global-init,
+    which starts global 0 from it."""
+    import shutil
+    source = shutil.copytree(tiny_bert, tmp_path / "tiny-bert")
+    config = json.loads((source / "config.json").read_text())
+    (source / "config.json").write_text(json.dumps({**config, "cls_token_id": TINY_VOCAB + 5}))
+    for extra in ([], ["--random-global-init"]):
+        result = invoke(source, "-o", tmp_path / "out", *SMALL, "--max-sequence-length", 128, *extra)
+        assert_one_error_line(result, f"config's cls token id {TINY_VOCAB + 5} is outside", f"({TINY_VOCAB} rows",
+                              "fix the checkpoint's special tokens")
+        assert not (tmp_path / "out").exists()
