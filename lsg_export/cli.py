@@ -42,7 +42,9 @@ def main():
 @click.option("--keep-first-global-token", is_flag=True, help="LSG checkpoint: keep its first global token.")
 @click.option("--resize-lsg", is_flag=True, help="LSG checkpoint: only re-tile positions, keep the globals.")
 @click.option("--seed", default=123, type=int, help="Seed of the random draws.")
-@click.option("--force", is_flag=True, help="Replace a non-empty output folder.")
+@click.option("--force", is_flag=True, help="Output folder not empty: replace what a conversion writes there (weights, "
+              "config, modeling code, tokenizer, model card) and keep the rest (an onnx/ export, your files), "
+              "saying which on stderr first.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @user_errors
 def convert(model, output, as_json, **options):
@@ -62,7 +64,9 @@ def convert(model, output, as_json, **options):
 
     console = Console(stderr=True)
     with console.status("converting") as status:
-        result = run(model, output, status=lambda message: status.update(message), **options)
+        result = run(model, output, status=lambda message: status.update(message),
+                     notice=lambda message: console.print(message, markup=False, highlight=False, soft_wrap=True),
+                     **options)
     if as_json:
         click.echo(json.dumps({"output": str(result.path), "architecture": result.architecture,
                                "source": result.source}))

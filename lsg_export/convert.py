@@ -1,10 +1,12 @@
 """`lsg-export convert`: a 512-token checkpoint -> its LSG variant (reference format)."""
 import json
 import shutil
+import sys
 import tempfile
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 
 import torch
@@ -62,8 +64,11 @@ def check_output(output, force):
 
 
 @contextmanager
-def atomic_folder(output, force):
-    """Yield a temporary folder beside `output`; rename it to `output` only if the block succeeds."""
+def atomic_folder(output, force, carry_over=None):
+    """Yield a temporary folder beside `output`; put it in place of `output` only if the block succeeds.
+
+    An existing `output` (allowed by `force`) is replaced whole, except the entries named by
+    `carry_over(output, tmp)`, called once the block has succeeded: those are moved into the new folder."""
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     tmp.chmod(0o755)  # mkdtemp makes it 0700; the output is an ordinary shared folder
@@ -71,11 +76,73 @@ def atomic_folder(output, force):
         yield tmp
         if output.exists():
             check_output(output, force)
-            shutil.rmtree(output)
-        tmp.rename(output)
+            _swap(output, tmp, carry_over(output, tmp) if carry_over else ())
+        else:
+            tmp.rename(output)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _swap(output, tmp, kept):
+    """Put `tmp` in place of `output`, with output's `kept` entries moved into it (renames, no copies).
+    The old folder is set aside first and deleted last, so that a failed move puts it back as it was."""
+    old = tmp.with_name(tmp.name + ".old")  # tmp's name is unique, so is this one
+    output.rename(old)
+    moved = []
+    try:
+        for name in kept:
+            (old / name).rename(tmp / name)
+            moved.append(name)
+        tmp.rename(output)
+    except BaseException:  # interrupted too: tmp is deleted on the way out, the kept entries must not be
+        for name in moved:
+            (tmp / name).rename(old / name)
+        old.rename(output)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# what a conversion writes at the top of its folder besides the modeling code: weights of any sharding,
+# configs, the tokenizer files of every family, the model card. --force replaces these (so that no file
+# of a previous conversion is left beside the new ones) and keeps everything else, e.g. an onnx/ export
+CONVERT_FILES = ("config.json", "generation_config.json", "README.md", "model.safetensors", "model-*-of-*.safetensors",
+                 "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                 "added_tokens.json", "chat_template.jinja", "vocab.txt", "vocab.json", "merges.txt", "spiece.model",
+                 "sentencepiece.bpe.model")
+
+
+def written_by_convert(entry, new_names=()):
+    """Whether `entry` of an output folder is a conversion's: a name written now, or a file any conversion writes."""
+    if entry.name in new_names:
+        return True
+    modeling = {path.name for family in ALL_FAMILIES.values() for path in family.modeling_files()}
+    return entry.is_file() and (entry.name in modeling or any(fnmatch(entry.name, p) for p in CONVERT_FILES))
+
+
+def _listing(entries):
+    return ", ".join(entry.name + ("/" if entry.is_dir() else "") for entry in entries)
+
+
+def replacement_notice(output, replaced, kept):
+    """What --force replaces in `output` and what it keeps, warning that kept ONNX exports are of the old weights."""
+    message = f"--force: replacing what convert wrote in {output} ({_listing(replaced) or 'nothing'})"
+    if not kept:
+        return message
+    exports = [entry for entry in kept if entry.is_dir() and next(entry.rglob("*.onnx"), None)]
+    stale = f"; the ONNX exports in {_listing(exports)} are of the previous weights: export again" if exports else ""
+    return f"{message}; keeping what it did not write ({_listing(kept)}){stale}"
+
+
+def keep_foreign_entries(notice):
+    """atomic_folder's carry_over for convert: keep what convert did not write, and say what happens first."""
+    def carry_over(output, tmp):
+        new_names = {path.name for path in tmp.iterdir()}
+        entries = sorted(output.iterdir())
+        kept = [entry for entry in entries if not written_by_convert(entry, new_names)]
+        notice(replacement_notice(output, [entry for entry in entries if entry not in kept], kept))
+        return [entry.name for entry in kept]
+    return carry_over
 
 
 @contextmanager
@@ -144,12 +211,15 @@ def convert(model=None, output=None, *, max_sequence_length=4096, architecture=N
             sparse_block_size=None, sparsity_factor=None, sparsity_type=None, num_global_tokens=None,
             mask_first_token=None, pool_with_global=None, lsh_num_pre_rounds=None, model_kwargs=None,
             random_global_init=False, global_positional_stride=64, keep_first_global_token=False,
-            resize_lsg=False, seed=123, force=False, status=None):
+            resize_lsg=False, seed=123, force=False, status=None, notice=None):
     """Convert `model` (folder, hub id, or None for the bundled MiniLM) into an LSG folder.
 
     LSG options left as None keep the checkpoint's (an LSG checkpoint) or the defaults.
-    `status(message)` is called before each step. Returns a ConvertResult."""
+    `status(message)` is called before each step. force: replace what a conversion wrote in a non-empty
+    `output`, keep the rest; `notice(message)` (default: print to stderr) says which, before replacing.
+    Returns a ConvertResult."""
     status = status or (lambda message: None)
+    notice = notice or (lambda message: print(message, file=sys.stderr))
     source, display = resolve_source(model)
     config_dict = read_config_dict(source)
     model_type = config_dict.get("model_type")
@@ -235,7 +305,7 @@ def convert(model=None, output=None, *, max_sequence_length=4096, architecture=N
     lsg_model.eval()
 
     status(f"writing {output}")
-    with atomic_folder(output, force) as tmp:
+    with atomic_folder(output, force, keep_foreign_entries(notice)) as tmp:
         lsg_model.save_pretrained(tmp, safe_serialization=True)
         for path in family.modeling_files():
             shutil.copy(path, tmp / path.name)

@@ -153,7 +153,9 @@ def test_existing_output_needs_force(tiny_bert, workspace, lsg_home):
 
     result = invoke(tiny_bert, "-o", out, *SMALL, "--force")
     assert result.exit_code == 0, result.output
-    assert not (out / "keep.txt").exists() and (out / "config.json").is_file()
+    # --force replaces what a conversion writes and keeps the user's file, saying so
+    assert (out / "keep.txt").read_text() == "mine" and (out / "config.json").is_file()
+    assert "keeping what it did not write (keep.txt)" in result.stderr
     assert sorted(p.name for p in workspace.iterdir()) == ["out"]
 
 
