@@ -1,5 +1,7 @@
 """`lsg-export convert`: a 512-token checkpoint -> its LSG variant (reference format)."""
 import json
+import os
+import re
 import shutil
 import sys
 import tempfile
@@ -65,15 +67,16 @@ def check_output(output, force):
 
 @contextmanager
 def atomic_folder(output, force, carry_over=None):
-    """Yield a temporary folder beside `output`; put it in place of `output` only if the block succeeds.
+    """Yield a temporary folder beside `output`; put it in place of `output` only if the block succeeds,
+    with the modes the umask gives new files and folders.
 
     An existing `output` (allowed by `force`) is replaced whole, except the entries named by
     `carry_over(output, tmp)`, called once the block has succeeded: those are moved into the new folder."""
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it 0700; the output is an ordinary shared folder
     try:
         yield tmp
+        follow_umask(tmp)
         if output.exists():
             check_output(output, force)
             _swap(output, tmp, carry_over(output, tmp) if carry_over else ())
@@ -82,6 +85,26 @@ def atomic_folder(output, force, carry_over=None):
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def current_umask():
+    """The process umask, read from /proc where it can be (setting it to read it races with other threads)."""
+    try:
+        return int(re.search(r"^Umask:\s*([0-7]+)", Path("/proc/self/status").read_text(), re.M).group(1), 8)
+    except (OSError, AttributeError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
+
+
+def follow_umask(folder):
+    """Give `folder` and what it holds the modes of ordinary new files and folders, 0666 (0777 for folders
+    and executables) less the umask: mkdtemp makes 0700 folders, safetensors writes 0600 files."""
+    mask = current_umask()
+    for path in (folder, *folder.rglob("*")):
+        if not path.is_symlink():
+            executable = path.is_dir() or path.stat().st_mode & 0o100
+            path.chmod((0o777 if executable else 0o666) & ~mask)
 
 
 def _swap(output, tmp, kept):
