@@ -50,6 +50,15 @@ def hub_reachable(timeout=3.0):
         return False
 
 
+def hub_download_command(version=None):
+    """The download command of the installed (or the given) huggingface_hub version: `hf download` from
+    0.34, which introduced `hf`; 1.0 removed `huggingface-cli`, which older versions have alone."""
+    from packaging.version import Version
+    if version is None:
+        from huggingface_hub import __version__ as version
+    return "hf download" if Version(version) >= Version("0.34") else "huggingface-cli download"
+
+
 def read_config_dict(source):
     """config.json as a dict, from a folder, the local hub cache or the hub, with one-line errors."""
     from transformers import PretrainedConfig
@@ -61,7 +70,7 @@ def read_config_dict(source):
             raise LSGExportError(f"{source}: cannot read config.json ({error.__class__.__name__})") from None
         raise LSGExportError(
             f"cannot fetch '{source}' from the Hugging Face hub (offline, or no such model): download it where "
-            f"there is network (huggingface-cli download {source} --local-dir DIR) and pass DIR") from None
+            f"there is network ({hub_download_command()} {source} --local-dir DIR) and pass DIR") from None
     except (ValueError, TypeError, json.JSONDecodeError) as error:  # TypeError: JSON that is not an object
         raise LSGExportError(f"{source}: corrupt config.json ({error})") from None
     return config
