@@ -160,8 +160,10 @@ def replacement_notice(output, replaced, kept):
 def keep_foreign_entries(notice):
     """atomic_folder's carry_over for convert: keep what convert did not write, and say what happens first."""
     def carry_over(output, tmp):
-        new_names = {path.name for path in tmp.iterdir()}
         entries = sorted(output.iterdir())
+        if not entries:  # an empty folder, allowed without --force: nothing to say
+            return []
+        new_names = {path.name for path in tmp.iterdir()}
         kept = [entry for entry in entries if not written_by_convert(entry, new_names)]
         notice(replacement_notice(output, [entry for entry in entries if entry not in kept], kept))
         return [entry.name for entry in kept]

@@ -81,6 +81,14 @@ def test_force_over_a_folder_of_convert_files_only(tiny_bert, tmp_path):
         ["config.json", "model.safetensors", "README.md", "lsg_attention.py", "lsg_base.py", "modeling_lsg_bert.py"])
 
 
+def test_existing_empty_folder_is_no_replacement(tiny_bert, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    messages = []
+    convert(str(tiny_bert), out, **SMALL, notice=messages.append)
+    assert messages == [] and (out / "model.safetensors").is_file()
+
+
 def test_failed_load_with_force_leaves_the_old_folder(tiny_bert, converted_with_extras):
     out = converted_with_extras
     before = snapshot(out)
