@@ -432,7 +432,9 @@ def test_int8_reports_error_and_token_agreement(bench_exports):
     assert report.passed and not report.enforced
     rows = {(row.length, row.output): row for row in report.rows}
     for length in OPTION_LENGTHS:
-        assert 0 < rows[length, "last_hidden_state"].max_abs_diff < 1.0  # quantisation error, reported
+        # quantisation error, reported: up to ~1 on this random tiny bart with per-channel scales on x86 CPUs
+        # without VNNI, whose u8 x s8 kernel saturates int16 pair sums (docs/benchmarks.md, 2026-12-05)
+        assert 0 < rows[length, "last_hidden_state"].max_abs_diff < 2.0
         tokens = rows[length, "greedy tokens"]
         assert 0.0 <= tokens.argmax_agreement <= 1.0 and tokens.ok
         assert tokens.argmax_agreement == pytest.approx(1 - tokens.mean_abs_diff)
