@@ -115,6 +115,14 @@ def _external_files(graph):
     return found
 
 
+def validation_run_label(validation):
+    """ ' (validate, 2026-12-05 13:40 UTC, text GPL-3, lengths 1, 500, 4096)': which run a verdict comes from."""
+    parts = [validation.get("run"), validation.get("when"), validation.get("inputs"),
+             "lengths " + ", ".join(map(str, validation["lengths"])) if validation.get("lengths") else None]
+    parts = [part for part in parts if part]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def open_export(folder, allow_unvalidated=False):
     """ExportFolder of `folder`; LSGExportError when a file is missing, export.json and the graph
     disagree, or validation failed / never ran (unless allow_unvalidated)."""
@@ -143,7 +151,8 @@ def open_export(folder, allow_unvalidated=False):
     domains = sorted({node.domain or "" for node in proto.graph.node})
     validation = meta.get("validation") or {}
     if validation.get("passed") is not True and not allow_unvalidated:
-        why = (f"failed validation at lengths {validation.get('failed_lengths')}" if validation.get("passed") is False
+        why = (f"failed validation at lengths {validation.get('failed_lengths')} in its latest run"
+               f"{validation_run_label(validation)}" if validation.get("passed") is False
                else "has no validation result")
         raise LSGExportError(f"{path} {why} (see its {EXPORT_JSON}); rerun `lsg-export validate {path}`, or pass "
                              f"--allow-unvalidated to deploy it anyway")

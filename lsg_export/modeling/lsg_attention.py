@@ -183,6 +183,7 @@ class LSGAttention(nn.Module):
         self.lsh_num_pre_rounds = getattr(config, "lsh_num_pre_rounds", 1)
         self.dropout = nn.Dropout(dropout_prob)
         self.block_attention = block_attention  # an exporter may swap in the custom op
+        self.select_positions = norm_top_positions  # a validation may swap in a recording / swapping selection
         self._lsh_projections = {}
         # an exporter may set `forward_tokens` on the instance (the LSGAttention op)
 
@@ -225,7 +226,7 @@ class LSGAttention(nn.Module):
         n, h, t, d = k.shape
         with torch.no_grad():
             norms = k.detach().norm(dim=-1) * (key_mask[..., 0] == 0)
-            index = norm_top_positions(norms, min(self.block_size, self.sparse_block_size), self.sparsity_factor)
+            index = self.select_positions(norms, min(self.block_size, self.sparse_block_size), self.sparsity_factor)
             # whole rows by one index into (n*h*t, d): a row copy per key in the graph (Gather),
             # where gather along dim 2 reads an index per element (GatherElements)
             rows = (index + torch.arange(n * h, device=k.device).reshape(n, h, 1) * t).reshape(-1)
@@ -240,7 +241,7 @@ class LSGAttention(nn.Module):
         with torch.no_grad():
             norms = k.detach().reshape(n, -1, heads, d).norm(dim=-1)[:, g:].transpose(1, 2)
             norms = norms * (key_mask == 0)[:, None, :]
-            index = norm_top_positions(norms, min(self.block_size, self.sparse_block_size), self.sparsity_factor)
+            index = self.select_positions(norms, min(self.block_size, self.sparse_block_size), self.sparsity_factor)
             batch = torch.arange(n, device=k.device).reshape(n, 1, 1)
             rows = ((batch * (g + t) + g + index) * heads + torch.arange(heads, device=k.device).reshape(1, heads, 1))
             mask_rows = (batch * t + index).reshape(-1)

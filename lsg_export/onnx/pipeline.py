@@ -16,7 +16,7 @@ from .export import (DEFAULT_OPSET, EXTERNAL_DATA_BYTES, check_opset, export_gra
 from .optimize import check_options, optimize_graph, quantize_int8, to_float16
 from .tasks import (TASKS, TaskModule, infer_task, input_axes, input_names, make_inputs, output_names,
                     read_model_folder)
-from .validate import DEFAULT_ATOL, compare, default_lengths, make_session, parse_lengths, text_ids
+from .validate import DEFAULT_ATOL, compare, default_lengths, default_text, document_inputs, make_session, parse_lengths
 
 MODEL_FILE = "model.onnx"
 NOT_COPIED = {"config.json", "README.md", "generation_config.json", "export.json"}
@@ -94,6 +94,18 @@ def write_side_files(info, folder, seq):
         tokenizer_config.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
+HISTORY = 50  # validation runs kept in export.json's "validations" (the oldest dropped first)
+
+
+def record_validation(meta, report, run):
+    """Store a validation in export.json's data: `validation` is the latest run (what deploy and serve gate
+    on), `validations` the history, each with when it ran, which command (`run`) and its inputs."""
+    entry = {"run": run, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **report.to_dict()}
+    history = [*meta.get("validations", []), {k: v for k, v in entry.items() if k != "rows"}]
+    meta["validation"], meta["validations"] = entry, history[-HISTORY:]
+    return meta
+
+
 def write_json(path, data):
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
@@ -129,12 +141,13 @@ def check_validation(info, seq, lengths, batch_size):
 
 def export_onnx(model=None, output=None, *, seq=None, task="auto", opset=DEFAULT_OPSET, attention="gather",
                 optimize="none", fp16=False, quantize=None, device="cpu", atol=None, lengths=None, batch_size=2,
-                merge_decoders=None, force=False, status=None):
+                merge_decoders=None, text=None, force=False, status=None):
     """Export a converted LSG folder to ONNX, validate it against PyTorch, write OUT.
 
     model: the folder (None: the last one `lsg-export convert` wrote from the current directory).
     output: OUT (default MODEL/onnx). seq: the longest input (default: the model's maximum).
     merge_decoders: encoder-decoders only, also write decoder_model_merged.onnx (default: yes).
+    text: a text file whose tokens the validation runs on (default: GPL-3 for int8, else random ids).
     Returns an ExportResult; `result.passed` is False when validation found a difference above atol
     (OUT is written all the same, with the failure in export.json). LSGExportError for bad input."""
     status = status or (lambda message: None)
@@ -145,7 +158,7 @@ def export_onnx(model=None, output=None, *, seq=None, task="auto", opset=DEFAULT
         from .seq2seq import export_seq2seq
         return export_seq2seq(info, output, seq=seq, task=task, opset=opset, attention=attention, optimize=optimize,
                               fp16=fp16, quantize=quantize, device=device, atol=atol, lengths=lengths,
-                              batch_size=batch_size, merge_decoders=merge_decoders, force=force, status=status,
+                              batch_size=batch_size, merge_decoders=merge_decoders, text=text, force=force, status=status,
                               started=started)
     if merge_decoders is not None:
         raise LSGExportError(f"--merge-decoders is for encoder-decoders (bart, mbart, pegasus); {info.path} holds a "
@@ -159,6 +172,7 @@ def export_onnx(model=None, output=None, *, seq=None, task="auto", opset=DEFAULT
     seq, lengths = check_lengths(info, seq, lengths, batch_size)
     atol, enforced = resolve_atol(atol, fp16, quantize, optimize)
     output = check_output(Path(output) if output else info.path / "onnx", force)
+    ids, label = document_inputs(info.path, text or default_text(quantize))
 
     status(f"loading {info.path} ({info.family.class_name(info.head)}, task {task})")
     torch_model = load_torch_model(info)
@@ -200,8 +214,8 @@ def export_onnx(model=None, output=None, *, seq=None, task="auto", opset=DEFAULT
         write_side_files(info, tmp, seq)
 
         session = make_session(path, device, backend)
-        report = compare(session, module, info, task, outputs, lengths, batch_size, atol, enforced,
-                         progress=lambda n: status(f"validating: length {n} of {', '.join(map(str, lengths))}"))
+        report = compare(session, module, info, task, outputs, lengths, batch_size, atol, enforced, ids=ids,
+                         inputs_label=label, progress=status)
         del session
         meta = {
             "model": str(info.path.resolve()), "architecture": info.family.class_name(info.head),
@@ -212,9 +226,9 @@ def export_onnx(model=None, output=None, *, seq=None, task="auto", opset=DEFAULT
             "precision": "fp16" if fp16 else ("int8" if quantize else "fp32"),
             "versions": versions(),
             "seconds": {"export": round(export_seconds, 2), "total": round(time.perf_counter() - started, 2)},
-            "validation": report.to_dict(),
+            "validation_lengths": lengths,
         }
-        write_json(tmp / EXPORT_JSON, meta)
+        write_json(tmp / EXPORT_JSON, record_validation(meta, report, "export"))
     remember_output("onnx", output)
     return ExportResult(output, task, report, meta)
 
@@ -227,6 +241,13 @@ def read_export_folder(folder):
     return meta
 
 
+def export_lengths(meta):
+    """The lengths an export was validated at when it was written (folders from before the history: the
+    lengths of their recorded validation)."""
+    history = meta.get("validations") or [meta.get("validation") or {}]
+    return meta.get("validation_lengths") or history[0].get("lengths")
+
+
 def validation_settings(folder, meta, model, lengths, batch_size, atol, device):
     """What a re-validation of an export folder runs with, checked: (info of the PyTorch model, lengths,
     atol, enforced, device), from the arguments or else from export.json (`meta`)."""
@@ -234,8 +255,7 @@ def validation_settings(folder, meta, model, lengths, batch_size, atol, device):
     if source and model is None and not Path(source).is_dir():
         raise LSGExportError(f"the PyTorch model {source} named in {folder / EXPORT_JSON} is gone: pass --model")
     info = read_model_folder(source)
-    lengths = check_validation(info, int(meta["seq"]), lengths or meta.get("validation", {}).get("lengths"),
-                               batch_size)
+    lengths = check_validation(info, int(meta["seq"]), lengths or export_lengths(meta), batch_size)
     fp16, quantize = meta.get("fp16"), meta.get("quantize")
     atol, enforced = resolve_atol(atol, fp16, quantize, (meta.get("optimize") or {}).get("level"))
     device = device or meta.get("device", "cpu")
@@ -259,7 +279,7 @@ def validate_onnx(folder=None, *, model=None, lengths=None, batch_size=2, text=N
                                 atol=atol, device=device, status=status, record=record)
     info, lengths, atol, enforced, device = validation_settings(folder, meta, model, lengths, batch_size, atol, device)
     task, seq = meta["task"], int(meta["seq"])
-    ids = text_ids(folder, text) if text else None
+    ids, label = document_inputs(folder, text)
 
     status(f"loading {info.path}")
     torch_model = load_torch_model(info)
@@ -267,9 +287,8 @@ def validate_onnx(folder=None, *, model=None, lengths=None, batch_size=2, text=N
     module = TaskModule(torch_model, task).eval()
     session = make_session(folder / MODEL_FILE, device, get_attention_backend(meta.get("attention", "gather")))
     report = compare(session, module, info, task, meta["outputs"], lengths, batch_size, atol, enforced, ids=ids,
-                     inputs_label=f"text {Path(text).name}" if text else "random ids",
-                     progress=lambda n: status(f"validating: length {n} of {', '.join(map(str, lengths))}"))
+                     inputs_label=label,
+                     progress=status)
     if record:
-        meta["validation"] = report.to_dict()
-        write_json(folder / EXPORT_JSON, meta)
+        write_json(folder / EXPORT_JSON, record_validation(meta, report, "validate"))
     return report

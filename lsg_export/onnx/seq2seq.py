@@ -38,7 +38,9 @@ from .export import (DEFAULT_OPSET, EXTERNAL_DATA_BYTES, check_opset, export_gra
                      get_attention_backend, graph_domains)
 from .optimize import check_options, optimize_graph, quantize_int8, to_float16
 from .tasks import make_inputs
-from .validate import Comparison, ValidationReport, make_session, text_chunks, text_ids
+from .ties import SelectionProbe
+from .validate import (Comparison, ValidationReport, compare_output, length_status, make_session, text_chunks,
+                       default_text, document_inputs)
 
 ENCODER_FILE = "encoder_model.onnx"
 DECODER_FILE = "decoder_model.onnx"
@@ -330,28 +332,18 @@ class Sessions:
         return first[0], step[0]
 
 
-def _diff_row(length, name, expected, got, atol, enforced, agreement=None):
-    if expected.shape != got.shape:
-        return Comparison(length, name, float("inf"), float("inf"), 0.0, False)
-    diff = np.abs(got.astype(np.float64) - expected.astype(np.float64))
-    worst = float(diff.max()) if diff.size else 0.0
-    worst = worst if np.isfinite(worst) else float("inf")
-    return Comparison(length, name, worst, float(diff.mean()) if diff.size else 0.0, agreement,
-                      worst <= atol or not enforced)
-
-
 def compare_seq2seq(sessions, model, info, lengths, batch_size, atol, enforced, ids=None, inputs_label="random ids",
                     progress=None, ort_model=None, new_tokens=GENERATE_TOKENS):
     """Per length (batch_size rows, the last padded): encoder output on the real rows (globals + real
     tokens), decoder logits without and with past (and from the merged graph's two branches when
-    `sessions` has it), and greedy generation from ORTModelForSeq2SeqLM
-    (`ort_model`) against PyTorch's tokens."""
+    `sessions` has it), and greedy generation from ORTModelForSeq2SeqLM (`ort_model`) against PyTorch's
+    tokens. Near-ties of the encoder's norm selection are judged as in validate.ValidationReport."""
     report = ValidationReport(atol, enforced, batch_size, list(lengths), inputs_label)
     generator = torch.Generator().manual_seed(0)
     globals_ = info.config["num_global_tokens"] if info.config.get("pass_global_tokens_to_decoder", True) else 0
     for length in lengths:
         if progress:
-            progress(length)
+            progress(length_status(lengths, length))
         chunk = text_chunks(ids, batch_size, length) if ids is not None else None
         inputs = encoder_inputs(info, batch_size, length, generator=generator, ids=chunk)
         feeds = {k: v.numpy() for k, v in inputs.items()}
@@ -370,20 +362,28 @@ def compare_seq2seq(sessions, model, info, lengths, batch_size, atol, enforced, 
         except Exception as error:
             raise LSGExportError(f"ONNX Runtime failed at length {length} ({str(error).splitlines()[0][:300]})") \
                 from None
-        with torch.no_grad():
-            expected = model.get_encoder()(**inputs).last_hidden_state
-            logits = model(encoder_outputs=(expected,), attention_mask=inputs["attention_mask"],
-                           decoder_input_ids=decoder_ids).logits.numpy()
-        rows = torch.nn.functional.pad(inputs["attention_mask"], (globals_, 0), value=1).bool().numpy()
-        report.rows.append(_diff_row(length, "last_hidden_state", expected.numpy()[rows], hidden[rows], atol, enforced))
-        pairs = [("logits", logits[:, :-1], first[0]), ("logits (past)", logits[:, -1:], step[0])]
+        got_tokens = generate(ort_model, inputs, new_tokens) if ort_model is not None else None
+        rows_mask = torch.nn.functional.pad(inputs["attention_mask"], (globals_, 0), value=1).bool().numpy()
+        outputs = [("last_hidden_state", hidden), ("logits", first[0]), ("logits (past)", step[0])]
         if merged:
-            pairs += [("logits (merged)", logits[:, :-1], merged[0]), ("logits (merged, past)", logits[:, -1:], merged[1])]
-        for name, reference, got in pairs:
-            agreement = float((reference.argmax(-1) == got.argmax(-1)).mean()) if reference.shape == got.shape else 0.0
-            report.rows.append(_diff_row(length, name, reference, got, atol, enforced, agreement))
-        if ort_model is not None:
-            report.rows.append(compare_generation(ort_model, model, inputs, length, new_tokens, enforced))
+            outputs += [("logits (merged)", merged[0]), ("logits (merged, past)", merged[1])]
+
+        def run(swaps=()):
+            with torch.no_grad(), SelectionProbe(model, swaps) as probe:
+                expected = model.get_encoder()(**inputs).last_hidden_state.numpy()
+                logits = model(encoder_outputs=(torch.from_numpy(expected),), attention_mask=inputs["attention_mask"],
+                               decoder_input_ids=decoder_ids).logits.numpy()
+                tokens = generate(model, inputs, new_tokens) if got_tokens is not None else None
+            references = {"last_hidden_state": expected, "logits": logits[:, :-1], "logits (past)": logits[:, -1:],
+                          "logits (merged)": logits[:, :-1], "logits (merged, past)": logits[:, -1:]}
+            rows = [compare_output(length, name, references[name], got, rows_mask if name == "last_hidden_state"
+                                   else None, atol, enforced) for name, got in outputs]
+            if tokens is not None:
+                rows.append(compare_tokens(length, tokens, got_tokens, enforced))
+            return rows, probe
+
+        rows, probe = run()
+        report.add_length(length, rows, probe.ties, run)
     return report
 
 
@@ -393,12 +393,14 @@ def generation_settings(new_tokens, num_beams=1):
     return dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, num_beams=num_beams, do_sample=False)
 
 
-def compare_generation(ort_model, model, inputs, length, new_tokens, enforced):
-    """Greedy tokens of ORTModelForSeq2SeqLM vs PyTorch: a row whose max_abs_diff counts differing tokens."""
-    settings = generation_settings(new_tokens)
+def generate(model, inputs, new_tokens):
+    """Greedy tokens of a PyTorch model or an ORTModelForSeq2SeqLM."""
     with torch.no_grad(), quiet_transformers():
-        expected = model.generate(**inputs, **settings)
-        got = ort_model.generate(**inputs, **settings)
+        return model.generate(**inputs, **generation_settings(new_tokens))
+
+
+def compare_tokens(length, expected, got, enforced):
+    """Greedy tokens of ORT vs PyTorch: a row whose max_abs_diff counts differing tokens."""
     if expected.shape != got.shape:
         return Comparison(length, "greedy tokens", float("inf"), 1.0, 0.0, not enforced)
     differ = (expected != got).float()
@@ -425,13 +427,13 @@ def load_seq2seq_model(folder, provider="CPUExecutionProvider", session_options=
 
 def export_seq2seq(info, output=None, *, seq=None, task="auto", opset=DEFAULT_OPSET, attention="gather",
                    optimize="none", fp16=False, quantize=None, device="cpu", atol=None, lengths=None, batch_size=2,
-                   merge_decoders=None, force=False, status=None, started=None):
+                   merge_decoders=None, text=None, force=False, status=None, started=None):
     """export_onnx for a converted encoder-decoder folder (`info`): the three graphs (each optimised,
     converted, quantised as asked) and the merged decoder (merge_decoders: default on), validated.
 
     Returns pipeline.ExportResult (task text2text-generation)."""
-    from .pipeline import (EXPORT_JSON, ExportResult, check_lengths, resolve_atol, versions, write_json,
-                           write_side_files)
+    from .pipeline import (EXPORT_JSON, ExportResult, check_lengths, record_validation, resolve_atol, versions,
+                           write_json, write_side_files)
     status = status or (lambda message: None)
     started = started or time.perf_counter()
     check_head(info, task)
@@ -444,6 +446,7 @@ def export_seq2seq(info, output=None, *, seq=None, task="auto", opset=DEFAULT_OP
     seq, lengths = check_lengths(info, seq, lengths, batch_size)
     atol, enforced = resolve_atol(atol, fp16, quantize, optimize)
     output = check_output(Path(output) if output else info.path / "onnx", force)
+    ids, label = document_inputs(info.path, text or default_text(quantize))
 
     status(f"loading {info.path} ({info.family.class_name(info.head)}, task {TASK})")
     model = load_model(info, seq)
@@ -473,12 +476,12 @@ def export_seq2seq(info, output=None, *, seq=None, task="auto", opset=DEFAULT_OP
             **steps, "precision": "fp16" if fp16 else ("int8" if quantize else "fp32"), "versions": versions(),
         }
         write_json(tmp / EXPORT_JSON, meta)
-        report = validate_folder(tmp, model, info, meta, lengths, batch_size, atol, enforced, device=device,
-                                 status=status)
+        report = validate_folder(tmp, model, info, meta, lengths, batch_size, atol, enforced, device=device, ids=ids,
+                                 inputs_label=label, status=status)
         meta["seconds"] = {"export": round(sum(p["seconds"] for p in parts.values()), 2),
                            "total": round(time.perf_counter() - started, 2)}
-        meta["validation"] = report.to_dict()
-        write_json(tmp / EXPORT_JSON, meta)
+        meta["validation_lengths"] = lengths
+        write_json(tmp / EXPORT_JSON, record_validation(meta, report, "export"))
     remember_output("onnx", output)
     return ExportResult(output, TASK, report, meta)
 
@@ -495,27 +498,26 @@ def validate_folder(folder, model, info, meta, lengths, batch_size, atol, enforc
                                    "CPUExecutionProvider", use_io_binding=False)
     return compare_seq2seq(sessions, model, info, lengths, batch_size, atol, enforced, ids=ids,
                            inputs_label=inputs_label, ort_model=ort_model,
-                           progress=lambda n: status(f"validating: length {n} of {', '.join(map(str, lengths))}"))
+                           progress=status)
 
 
 def validate_seq2seq(folder, meta, *, model=None, lengths=None, batch_size=2, text=None, atol=None, device=None,
                      status=None, record=True):
     """validate_onnx for an encoder-decoder export folder (see pipeline.validate_onnx)."""
-    from .pipeline import EXPORT_JSON, validation_settings, write_json
+    from .pipeline import EXPORT_JSON, record_validation, validation_settings, write_json
     status = status or (lambda message: None)
     folder = Path(folder)
     missing = [f for f in meta.get("files", PART_FILES) if not (folder / f).is_file()]
     if missing:
         raise LSGExportError(f"{folder}: no {', '.join(missing)}")
     info, lengths, atol, enforced, device = validation_settings(folder, meta, model, lengths, batch_size, atol, device)
-    ids = text_ids(folder, text) if text else None
+    ids, label = document_inputs(folder, text)
     status(f"loading {info.path}")
     torch_model = load_model(info, int(meta["seq"]))
     report = validate_folder(folder, torch_model, info, meta, lengths, batch_size, atol, enforced, device=device, ids=ids,
-                             inputs_label=f"text {Path(text).name}" if text else "random ids", status=status)
+                             inputs_label=label, status=status)
     if record:
-        meta["validation"] = report.to_dict()
-        write_json(folder / EXPORT_JSON, meta)
+        write_json(folder / EXPORT_JSON, record_validation(meta, report, "validate"))
     return report
 
 
