@@ -1,5 +1,5 @@
 """`lsg-export bench`: a --quick run of every CPU backend on a tiny LSG bert (table, JSON schema, CSV,
-plot, cached exports), two rounds pooled, an export as target with a length above its --seq and a broken
+plot, cached exports, the quality columns), two rounds pooled, the quality columns on a document, an export as target with a length above its --seq and a broken
 copy that fails without stopping the other backends, the default target, bad arguments; the pieces
 (growth exponent, chunking, ratios, pooling, timing loop, peak memory) on real values."""
 import csv
@@ -17,7 +17,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _cli import assert_user_error, invoke  # noqa: E402
 
-from lsg_export.bench.backends import BACKENDS, Runner, chunked  # noqa: E402
+from lsg_export.bench import run as run_module  # noqa: E402
+from lsg_export.bench.backends import BACKENDS, Runner, chunked, export_kind, unchunked  # noqa: E402
 from lsg_export.bench.measure import (Cell, PeakMemory, planned_runs, pool, predicted_seconds,  # noqa: E402
                                      time_interleaved, time_runs)
 from lsg_export.bench.report import exponent, render_table  # noqa: E402
@@ -29,7 +30,9 @@ CPU_BACKENDS = [name for name, b in BACKENDS.items() if "cpu" in b.devices]
 LENGTHS = [64, 128]
 CELL_KEYS = {"backend", "length", "batch", "status", "reason", "warmup", "runs", "p50_ms", "p90_ms", "p99_ms",
              "mean_ms", "min_ms", "tokens_per_s", "peak_memory_mb", "memory_kind", "speedup_vs_torch_lsg",
-             "speedup_vs_torch_chunked", "times_ms"}
+             "speedup_vs_torch_chunked", "pooled_cosine", "min_token_cosine", "times_ms"}
+FLOAT32_ORT = ("ort-gather", "ort-gather-optimized", "ort-custom-op")
+INT8 = ("ort-int8", "ort-int8-custom-op", "ort-int8-per-tensor", "ort-int8-per-tensor-custom-op")
 
 
 @pytest.fixture(scope="module")
@@ -103,15 +106,107 @@ def test_quick_run_writes_csv_plot_and_cached_exports(quick_run, tiny_lsg):
     assert [float(t) for t in rows[0]["times_ms"].split()] == data["results"][0]["times_ms"]
     png = (out / "bench.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
-    for name in ("ort-gather", "ort-gather-optimized", "ort-int8", "ort-custom-op", "ort-int8-custom-op"):
+    for name in (*FLOAT32_ORT, *INT8):
         folder = tiny_lsg / "bench-exports" / name
         assert data["backends"][name]["export"] == str(folder)
         meta = json.loads((folder / "export.json").read_text())
         assert meta["task"] == "feature-extraction" and meta["seq"] == 128
-    for name, attention in (("ort-int8", "gather"), ("ort-int8-custom-op", "custom-op")):
+    for name, attention, per_channel in (("ort-int8", "gather", True), ("ort-int8-custom-op", "custom-op", True),
+                                         ("ort-int8-per-tensor", "gather", False),
+                                         ("ort-int8-per-tensor-custom-op", "custom-op", False)):
         meta = json.loads((tiny_lsg / "bench-exports" / name / "export.json").read_text())
         assert meta["quantize"]["weight_type"] == "QInt8" and meta["attention"] == attention
+        assert (meta["quantize"]["method"], meta["quantize"]["per_channel"]) == ("dynamic", per_channel)
         assert meta["quantize"]["quantized_matmuls"] > 0 and meta["optimize"]["level"] == "O2"
+        assert meta["precision"] == "int8" and meta["validation"]["enforced"] is False
+        assert export_kind(meta) == name  # such a folder, given as target, serves its own kind
+        scales = int8_scale_sizes(tiny_lsg / "bench-exports" / name / "model.onnx")
+        assert scales and set(scales) == ({32, 64} if per_channel else {1})  # hidden 32, intermediate 64
+
+
+def int8_scale_sizes(path):
+    """Sizes of the quantised MatMul weights' zero points (one per scale): a column count per channel, 1 per tensor."""
+    import onnx
+    model = onnx.load(str(path), load_external_data=False)
+    sizes = {i.name: int(np.prod(i.dims)) for i in model.graph.initializer}
+    position = {"MatMulInteger": 3, "DynamicQuantizeMatMul": 3}  # B's zero point
+    return [sizes[n.input[position[n.op_type]]] for n in model.graph.node if n.op_type in position]
+
+
+def test_quick_run_reports_quality_against_float32_pytorch(quick_run):
+    """The tiny model has no tokenizer: the quality columns compare each backend's output on random ids with
+    float32 PyTorch's, and say so. float32 graphs agree to rounding, int8 and the other models do not."""
+    result, data, out = quick_run
+    quality = data["settings"]["quality"]
+    assert quality["text"] is None and quality["note"].startswith("random ids") and quality["batch"] == 1
+    table = " ".join(result.stdout.split())  # the caption wraps
+    assert "cosine" in table and "mean-pooled / lowest token" in table and "random ids" in table
+    rows = {(r["backend"], r["length"]): r for r in data["results"]}
+    for length in LENGTHS:
+        for name in ("torch-lsg", *FLOAT32_ORT):
+            row = rows[name, length]
+            assert row["pooled_cosine"] > 0.9999 and row["min_token_cosine"] > 0.9999, row
+        for name in (*INT8, "torch-dense", "torch-chunked", "torch-longformer"):
+            row = rows[name, length]
+            assert -1 <= row["min_token_cosine"] <= row["pooled_cosine"] < 0.9999, row
+        assert rows["torch-longformer", length]["pooled_cosine"] < 0.9  # random weights: another model
+    assert len({r["pooled_cosine"] for r in data["results"]}) > len(LENGTHS) * 4  # computed per backend and length
+    with open(out / "bench.csv", newline="") as handle:
+        csv_rows = list(csv.DictReader(handle))
+    assert [float(r["pooled_cosine"]) for r in csv_rows] == [r["pooled_cosine"] for r in data["results"]]
+    assert [float(r["min_token_cosine"]) for r in csv_rows] == [r["min_token_cosine"] for r in data["results"]]
+
+
+@pytest.fixture(scope="module")
+def document(tiny_lsg, tmp_path_factory):
+    """(a copy of the tiny model with a word-level tokenizer of its 100 ids, a text file in those words)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    folder = tmp_path_factory.mktemp("bench-doc")
+    model = folder / "lsg-tiny-tokenizer"
+    shutil.copytree(tiny_lsg, model, ignore=shutil.ignore_patterns("bench-exports"))
+    words = [f"w{i}" for i in range(5, 100)]
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4, **{w: i + 5 for i, w in enumerate(words)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                            sep_token="[SEP]", mask_token="[MASK]").save_pretrained(model)
+    text = folder / "report.txt"
+    generator = np.random.default_rng(0)
+    text.write_text(" ".join(words[i] for i in generator.integers(0, len(words), 100)))
+    return model, text
+
+
+def test_quality_on_a_document(document, tmp_path, monkeypatch):
+    """--text FILE: the quality columns compare the outputs on the document's first tokens (100 here: the
+    64-token length is its start, the 128-token one repeats it)."""
+    model, text = document
+    monkeypatch.chdir(tmp_path)
+    result = invoke("bench", model, "--quick", "--seq", "64,128", "--threads", "1", "--backends",
+                    "torch-lsg,ort-gather,ort-int8,torch-dense", "--text", text, "--json", "-")
+    assert result.exit_code == 0, (result.output, result.exception)
+    data = json.loads(result.stdout)
+    assert data["settings"]["quality"] == {"reference": "torch-lsg in float32 on CPU", "batch": 1, "text": str(text),
+                                           "tokens": 100}
+    assert "report.txt's first tokens (100 in all)" in " ".join(result.stderr.split())  # the table: on stderr
+    rows = {(r["backend"], r["length"]): r for r in data["results"]}
+    for length in (64, 128):
+        assert rows["torch-lsg", length]["pooled_cosine"] > 0.9999 and rows["ort-gather", length]["min_token_cosine"] > 0.9999
+        assert rows["ort-int8", length]["pooled_cosine"] < 0.9999 and rows["torch-dense", length]["pooled_cosine"] < 0.9999
+    # without --text nor the default document: random ids, another reference, other figures
+    monkeypatch.setattr(run_module, "DEFAULT_TEXT", tmp_path / "absent")
+    random_ids = run_bench(str(model), seq="128", backends=["ort-int8"], threads=1, quick=True)
+    assert random_ids.settings["quality"]["note"] == (f"random ids: no document ({tmp_path / 'absent'} is absent; "
+                                                       "--text FILE names one)")
+    assert random_ids.cells[0].pooled_cosine != rows["ort-int8", 128]["pooled_cosine"]
+
+
+def test_quality_text_errors(document, tiny_lsg, tmp_path, monkeypatch):
+    model, text = document
+    monkeypatch.chdir(tmp_path)
+    assert_user_error(invoke("bench", model, "--quick", "--text", tmp_path / "missing.txt"), "--text",
+                      "missing.txt")
+    assert_user_error(invoke("bench", tiny_lsg, "--quick", "--text", text), "needs a tokenizer")
 
 
 def test_default_target_is_the_last_convert_and_exports_are_reused(quick_run, tiny_lsg, tmp_path, monkeypatch):
@@ -250,6 +345,10 @@ def test_chunks_are_independent_and_padded():
     assert out["input_ids"][3].tolist() == [11, 12, 13, 14]
     short = chunked({"input_ids": ids[:, :3]}, 4, pad_id=0)["input_ids"]
     assert short.tolist() == [[1, 2, 3], [11, 12, 13]]  # shorter than a chunk: not padded to it
+    hidden = out["input_ids"].unsqueeze(-1).float().numpy()  # per-token outputs of the chunks, back in place
+    assert unchunked(hidden, 2, 10)[..., 0].tolist() == ids.tolist()
+    with pytest.raises(LSGExportError, match="one per chunk"):
+        unchunked(np.zeros((6, 3)), 2, 10)
 
 
 def test_ratios_against_torch_lsg_and_chunked():

@@ -17,7 +17,8 @@ Runner times the encoder and, through `runner.generate`, generation of a fixed n
 or beam search with num_beams > 1).
 
 A loader returns a Runner; the measuring loop (measure.py) calls `runner.prepare(batch, length)` and
-times the zero-argument function it returns.
+times the zero-argument function it returns; `runner.output(length, ids)` gives the first output on a
+document's tokens as an array (the quality columns compare it with float32 PyTorch's).
 """
 from dataclasses import dataclass, field
 
@@ -37,6 +38,8 @@ class Backend:
     default: bool = True  # run when --backends is not given (and the device fits)
     export: dict = field(default_factory=dict)  # ORT: export_onnx options of its graph
     seq2seq: bool = False  # runs encoder-decoders (encoder latency and generation)
+    requantize: dict = None  # ORT: quantize_int8 options applied to the float32 export (exports.py), for int8
+    # methods `lsg-export onnx --quantize` does not offer
 
     def load(self, spec):
         return LOADERS[self.name](spec)
@@ -58,6 +61,12 @@ BACKENDS = {b.name: b for b in (
             export={"attention": "custom-op"}, seq2seq=True),
     Backend("ort-int8-custom-op", "ONNX Runtime, custom-op graph O2 + int8 MatMul weights", "ort", devices=("cpu",),
             export={"attention": "custom-op", "optimize": "O2", "quantize": "int8"}, seq2seq=True),
+    Backend("ort-int8-per-tensor", "ONNX Runtime, gather graph O2 + int8 MatMul weights, one scale per tensor "
+            "(the int8 before per-channel scales, for comparison)", "ort", devices=("cpu",), default=False,
+            export={"attention": "gather", "optimize": "O2"}, requantize={"per_channel": False}),
+    Backend("ort-int8-per-tensor-custom-op", "ONNX Runtime, custom-op graph O2 + int8 MatMul weights, one scale per "
+            "tensor (for comparison)", "ort", devices=("cpu",), default=False,
+            export={"attention": "custom-op", "optimize": "O2"}, requantize={"per_channel": False}),
     Backend("torch-longformer", "random-weight Longformer of the same size, window = LSG local span", "torch"),
 )}
 
@@ -66,8 +75,9 @@ def export_kind(meta):
     """The ort-* backend an export folder (its export.json) serves."""
     if meta.get("fp16"):
         return "ort-fp16"
-    if meta.get("quantize"):
-        return "ort-int8-custom-op" if meta.get("attention") == "custom-op" else "ort-int8"
+    if meta.get("quantize"):  # exports made before per-channel scales record no per_channel: one scale per tensor
+        kind = "ort-int8" if meta["quantize"].get("per_channel") else "ort-int8-per-tensor"
+        return kind + "-custom-op" if meta.get("attention") == "custom-op" else kind
     if meta.get("attention", "gather") != "gather":
         return "ort-custom-op" if meta["attention"] == "custom-op" else None
     return "ort-gather-optimized" if meta.get("optimize") else "ort-gather"
@@ -114,14 +124,17 @@ def skipped_for_seq2seq(device):
 # --- runners ------------------------------------------------------------------------------------
 
 class Runner:
-    """prepare(batch, length) -> a function running one forward on that input; sync() waits for the device.
+    """prepare(batch, length, ids=None) -> a function running one forward on that input (ids: (batch, length)
+    token ids of a document instead of random ones) and returning its outputs; sync() waits for the device.
 
     Encoder-decoders: prepare times the encoder, generate(batch, length, new_tokens, num_beams=1) -> a
-    function running generation of exactly new_tokens tokens from that input (None for encoders)."""
+    function running generation of exactly new_tokens tokens from that input (None for encoders).
+    restore(output, batch, length): the output in the (batch, length, ...) layout of the LSG model's, for
+    backends that reshape the input (torch-chunked)."""
 
-    def __init__(self, prepare, sync=None, max_length=None, note=None, generate=None):
+    def __init__(self, prepare, sync=None, max_length=None, note=None, generate=None, restore=None):
         self._prepare, self.sync, self.max_length, self.note = prepare, sync or (lambda: None), max_length, note
-        self.generate = generate
+        self.generate, self.restore = generate, restore
 
     def limit(self, batch, length):
         """Why this length cannot run here (None: it can)."""
@@ -129,15 +142,38 @@ class Runner:
             return f"above its maximum length {self.max_length}"
         return None
 
-    def prepare(self, batch, length):
-        return self._prepare(batch, length)
+    def prepare(self, batch, length, ids=None):
+        return self._prepare(batch, length, ids)
+
+    def output(self, length, ids=None):
+        """The first output of one row of `length` tokens (ids: (1, length), else random ids), float32 numpy."""
+        result = self.prepare(1, length, ids)()
+        self.sync()
+        array = first_array(result)
+        return self.restore(array, 1, length) if self.restore is not None else array
 
 
-def bench_inputs(info, task, batch, length):
-    """Full rows (no padding) of random ids, in ONNX input order, as int64 torch tensors."""
+def first_array(result):
+    """The first output of a call, whatever the engine returned, as a float32 numpy array."""
+    import numpy as np
+    if hasattr(result, "copy_outputs_to_cpu"):  # ONNX Runtime's IO binding (CUDA)
+        result = result.copy_outputs_to_cpu()
+    if getattr(result, "last_hidden_state", None) is not None:  # transformers' and optimum's model outputs
+        result = result.last_hidden_state
+    if isinstance(result, (list, tuple)):
+        result = result[0]
+    if isinstance(result, torch.Tensor):
+        return result.detach().float().cpu().numpy()
+    if hasattr(result, "numpy"):  # OrtValue
+        result = result.numpy()
+    return np.asarray(result, dtype=np.float32)
+
+
+def bench_inputs(info, task, batch, length, ids=None):
+    """Full rows (no padding) of random ids (or `ids`, a document's), in ONNX input order, as int64 torch tensors."""
     from ..onnx.tasks import make_inputs
     return make_inputs(info, task, batch, length, lengths=[length] * batch,
-                       generator=torch.Generator().manual_seed(length))
+                       generator=torch.Generator().manual_seed(length), ids=ids)
 
 
 def torch_settings(spec):
@@ -145,13 +181,13 @@ def torch_settings(spec):
     return device, torch.float16 if device.type == "cuda" else torch.float32
 
 
-def torch_runner(module, spec, info, task, transform=None, max_length=None, note=None):
+def torch_runner(module, spec, info, task, transform=None, max_length=None, note=None, restore=None):
     """A Runner over a torch module called with the ONNX inputs in order (after `transform`)."""
     device, dtype = torch_settings(spec)
     module = module.to(device=device, dtype=dtype).eval()
 
-    def prepare(batch, length):
-        inputs = bench_inputs(info, task, batch, length)
+    def prepare(batch, length, ids=None):
+        inputs = bench_inputs(info, task, batch, length, ids)
         if transform is not None:
             inputs = transform(inputs)
         args = [value.to(device) for value in inputs.values()]
@@ -162,7 +198,7 @@ def torch_runner(module, spec, info, task, transform=None, max_length=None, note
         return call
 
     sync = torch.cuda.synchronize if device.type == "cuda" else None
-    return Runner(prepare, sync, max_length, note)
+    return Runner(prepare, sync, max_length, note, restore=restore)
 
 
 def target_info(spec):
@@ -240,6 +276,14 @@ def chunked(inputs, chunk, pad_id):
     return out
 
 
+def unchunked(output, batch, length):
+    """The chunks' per-token output (batch * chunks, chunk, ...) as (batch, length, ...), the padding dropped;
+    an output without a token dim (one per chunk) cannot be put back."""
+    if output.ndim < 3 or output.shape[0] % batch:
+        raise LSGExportError("its outputs are one per chunk: nothing to compare with one per document")
+    return output.reshape(batch, -1, *output.shape[2:])[:, :length]
+
+
 def load_torch_chunked(spec):
     from ..onnx.tasks import TaskModule
     info = target_info(spec)
@@ -250,7 +294,7 @@ def load_torch_chunked(spec):
     pad = info.config.get("pad_token_id")
     return torch_runner(TaskModule(model, spec["task"]), spec, info, spec["task"],
                         transform=lambda inputs: chunked(inputs, chunk, pad if isinstance(pad, int) else 0),
-                        note=f"{type(model).__name__} on {chunk}-token chunks")
+                        note=f"{type(model).__name__} on {chunk}-token chunks", restore=unchunked)
 
 
 class LongformerModule(torch.nn.Module):
@@ -338,12 +382,12 @@ def seq2seq_runner(encode, generate, info, device, max_length, note, sync=None):
     generate(inputs, encoder_outputs, settings) the generated sequences (decoder start token, new tokens)."""
     sync = sync or (lambda: None)
 
-    def inputs_for(batch, length):  # the encoder's inputs, full rows as for the encoders
-        inputs = bench_inputs(info, "feature-extraction", batch, length)
+    def inputs_for(batch, length, ids=None):  # the encoder's inputs, full rows as for the encoders
+        inputs = bench_inputs(info, "feature-extraction", batch, length, ids)
         return {name: inputs[name].to(device) for name in ("input_ids", "attention_mask")}
 
-    def prepare(batch, length):
-        inputs = inputs_for(batch, length)
+    def prepare(batch, length, ids=None):
+        inputs = inputs_for(batch, length, ids)
         return lambda: encode(inputs)
 
     def prepare_generate(batch, length, new_tokens, num_beams=1):
@@ -413,8 +457,8 @@ def load_ort(spec):
     feeds = [i.name for i in session.get_inputs()]
     outputs = [o.name for o in session.get_outputs()]
 
-    def prepare(batch, length):
-        inputs = bench_inputs(info, meta["task"], batch, length)
+    def prepare(batch, length, ids=None):
+        inputs = bench_inputs(info, meta["task"], batch, length, ids)
         arrays = {name: inputs[name].numpy() for name in feeds}
         if device != "cuda":
             return lambda: session.run(outputs, arrays)
@@ -428,6 +472,7 @@ def load_ort(spec):
         def call():
             session.run_with_iobinding(binding)
             binding.synchronize_outputs()
+            return binding  # its outputs stay on the GPU unless asked for (first_array)
         return call
 
     return Runner(prepare, max_length=int(meta["seq"]), note=f"{folder} ({meta.get('precision', 'fp32')}, "

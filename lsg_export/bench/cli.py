@@ -6,7 +6,8 @@ import click
 from ..errors import user_errors
 
 BACKEND_NAMES = ("torch-lsg, torch-dense, torch-chunked, ort-gather, ort-gather-optimized, ort-int8 (cpu), "
-                 "ort-fp16 (cuda), ort-custom-op, ort-int8-custom-op (cpu), torch-longformer")
+                 "ort-fp16 (cuda), ort-custom-op, ort-int8-custom-op (cpu), torch-longformer; named only: "
+                 "ort-int8-per-tensor, ort-int8-per-tensor-custom-op (cpu, the int8 before per-channel scales)")
 SEQ2SEQ_NAMES = ("torch-lsg, torch-dense, ort-gather, ort-gather-optimized, ort-int8, ort-fp16, ort-custom-op, "
                  "ort-int8-custom-op")
 
@@ -34,7 +35,11 @@ SEQ2SEQ_NAMES = ("torch-lsg, torch-dense, ort-gather, ort-gather-optimized, ort-
 @click.option("--rounds", default="1", metavar="INTEGER", help="Run the whole sequence of backends this many times, in reverse "
               "order every other round (A B C, C B A, ...), and pool each cell's timed runs: a drift of the machine's "
               "speed then weighs on every backend alike.")
-@click.option("--quick", is_flag=True, help="Seconds-long smoke run: lengths 128,256, 1 warm-up, 2 runs.")
+@click.option("--text", type=click.Path(dir_okay=False), help="Document of the quality column (each backend's "
+              "output against float32 PyTorch's on its first tokens) [default: /usr/share/common-licenses/GPL-3 "
+              "where present, else random ids].")
+@click.option("--quick", is_flag=True, help="Seconds-long smoke run: lengths 128,256, 1 warm-up, 2 runs (the "
+              "first run on a model also builds the exports: minutes).")
 @user_errors
 def bench_command(model_or_export, json_file, csv_file, plot_file, **options):
     """Time MODEL_OR_EXPORT (a converted folder or an `lsg-export onnx` folder; default: the last export
@@ -43,7 +48,11 @@ def bench_command(model_or_export, json_file, csv_file, plot_file, **options):
     and torch-chunked. Missing ONNX exports are made into MODEL/bench-exports and reused. A backend that
     fails, or a length it cannot run, is reported as such; the others go on. Encoder-decoders (bart, mbart,
     pegasus) report the encoder's latency and generation's new tokens/s (greedy, or --num-beams N), on
-    torch-lsg, torch-dense and the ort-* backends made for them.
+    torch-lsg, torch-dense and the ort-* backends made for them. A quality column gives each backend's
+    cosine to float32 PyTorch on a real document (--text).
+
+    The first run on a model builds the ONNX exports its ort-* backends need (minutes; progress on stderr)
+    and caches them in MODEL/bench-exports; later runs reuse them while they are up to date.
 
     \b
     Examples:
@@ -54,6 +63,7 @@ def bench_command(model_or_export, json_file, csv_file, plot_file, **options):
       lsg-export bench lsg-bart-base-4096 --seq 4096 --new-tokens 32 --threads 2
       lsg-export bench lsg-bart-base-4096 --seq 4096 --backends torch-lsg,ort-int8 --num-beams 4
       lsg-export bench --seq 4096,16384 --rounds 3
+      lsg-export bench --seq 4096 --backends ort-int8,ort-int8-per-tensor --rounds 3 --text report.txt
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -92,13 +102,17 @@ def bench_command(model_or_export, json_file, csv_file, plot_file, **options):
             where = f"round {next(done) // cells + 1}/{rounds}: " if rounds > 1 else ""
             bar.update(task, advance=1, description=f"{where}{cell.backend} {cell.length} x {cell.batch}")
 
-        result = run_bench(str(target.export or target.model), **options,
-                           status=lambda message: bar.update(task, description=message), progress=progress)
+        def status(message):
+            bar.update(task, description=message)
+            if not console.is_terminal:  # no live bar in a log or pipe: one line per step
+                console.print(message, soft_wrap=True)
+
+        result = run_bench(str(target.export or target.model), **options, status=status, progress=progress)
     result.target["chosen"] = target.chosen
     # the table goes to stderr when stdout carries the JSON or CSV
     out = console if "-" in (json_file, csv_file) else Console()
     if not out.is_terminal:
-        out.width = max(out.width, 150)  # a file or pipe: no reason to squeeze the columns
+        out.width = max(out.width, 180)  # a file or pipe: no reason to squeeze the columns
     out.print(render_table(result))
     for name, record in result.backends.items():
         if record["status"] != "ok":

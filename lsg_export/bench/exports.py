@@ -1,5 +1,7 @@
 """The ONNX exports the ort-* backends run: the target export for its own kind, the others made with
-lsg_export.onnx.export_onnx into <model>/bench-exports/<backend> and reused while up to date.
+lsg_export.onnx.export_onnx into <model>/bench-exports/<backend> and reused while up to date. A backend
+with `requantize` (an int8 method `lsg-export onnx` does not offer) gets the float32 export quantised
+in place with those quantize_int8 options, then validated again.
 
 Up to date: same export options, task, weights (modification time) and exporter code (a hash of
 lsg_export/onnx and lsg_export/modeling), same library versions; recorded in bench-stamp.json."""
@@ -36,7 +38,8 @@ def export_options(name, device):
 
 def stamp_for(name, target, device):
     from ..onnx.pipeline import versions
-    return {"backend": name, "options": export_options(name, device), "task": target.task, "seq": target.info.max_length,
+    return {"backend": name, "options": export_options(name, device), "requantize": BACKENDS[name].requantize,
+            "task": target.task, "seq": target.info.max_length,
             "weights_mtime": weights_mtime(target.model), "code": code_hash(), "versions": versions()}
 
 
@@ -57,13 +60,32 @@ def cached_export(name, target, device, status):
             return folder
     except (OSError, ValueError):
         pass
-    status(f"exporting {name} (cached in {folder})")
+    status(f"exporting {name} (first run: cached in {folder})")
+    lengths, step = validation_lengths(target.info), lambda message: status(f"exporting {name}: {message}")
     result = export_onnx(target.model, folder, seq=target.info.max_length, task=target.task, force=True,
-                         lengths=validation_lengths(target.info), **export_options(name, device))
+                         lengths=lengths, status=step, **export_options(name, device))
     if not result.passed:
         raise LSGExportError(f"its export failed validation: {result.report.failure_message()}")
+    if BACKENDS[name].requantize:
+        requantize(folder, lengths, BACKENDS[name].requantize, step)
     (folder / STAMP).write_text(json.dumps(stamp, indent=1) + "\n")
     return folder
+
+
+def requantize(folder, lengths, options, status):
+    """Quantise the float32 export in `folder` in place with quantize_int8(**options); export.json records it
+    and a new validation (reported, never enforced, as for every int8 export)."""
+    from ..onnx import validate_onnx
+    from ..onnx.export import final_graph
+    from ..onnx.optimize import quantize_int8
+    from ..onnx.pipeline import MODEL_FILE, write_json
+    from ..sources import EXPORT_JSON, read_export_json
+    status(f"quantizing the MatMul weights to int8 ({', '.join(f'{k}={v}' for k, v in options.items())})")
+    meta = read_export_json(folder)
+    meta["quantize"] = quantize_int8(folder / MODEL_FILE, meta["graph"]["external_data"], **options)
+    meta.update(precision="int8", final_graph=final_graph(folder / MODEL_FILE))
+    write_json(folder / EXPORT_JSON, meta)
+    validate_onnx(folder, lengths=lengths, status=status)
 
 
 @contextlib.contextmanager

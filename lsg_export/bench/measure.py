@@ -8,6 +8,10 @@ Within a process the lengths are warmed up one after another (ascending), then t
 run of each length and again: the machine's speed drifts by tens of percent over tens of seconds on
 small VMs, and a length timed half a minute after another one took that drift into their ratio.
 
+Quality: after its timed runs, the process runs one row of a real document at each length measured and
+compares the first output with float32 PyTorch's (computed once per run by reference_main, in a process
+of its own, and saved to .npy files): mean-pooled cosine and lowest per-token cosine.
+
 Memory is the increase over the process's state once the model is loaded, over a (length, batch)'s
 warm-up runs: on CPU the peak resident set (VmHWM, reset before each (length, batch) on Linux), on CUDA
 torch's max allocated bytes, and for ONNX Runtime on CUDA the process's GPU memory from NVML (its arena
@@ -51,6 +55,10 @@ class Cell:
     memory_kind: str = None
     speedup_vs_torch_lsg: float = None  # torch-lsg p50 / this p50
     speedup_vs_torch_chunked: float = None  # torch-chunked p50 / this p50 (< 1: slower than the floor)
+    # the first output on one row of the document against float32 PyTorch's (validate.cosines); the same
+    # figures on every batch size's cell of the length
+    pooled_cosine: float = None
+    min_token_cosine: float = None
     times_ms: list = field(default_factory=list)
     # encoder-decoders only (new_tokens set; absent from encoders' rows): the times above are the encoder's,
     # these greedy generation of new_tokens tokens from the same input (encoder included), same timing loop
@@ -283,15 +291,72 @@ def measure_backend(spec, send):
           "load_memory_mb": round((memory.baseline - memory_before.baseline) / 2**20, 1)
           if memory.kind == "RSS increase" else None})
     cell_seconds, run_limit = LIMITS["quick" if spec["quick"] else "full"]
-    for batch in spec["batches"]:
-        measure_batch(spec, runner, memory, batch, cell_seconds, run_limit, send)
+    measured = [measure_batch(spec, runner, memory, batch, cell_seconds, run_limit, send) for batch in spec["batches"]]
+    if spec.get("quality"):  # after the timed runs: a run at the longest length would grow the memory cells measure
+        measure_quality(spec["quality"], runner, measured[0], send)
+
+
+def document_row(ids, length):
+    """(1, length) ids from the document's start (repeated when shorter), or None (random ids) without one."""
+    import torch
+
+    from ..onnx.validate import text_chunks
+    return None if ids is None else text_chunks(torch.as_tensor(ids), 1, length)
+
+
+def cosine_columns(reference, got):
+    """The quality columns of an output against float32 PyTorch's (every row and token is real)."""
+    import numpy as np
+
+    from ..onnx.validate import cosines
+    if got.shape != reference.shape:
+        raise ValueError(f"its output {tuple(got.shape)} is not shaped as PyTorch's {tuple(reference.shape)}")
+    pooled, token = cosines(reference, got, np.ones(reference.shape[:2], dtype=bool) if reference.ndim > 2 else None)
+    return {"pooled_cosine": round(pooled, 6), "min_token_cosine": None if token is None else round(token, 6)}
+
+
+def measure_quality(quality, runner, lengths, send):
+    """One 'quality' event per length measured that has a reference (quality['references']: length -> .npy):
+    its cosine columns, or the reason there are none."""
+    import numpy as np
+    for length in lengths:
+        if length not in quality["references"]:
+            continue
+        event = {"event": "quality", "length": length}
+        try:
+            event.update(cosine_columns(np.load(quality["references"][length]),
+                                        runner.output(length, document_row(quality["ids"], length))))
+        except Exception as error:  # this length has no quality figures, the others go on
+            event["reason"] = plain_line(error)
+        send(event)
+
+
+def reference_main(spec, send):
+    """The float32 PyTorch reference: torch-lsg on CPU, its first output on one row of the document at each of
+    spec['lengths'], saved as spec['folder']/<length>.npy; one 'reference' event per length (path or reason)."""
+    import numpy as np
+    import torch
+
+    from .backends import BACKENDS
+    torch.set_num_threads(spec["threads"])
+    runner = BACKENDS["torch-lsg"].load({**spec, "device": "cpu"})
+    for length in spec["lengths"]:
+        event = {"event": "reference", "length": length}
+        try:
+            path = os.path.join(spec["folder"], f"{length}.npy")
+            np.save(path, runner.output(length, document_row(spec["ids"], length)))
+            event["path"] = path
+        except Exception as error:
+            event["reason"] = plain_line(error)
+        send(event)
 
 
 def measure_batch(spec, runner, memory, batch, cell_seconds, run_limit, send):
     """Every length of one batch size: warm-up and peak memory length by length (ascending, so that what a
     shorter length left behind is less than what the next one needs), then the timed runs of all lengths in
-    turns (time_interleaved), then, for encoder-decoders, generation length by length."""
-    history, ready = [], []  # history: (length, seconds of one run); ready: (cell, call, runs)
+    turns (time_interleaved), then, for encoder-decoders, generation length by length. Returns the lengths
+    measured."""
+    history, ready, measured = [], [], []  # history: (length, seconds of one run); ready: (cell, call, runs)
     for length in spec["lengths"]:
         cell = Cell(spec["backend"], length, batch, memory_kind=memory.kind, new_tokens=spec.get("new_tokens"))
         predicted = predicted_seconds(history, length)
@@ -330,6 +395,8 @@ def measure_batch(spec, runner, memory, batch, cell_seconds, run_limit, send):
         finally:
             call = None
         send({"event": "cell", **cell.to_dict()})
+        measured.append(cell.length)
+    return measured
 
 
 def failed(cell, error, spec, send):
@@ -342,15 +409,21 @@ def failed(cell, error, spec, send):
     send({"event": "cell", **cell.to_dict()})
 
 
+def plain_line(error):
+    """Our own errors' message as it is, others' with their type."""
+    from ..errors import LSGExportError
+    return str(error) if isinstance(error, LSGExportError) else first_line(error)
+
+
 def worker_main(spec, connection):
-    """Process entry point: events go to `connection`; an error while loading is one 'failed' event."""
+    """Process entry point (spec['job'] "reference": reference_main, else measure_backend): events go to
+    `connection`; an error while loading is one 'failed' event."""
     try:
-        measure_backend(spec, connection.send)
+        (reference_main if spec.get("job") == "reference" else measure_backend)(spec, connection.send)
     except BaseException as error:  # noqa: B902 - whatever it is, the parent must hear of it
         from ..errors import LSGExportError
-        message = str(error) if isinstance(error, LSGExportError) else first_line(error)
         detail = None if isinstance(error, LSGExportError) else traceback.format_exc(limit=-3)
-        connection.send({"event": "failed", "error": message, "oom": is_oom(error), "detail": detail})
+        connection.send({"event": "failed", "error": plain_line(error), "oom": is_oom(error), "detail": detail})
     finally:
         connection.send({"event": "done"})
         connection.close()

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 LSG_BACKENDS = ("torch-lsg", "ort-gather", "ort-gather-optimized", "ort-int8", "ort-fp16", "ort-custom-op",
-                "ort-int8-custom-op")
+                "ort-int8-custom-op", "ort-int8-per-tensor", "ort-int8-per-tensor-custom-op")
 STATUS_STYLE = {"ok": "green", "skipped": "yellow", "out of memory": "red", "failed": "red"}
 
 
@@ -134,10 +134,27 @@ def _fmt(value, digits=1, suffix=""):
     return "-" if value is None else f"{value:,.{digits}f}{suffix}"
 
 
+QUALITY_COLUMN = "cosine"  # mean-pooled / lowest token: the caption says
 COLUMNS = ("backend", "length", "batch", "p50 ms", "p90 ms", "p99 ms", "tokens/s", "peak MB", "x torch-lsg",
-           "x chunked", "status")
+           "x chunked", QUALITY_COLUMN, "status")
 SEQ2SEQ_COLUMNS = ("backend", "length", "batch", "enc p50 ms", "peak MB", "enc x torch-lsg", "gen p50 ms",
-                   "gen tokens/s", "decode tok/s", "gen x torch-lsg", "status")
+                   "gen tokens/s", "decode tok/s", "gen x torch-lsg", QUALITY_COLUMN, "status")
+
+
+def quality_text(cell):
+    """The quality column: mean-pooled cosine / lowest per-token cosine to float32 PyTorch."""
+    if cell.pooled_cosine is None:
+        return "-"
+    return f"{cell.pooled_cosine:.5f}" + ("" if cell.min_token_cosine is None else f"/{cell.min_token_cosine:.4f}")
+
+
+def quality_caption(quality):
+    """What the quality column compares, for the table's caption."""
+    if not quality:
+        return ""
+    what = (f"{Path(quality['text']).name}'s first tokens ({quality['tokens']} in all)" if quality.get("text")
+            else quality.get("note", "random ids"))
+    return f"; cosine: the output's to float32 PyTorch's on {what}, batch 1, mean-pooled / lowest token"
 
 
 def row_values(cell, seq2seq):
@@ -145,10 +162,10 @@ def row_values(cell, seq2seq):
     if seq2seq:
         return (_fmt(cell.p50_ms), _fmt(cell.peak_memory_mb, 0), _fmt(cell.speedup_vs_torch_lsg, 2, "x"),
                 _fmt(cell.generate_p50_ms), _fmt(cell.generate_tokens_per_s, 1), _fmt(cell.decode_tokens_per_s, 1),
-                _fmt(cell.generate_speedup_vs_torch_lsg, 2, "x"))
+                _fmt(cell.generate_speedup_vs_torch_lsg, 2, "x"), quality_text(cell))
     return (_fmt(cell.p50_ms), _fmt(cell.p90_ms), _fmt(cell.p99_ms), _fmt(cell.tokens_per_s, 0),
             _fmt(cell.peak_memory_mb, 0), _fmt(cell.speedup_vs_torch_lsg, 2, "x"),
-            _fmt(cell.speedup_vs_torch_chunked, 2, "x"))
+            _fmt(cell.speedup_vs_torch_chunked, 2, "x"), quality_text(cell))
 
 
 def render_table(result):
@@ -164,7 +181,7 @@ def render_table(result):
                         f"{settings['device']}, {settings['threads']} threads"
                         + (f", {rounds} rounds pooled" if rounds > 1 else ""),
                   caption=f"{env['date'][:16]}, {env['cpu']}{', ' + env['gpu'] if env['gpu'] else ''}; "
-                          f"x: speed-up (their p50 / this p50){what}")
+                          f"x: speed-up (their p50 / this p50){what}{quality_caption(settings.get('quality'))}")
     for column in SEQ2SEQ_COLUMNS if seq2seq else COLUMNS:
         table.add_column(column, justify="left" if column in ("backend", "status") else "right",
                          no_wrap=column != "status")

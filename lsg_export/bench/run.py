@@ -1,9 +1,11 @@
 """run_bench: resolve the target, make the exports, run each backend in its own process, gather the cells."""
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 
 from ..errors import LSGExportError
+from ..onnx.validate import DEFAULT_TEXT  # the quality columns' document where no --text is given: GPL-3
 from .backends import BACKENDS, select_backends, skipped_for_seq2seq
 from .measure import Cell, pool, run_in_process
 from .target import choose_lengths, parse_ints, resolve_target
@@ -96,15 +98,54 @@ def check_rounds(rounds):
     return rounds
 
 
+def quality_document(target, text):
+    """(settings entry, token ids or None) of the quality columns' input: `text` (a file: bad input when it or
+    the model's tokenizer is missing), else DEFAULT_TEXT where it is there and the model has a tokenizer,
+    else random ids (ids None), the entry's note saying why."""
+    from ..onnx.validate import text_ids
+    entry = {"reference": "torch-lsg in float32 on CPU", "batch": 1, "text": None}
+    if text is None and not DEFAULT_TEXT.is_file():
+        return {**entry, "note": f"random ids: no document ({DEFAULT_TEXT} is absent; --text FILE names one)"}, None
+    try:
+        ids = text_ids(target.model, text or DEFAULT_TEXT)
+    except LSGExportError as error:
+        if text is not None:
+            raise
+        return {**entry, "note": f"random ids: {DEFAULT_TEXT} not used ({error})"}, None
+    return {**entry, "text": str(text or DEFAULT_TEXT), "tokens": int(ids.numel())}, ids.tolist()
+
+
+def compute_references(target, settings, ids, folder, status):
+    """({length: .npy file}, {length: reason}): float32 PyTorch's outputs on the document (reference_main, in
+    a process of its own) and the lengths without one."""
+    lengths = settings["lengths"]
+    spec = {"job": "reference", "model": str(target.model), "task": target.task, "threads": settings["threads"],
+            "lengths": lengths, "ids": ids, "folder": folder}
+    paths, missing = {}, {}
+
+    def on_event(event):
+        if event["event"] == "reference":
+            (paths if "path" in event else missing)[event["length"]] = event.get("path") or event["reason"]
+        elif event["event"] == "failed":
+            missing.update({n: event["error"] for n in lengths if n not in paths})
+
+    status("quality: float32 PyTorch on the document (the reference)")
+    exit_code = run_in_process(spec, on_event)
+    missing.update({n: f"its process ended with code {exit_code}" for n in lengths if n not in paths and n not in missing})
+    return paths, missing
+
+
 def run_bench(target=None, *, seq=None, batch_size=None, backends=None, device="cpu", threads=None, warmup=3,
-              repeat=20, quick=False, new_tokens=None, num_beams=None, rounds=1, status=None, progress=None):
+              repeat=20, quick=False, new_tokens=None, num_beams=None, rounds=1, text=None, status=None,
+              progress=None):
     """Benchmark MODEL_OR_EXPORT `target` (None: the last export made here, else the last convert).
 
     seq / batch_size: lists or "512,1024". backends: names (default: those of the device; for an
     encoder-decoder, those that run one). new_tokens: encoder-decoders' generation length; num_beams:
     their beams (default 1: greedy). rounds: the whole sequence of backends runs that many times, in
     reverse order every other round (a steady drift of the machine's speed then weighs on all alike); each
-    cell pools the timed runs of its rounds.
+    cell pools the timed runs of its rounds. text: the document of the quality columns (default: DEFAULT_TEXT
+    where present): each backend's output on one row of it, at each length, against float32 PyTorch's.
     status(message): what is being done; progress(cell): after each cell of each round.
     Returns a BenchResult; bad arguments raise LSGExportError before any work."""
     from .report import environment
@@ -123,8 +164,9 @@ def run_bench(target=None, *, seq=None, batch_size=None, backends=None, device="
         raise LSGExportError("--threads and --repeat must be positive, --warmup at least 0")
     if quick:
         warmup, repeat = min(warmup, 1), min(repeat, 2)
+    quality, ids = quality_document(found, text)
     settings = {"backends": names, "lengths": lengths, "batch_sizes": batches, "device": device, "threads": threads,
-                "warmup": warmup, "repeat": repeat, "quick": quick, "rounds": rounds}
+                "warmup": warmup, "repeat": repeat, "quick": quick, "rounds": rounds, "quality": quality}
     if found.seq2seq:  # encoder-decoders: encoder latency, and greedy generation of new_tokens tokens
         settings["new_tokens"], settings["num_beams"] = new_tokens, num_beams
         settings["skipped_backends"] = {} if backends else skipped_for_seq2seq(device)
@@ -140,15 +182,20 @@ def run_bench(target=None, *, seq=None, batch_size=None, backends=None, device="
     from .exports import prepare_exports
     exports = prepare_exports(names, found, device, status)
     runs = {name: [] for name in names}  # name -> [(record, cells)] per round
-    for index in range(rounds):
-        where = f"round {index + 1}/{rounds}: " if rounds > 1 else ""
-        for name in names if index % 2 == 0 else names[::-1]:
-            if index and not any(c.status == "ok" for c in runs[name][0][1]):
-                for cell in runs[name][0][1]:  # nothing measured in round 1, nothing to pool: not run again
-                    progress(cell)
-                continue
-            runs[name].append(run_backend(name, exports.get(name), found, settings,
-                                          lambda message: status(where + message), progress))
+    with tempfile.TemporaryDirectory(prefix="lsg-bench-") as scratch:
+        references, missing = compute_references(found, settings, ids, scratch, status)
+        if missing:
+            quality["missing"] = {str(n): reason for n, reason in missing.items()}
+        for index in range(rounds):
+            where = f"round {index + 1}/{rounds}: " if rounds > 1 else ""
+            for name in names if index % 2 == 0 else names[::-1]:
+                if index and not any(c.status == "ok" for c in runs[name][0][1]):
+                    for cell in runs[name][0][1]:  # nothing measured in round 1, nothing to pool: not run again
+                        progress(cell)
+                    continue
+                runs[name].append(run_backend(name, exports.get(name), found, settings,
+                                              lambda message: status(where + message), progress,
+                                              {"ids": ids, "references": references} if index == 0 else None))
     for name in names:
         record = runs[name][0][0]  # the first round's, failed if a later round failed
         failed = next((r for r, _ in runs[name] if r["status"] != "ok"), record)
@@ -163,8 +210,10 @@ def run_bench(target=None, *, seq=None, batch_size=None, backends=None, device="
     return result
 
 
-def run_backend(name, export, target, settings, status, progress):
+def run_backend(name, export, target, settings, status, progress, quality=None):
     """Measure one backend: (its record, its cells in length, batch order); failures are recorded, not raised.
+    quality: {"ids", "references"} for the quality columns (measured in the first batch size's process),
+    or None.
 
     One process per batch size: an ONNX Runtime arena or torch cache grown by one batch size would count
     in the next one's memory. Within a process the lengths ascend, so what a shorter length left behind
@@ -173,7 +222,7 @@ def run_backend(name, export, target, settings, status, progress):
     record = {"status": "ok", "error": None, "note": None, "load_seconds": None,
               "description": BACKENDS[name].description, "export": None}
     cells = {(n, b): Cell(name, n, b, new_tokens=settings.get("new_tokens")) for n in lengths for b in batches}
-    reported = set()
+    reported, cosines = set(), {}  # cosines: length -> the quality columns
     record["load_average"] = {"start": load_average()}  # 1/5/15-minute: other work competing for the CPUs
     if isinstance(export, LSGExportError):
         fail(record, cells, str(export))
@@ -184,7 +233,8 @@ def run_backend(name, export, target, settings, status, progress):
         spec = {"backend": name, "model": str(target.model), "export": record["export"], "task": target.task,
                 "device": settings["device"], "threads": settings["threads"], "lengths": lengths, "batches": [batch],
                 "warmup": settings["warmup"], "repeat": settings["repeat"], "quick": settings["quick"],
-                "new_tokens": settings.get("new_tokens"), "num_beams": settings.get("num_beams")}
+                "new_tokens": settings.get("new_tokens"), "num_beams": settings.get("num_beams"),
+                "quality": quality if batch == batches[0] else None}
         mine = {k: c for k, c in cells.items() if k[1] == batch}
 
         def on_event(event, mine=mine):
@@ -197,6 +247,11 @@ def run_backend(name, export, target, settings, status, progress):
                 reported.add((cell.length, cell.batch))
                 if progress:
                     progress(cell)
+            elif kind == "quality":
+                if "reason" in event:
+                    record.setdefault("quality_notes", {})[str(event["length"])] = event["reason"]
+                else:
+                    cosines[event.pop("length")] = event
             elif kind == "failed":
                 fail(record, mine, event["error"], oom=event["oom"], detail=event.get("detail"))
 
@@ -211,6 +266,9 @@ def run_backend(name, export, target, settings, status, progress):
     for key, cell in cells.items():
         if cell.status == "ok" and not cell.runs:  # never measured (the process failed first)
             cell.status, cell.reason = "failed", record["error"] or "not measured"
+        if cell.status == "ok" and cell.length in cosines:
+            cell.pooled_cosine, cell.min_token_cosine = (cosines[cell.length][k] for k in ("pooled_cosine",
+                                                                                          "min_token_cosine"))
         if progress and key not in reported:
             progress(cell)
     return record, [cells[(n, b)] for n in lengths for b in settings["batch_sizes"]]
