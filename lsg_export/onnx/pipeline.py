@@ -172,7 +172,7 @@ def export_onnx(model=None, output=None, *, seq=None, task="auto", opset=DEFAULT
     seq, lengths = check_lengths(info, seq, lengths, batch_size)
     atol, enforced = resolve_atol(atol, fp16, quantize, optimize)
     output = check_output(Path(output) if output else info.path / "onnx", force)
-    ids, label = document_inputs(info.path, text or default_text(quantize))
+    ids, label = document_inputs(info.path, text or default_text(quantize, info.path))
 
     status(f"loading {info.path} ({info.family.class_name(info.head)}, task {task})")
     torch_model = load_torch_model(info)

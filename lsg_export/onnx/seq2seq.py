@@ -446,7 +446,7 @@ def export_seq2seq(info, output=None, *, seq=None, task="auto", opset=DEFAULT_OP
     seq, lengths = check_lengths(info, seq, lengths, batch_size)
     atol, enforced = resolve_atol(atol, fp16, quantize, optimize)
     output = check_output(Path(output) if output else info.path / "onnx", force)
-    ids, label = document_inputs(info.path, text or default_text(quantize))
+    ids, label = document_inputs(info.path, text or default_text(quantize, info.path))
 
     status(f"loading {info.path} ({info.family.class_name(info.head)}, task {TASK})")
     model = load_model(info, seq)

@@ -55,6 +55,9 @@ class ValidationReport:
     def passed(self):
         return not self.enforced or not self.failed_lengths
 
+    def worst(self):
+        return max(self.rows, key=lambda row: row.max_abs_diff) if self.rows else None
+
     def add_length(self, length, rows, ties=(), rerun=None):
         """Append a length's rows. When some exceed atol and PyTorch recorded near-ties of its norm
         selection, they pass as a tie only if rerun(swaps) -> (rows, SelectionProbe), PyTorch with near-tie
@@ -149,10 +152,17 @@ def document_inputs(tokenizer_folder, text):
     return text_ids(tokenizer_folder, text), f"text {Path(text).name}"
 
 
-def default_text(quantize):
+def default_text(quantize, tokenizer_folder):
     """The document an export is validated on without --text: int8 is judged on real text (its error on
-    random ids says little of what a user sees), GPL-3 where the system has it; others on random ids."""
-    return str(DEFAULT_TEXT) if quantize and DEFAULT_TEXT.is_file() else None
+    random ids says little of what a user sees), GPL-3 where the system has it and the model a tokenizer;
+    others on random ids."""
+    has_tokenizer = any((Path(tokenizer_folder) / name).is_file() for name in TOKENIZER_FILES)
+    return str(DEFAULT_TEXT) if quantize and has_tokenizer and DEFAULT_TEXT.is_file() else None
+
+
+# The files AutoTokenizer loads a tokenizer from (fast, then the slow tokenizers' vocabularies).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "sentencepiece.bpe.model")
 
 
 def text_chunks(ids, batch, length):
