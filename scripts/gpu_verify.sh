@@ -10,7 +10,7 @@
 #                                        # through the ctypes harness, the op benchmark (no onnxruntime-gpu)
 #   bash scripts/gpu_verify.sh tests     # after every part is on the machine: all `gpu` tests of
 #                                        # tests/test_cuda_op.py (ORT CUDA op, MiniLM exports at 4096/16384)
-#   bash scripts/gpu_verify.sh bench     # scripts/bench_cuda_op.py, op and whole model
+#   bash scripts/gpu_verify.sh bench     # benchmarks/bench_cuda_op.py, op and whole model
 # Environment: LSG_OPS_CUDA_ARCHS (default 90 there: H100/H200; "80;86;89;90" times the full build).
 set -uo pipefail
 mode=${1:-kernel}
@@ -74,7 +74,7 @@ case "$mode" in
     build || { tail -30 "$OUT/build.log"; exit 1; }
     python3 -m pytest -q -m gpu tests/test_cuda_op.py -k "kernel" -p no:cacheprovider \
       --junitxml="$OUT/kernel-tests.xml" 2>&1 | tee "$OUT/kernel-tests.log" | tail -25
-    python3 scripts/bench_cuda_op.py --no-model 2>&1 | tee "$OUT/bench-op.log"
+    python3 benchmarks/bench_cuda_op.py --no-model 2>&1 | tee "$OUT/bench-op.log"
     ;;
   tests)
     install_small && install_all
@@ -88,6 +88,6 @@ case "$mode" in
     install_small && install_all
     export PYTHONPATH=$site:$root
     build || { tail -30 "$OUT/build.log"; exit 1; }
-    python3 scripts/bench_cuda_op.py 2>&1 | tee "$OUT/bench.log"
+    python3 benchmarks/bench_cuda_op.py 2>&1 | tee "$OUT/bench.log"
     ;;
 esac

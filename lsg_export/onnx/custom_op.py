@@ -13,7 +13,7 @@ onnxscript, onnx's shape inference and ONNX Runtime's symbolic shape inference (
 optimizer and the float16 converter run) know their inputs and output types.
 
 ai.lsg.BlockSparseAttention (the block part alone, operands (n, h, rows, d); what this backend
-exported before LSGAttention) stays here for scripts/bench_custom_op.py and for the graphs that use
+exported before LSGAttention) stays here for benchmarks/bench_custom_op.py and for the graphs that use
 it. The nodes' contracts are custom_ops/README.md; the kernels are the custom-op library (lsg_export.ops).
 """
 import functools

@@ -1,8 +1,8 @@
 """ONNX Runtime (gather and custom-op graphs) vs PyTorch on one long input, same thread count; prints ratios.
 
-    python scripts/bench_onnx.py                       # converts the bundled MiniLM to LSG (4096) first
-    python scripts/bench_onnx.py lsg-all-MiniLM-L6-v2-4096 --levels none,O2 --threads 2 --profile
-    python scripts/bench_onnx.py --attention gather,custom-op --levels none
+    python benchmarks/bench_onnx.py                       # converts the bundled MiniLM to LSG (4096) first
+    python benchmarks/bench_onnx.py lsg-all-MiniLM-L6-v2-4096 --levels none,O2 --threads 2 --profile
+    python benchmarks/bench_onnx.py --attention gather,custom-op --levels none
 
 For each --attention kind and --optimize level it exports (timed) to a temporary folder, then times batch 1 x --length
 tokens: the PyTorch model with torch.set_num_threads(N) and ONNX Runtime with intra_op_num_threads=N.

@@ -4,7 +4,7 @@ Same inputs, same thread count: each attention kind's block attention exported a
 (lsg_export.onnx.export.export_block_attention): the gather subgraph, and one ai.lsg node.
 Defaults: MiniLM shapes at 4096 tokens (12 heads, head dim 32, bs 128, sbs 128, sf 2, G 1, norm).
 
-    python scripts/bench_custom_op.py [--tokens 4096] [--threads N] [--repeat 20]
+    python benchmarks/bench_custom_op.py [--tokens 4096] [--threads N] [--repeat 20]
 """
 import argparse
 import os

@@ -1,8 +1,8 @@
 """`lsg-export bench` on a random-weight LSG BART of a chosen size: encoder latency and greedy generation
 tokens/s on torch-lsg, torch-dense, ort-gather and ort-custom-op (no checkpoint needed).
 
-    python scripts/bench_seq2seq.py                       # d_model 256, 4 + 4 layers, vocab 8k, 4096 tokens
-    python scripts/bench_seq2seq.py --d-model 768 --layers 6 --vocab 50265 --threads 2 --json bart-base.json
+    python benchmarks/bench_seq2seq.py                       # d_model 256, 4 + 4 layers, vocab 8k, 4096 tokens
+    python benchmarks/bench_seq2seq.py --d-model 768 --layers 6 --vocab 50265 --threads 2 --json bart-base.json
 
 The random BART is saved and converted (block 128, norm, 1 global) into --work (default: a temporary
 folder); a --work folder that holds them already is reused, with the exports the bench cached in it.

@@ -12,7 +12,7 @@
 Timings are medians of CUDA-synchronised runs after warm-up, all in one process. Results go to
 --json (default: $OUT/bench_cuda_op.json when $OUT is set) and stdout.
 
-    python scripts/bench_cuda_op.py [--tokens 16384] [--model-lengths 8192,16384] [--no-model] [--json FILE]
+    python benchmarks/bench_cuda_op.py [--tokens 16384] [--model-lengths 8192,16384] [--no-model] [--json FILE]
 """
 import argparse
 import json
