@@ -279,7 +279,7 @@ def validate_onnx(folder=None, *, model=None, lengths=None, batch_size=2, text=N
                                 atol=atol, device=device, status=status, record=record)
     info, lengths, atol, enforced, device = validation_settings(folder, meta, model, lengths, batch_size, atol, device)
     task, seq = meta["task"], int(meta["seq"])
-    ids, label = document_inputs(folder, text)
+    ids, label = document_inputs(folder, text or default_text(meta.get("quantize"), folder))
 
     status(f"loading {info.path}")
     torch_model = load_torch_model(info)

@@ -511,7 +511,7 @@ def validate_seq2seq(folder, meta, *, model=None, lengths=None, batch_size=2, te
     if missing:
         raise LSGExportError(f"{folder}: no {', '.join(missing)}")
     info, lengths, atol, enforced, device = validation_settings(folder, meta, model, lengths, batch_size, atol, device)
-    ids, label = document_inputs(folder, text)
+    ids, label = document_inputs(folder, text or default_text(meta.get("quantize"), folder))
     status(f"loading {info.path}")
     torch_model = load_model(info, int(meta["seq"]))
     report = validate_folder(folder, torch_model, info, meta, lengths, batch_size, atol, enforced, device=device, ids=ids,
