@@ -65,6 +65,10 @@ def test_quick_run_measures_every_cpu_backend(quick_run, tiny_lsg):
     result, data, _ = quick_run
     for name in CPU_BACKENDS:
         assert name in result.stdout
+    # the first run builds the exports: each step is a line on stderr without a terminal
+    for name in (*FLOAT32_ORT, *INT8):
+        assert f"exporting {name} (first run: cached in " in result.stderr, result.stderr
+    assert "exporting ort-int8: validating at length 19 (2 of 2)" in result.stderr  # block 8: lengths 5, 19
     assert data["schema"] == SCHEMA
     assert set(data) == {"schema", "target", "settings", "environment", "backends", "results", "summary"}
     assert data["target"]["model"] == str(tiny_lsg.resolve()) and data["target"]["task"] == "feature-extraction"
