@@ -10,7 +10,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..convert import atomic_folder, check_output
+from ..folders import atomic_folder, check_output
 from . import kserve, triton
 from .folder import check_name, open_export
 from .readme import repository_readme

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import torch
 
-from ..convert import atomic_folder, check_output, quiet_transformers
 from ..errors import LSGExportError
+from ..folders import atomic_folder, check_output
+from ..quiet import quiet_transformers
 from ..sources import EXPORT_JSON, last_output, read_export_json, remember_output
 from .export import (DEFAULT_OPSET, EXTERNAL_DATA_BYTES, check_opset, export_graph, final_graph, finish_graph,
                      get_attention_backend, graph_domains)

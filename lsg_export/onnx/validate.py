@@ -128,7 +128,7 @@ def text_ids(tokenizer_folder, text_file):
     """The token ids of a document (no special tokens), for --text."""
     from transformers import AutoTokenizer
 
-    from ..convert import quiet_transformers
+    from ..quiet import quiet_transformers
     try:
         text = open(text_file, encoding="utf-8", errors="replace").read()
     except OSError as error:
