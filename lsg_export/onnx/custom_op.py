@@ -24,7 +24,8 @@ import torch
 from onnxscript.values import Opset
 
 from ..modeling.lsg_attention import LSGAttention, block_attention, lsg_attend, merge_heads, split_heads
-from ..ops import BUILD_HINT, DOMAIN, LSG_OP_TYPE, OP_TYPE, OP_VERSION
+from ..ops.build import BUILD_HINT
+from ..ops.session import DOMAIN, LSG_OP_TYPE, OP_TYPE, OP_VERSION
 
 INPUTS = ("q", "k", "v", "key_mask", "global_k", "global_v", "sparse_k", "sparse_v", "sparse_mask")
 LSG_INPUTS = ("q", "k", "v", "key_mask", "sparse_k", "sparse_v", "sparse_mask")
@@ -143,5 +144,5 @@ def translate_lsg_attention(q, k, v, key_mask, sparse_k=None, sparse_v=None, spa
 
 def register_library(options):
     """Session set-up of a graph holding the op: the custom-op library registered (built if missing)."""
-    from ..ops import session_options_with_ops
+    from ..ops.session import session_options_with_ops
     session_options_with_ops(options)

@@ -419,7 +419,7 @@ def load_seq2seq_model(folder, provider="CPUExecutionProvider", session_options=
     if use_merged is None:  # said, not left to optimum, which logs a line when it looks for a missing file
         use_merged = bool(meta.get("merged_decoder"))
     if meta.get("custom_ops"):
-        from ..ops import session_options_with_ops
+        from ..ops.session import session_options_with_ops
         session_options = session_options_with_ops(session_options)
     with quiet_transformers():
         return ORTModelForSeq2SeqLM.from_pretrained(str(folder), provider=provider, session_options=session_options,

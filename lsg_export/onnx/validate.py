@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import LSGExportError
-from ..ops import explain_missing_ops
+from ..ops.session import explain_missing_ops
 from .tasks import make_inputs
 from .ties import SelectionProbe, TIE_RTOL, explain_by_ties, tie_summary
 
