@@ -347,10 +347,10 @@ def ort_options(threads):
 
 def ort_session(path, device, attention, threads):
     """An ONNX Runtime session opened by lsg_export.onnx.validate.make_session (providers and set-up of the
-    attention backend, e.g. the custom-op library) with ort_options."""
-    from ..onnx.export import get_attention_backend
+    attention kind, e.g. the custom-op library) with ort_options."""
+    from ..onnx.attention_kinds import get_attention_kind
     from ..onnx.validate import make_session
-    return make_session(path, device, get_attention_backend(attention), options=ort_options(threads))
+    return make_session(path, device, get_attention_kind(attention), options=ort_options(threads))
 
 
 # --- encoder-decoders: the encoder, and generation -------------------------------------------------

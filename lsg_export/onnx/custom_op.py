@@ -1,4 +1,4 @@
-"""The `custom-op` attention backend: LSG attention as one ai.lsg.LSGAttention node per layer.
+"""The `custom-op` attention kind: LSG attention as one ai.lsg.LSGAttention node per layer.
 
 The node reads the query, key and value projections as they come out of their MatMuls, (n, G + T,
 h * d), and gives the attention output in that layout: no per-head transposes, slices of the globals
@@ -12,7 +12,7 @@ each op stays one node through tracing. ONNX side: translations of those ops int
 onnxscript, onnx's shape inference and ONNX Runtime's symbolic shape inference (which the transformer
 optimizer and the float16 converter run) know their inputs and output types.
 
-ai.lsg.BlockSparseAttention (the block part alone, operands (n, h, rows, d); what this backend
+ai.lsg.BlockSparseAttention (the block part alone, operands (n, h, rows, d); what this kind
 exported before LSGAttention) stays here for scripts/bench_custom_op.py and for the graphs that use
 it. The nodes' contracts are custom_ops/README.md; the kernels are the custom-op library (lsg_export.ops).
 """
