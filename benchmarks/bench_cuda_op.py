@@ -139,7 +139,7 @@ def bench_op(args, results):
 def bench_op_ort(args, halves, expected, record):
     import onnxruntime as ort
 
-    from lsg_export.onnx.backends import get_attention_backend
+    from lsg_export.onnx.attention_kinds import get_attention_kind
     from lsg_export.onnx.export import export_block_attention
     from lsg_export.onnx.validate import make_session
 
@@ -150,7 +150,7 @@ def bench_op_ort(args, halves, expected, record):
     times = {}
     with tempfile.TemporaryDirectory() as tmp:
         for kind in ("gather", "custom-op"):
-            backend = get_attention_backend(kind)
+            backend = get_attention_kind(kind)
             path = export_block_attention(backend, [x.cpu() for x in halves], os.path.join(tmp, f"{kind}.onnx"),
                                           *geometry)
             session = make_session(path, "cuda", backend)

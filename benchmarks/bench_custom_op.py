@@ -19,7 +19,7 @@ import onnxruntime as ort
 import torch
 
 from lsg_export.modeling.lsg_attention import LSGAttention, block_attention
-from lsg_export.onnx.backends import get_attention_backend
+from lsg_export.onnx.attention_kinds import get_attention_kind
 from lsg_export.onnx.export import export_block_attention
 from lsg_export.onnx.validate import make_session
 
@@ -83,7 +83,7 @@ def main(argv=None):
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for kind in ("gather", "custom-op"):  # each attention kind's block attention alone, same inputs
-            backend = get_attention_backend(kind)
+            backend = get_attention_kind(kind)
             path = export_block_attention(backend, inputs, os.path.join(tmp, f"{kind}.onnx"), bs, sbs, sf)
             session = make_session(path, "cpu", backend, options)
             feed = {i.name: feeds[i.name] for i in session.get_inputs()}

@@ -33,7 +33,7 @@ def gpu_skip_reason(need_ort=False):
     """None when the GPU tests can run, else the one reason they cannot."""
     if not torch.cuda.is_available():
         return "needs a CUDA GPU and a CUDA build of torch"
-    if ops._find_nvcc() is None:
+    if ops.build._find_nvcc() is None:
         return "needs nvcc to build the CUDA kernel"
     if need_ort:
         try:
@@ -84,7 +84,7 @@ def max_error(out, expected):
 # --- CPU: the CUDA sources compile, the C entry checks its inputs ---------------------------------
 
 def test_cuda_sources_compile(tmp_path, monkeypatch):
-    if ops._find_nvcc() is None:
+    if ops.build._find_nvcc() is None:
         pytest.skip("nvcc not found")
     monkeypatch.setenv("ORT_INCLUDE_DIR", str(ops.ort_include_dir()))
     monkeypatch.setenv("LSG_EXPORT_CACHE", str(tmp_path))  # a fresh build, not the cached one
@@ -103,7 +103,7 @@ def test_cuda_sources_compile(tmp_path, monkeypatch):
         cuda_harness.call_entry(entry, fake, [shapes[0], (1, 2, 16, 64)] + shapes[2:], 16, 1, 16)
     with pytest.raises(LSGExportError, match="sparsity_factor must be >= 1 and divide block_size"):
         cuda_harness.call_entry(entry, fake, shapes, 16, 1, 16, 0, 3)
-    if not ops._gpu_visible():  # valid shapes reach CUDA, which reports the missing GPU as an error
+    if not ops.build._gpu_visible():  # valid shapes reach CUDA, which reports the missing GPU as an error
         with pytest.raises(LSGExportError) as error:
             cuda_harness.call_entry(entry, fake, shapes, 16, 1, 16)
         assert "block_size" not in str(error.value) and str(error.value)
@@ -131,17 +131,17 @@ def test_cuda_sources_compile(tmp_path, monkeypatch):
 
 
 def test_default_build_needs_a_gpu(monkeypatch):
-    monkeypatch.setattr(ops, "_find_nvcc", lambda: "/usr/local/cuda/bin/nvcc")
-    monkeypatch.setattr(ops, "_gpu_visible", lambda: False)
-    assert ops._cuda_choice(None)[0] is False  # nvcc alone: the CPU build
-    assert ops._cuda_choice(True)[0] is True
-    monkeypatch.setattr(ops, "_gpu_visible", lambda: True)
+    monkeypatch.setattr(ops.build, "_find_nvcc", lambda: "/usr/local/cuda/bin/nvcc")
+    monkeypatch.setattr(ops.build, "_gpu_visible", lambda: False)
+    assert ops.build._cuda_choice(None)[0] is False  # nvcc alone: the CPU build
+    assert ops.build._cuda_choice(True)[0] is True
+    monkeypatch.setattr(ops.build, "_gpu_visible", lambda: True)
     monkeypatch.setenv("LSG_OPS_CUDA_ARCHS", "90")
-    assert ops._cuda_choice(None) == (True, "/usr/local/cuda/bin/nvcc", "90")
-    monkeypatch.setattr(ops, "_find_nvcc", lambda: None)
-    assert ops._cuda_choice(None)[0] is False
+    assert ops.build._cuda_choice(None) == (True, "/usr/local/cuda/bin/nvcc", "90")
+    monkeypatch.setattr(ops.build, "_find_nvcc", lambda: None)
+    assert ops.build._cuda_choice(None)[0] is False
     with pytest.raises(LSGExportError, match="nvcc is not found"):
-        ops._cuda_choice(True)
+        ops.build._cuda_choice(True)
 
 
 # --- CPU: the CUDA kernels themselves, run by the CPU emulation of CUDA -----------------------------

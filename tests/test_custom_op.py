@@ -86,7 +86,7 @@ SPARSITY_TYPES = ("norm", "pooling", "stride", "block_stride", "bos_pooling", "n
 def gather_graph(tmp_path_factory):
     """gather_graph(d, sparse) -> an ONNX Runtime session on the gather backend's block attention alone
     (what `--attention gather` puts in the graph), exported once per head dim and sparse part."""
-    from lsg_export.onnx.backends import get_attention_backend
+    from lsg_export.onnx.attention_kinds import get_attention_kind
     from lsg_export.onnx.export import export_block_attention
     sessions = {}
 
@@ -95,7 +95,7 @@ def gather_graph(tmp_path_factory):
             arrays, _ = make_case(0, 2, 3, 3, d, 2, 16, 16 if sparse else 0, 2, "pooling" if sparse else "none",
                                   [48, 30])
             path = tmp_path_factory.mktemp("gather") / "block_attention.onnx"
-            export_block_attention(get_attention_backend("gather"), [torch.from_numpy(a) for a in arrays], path,
+            export_block_attention(get_attention_kind("gather"), [torch.from_numpy(a) for a in arrays], path,
                                    16, 16 if sparse else 0, 2)
             sessions[(d, sparse)] = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return sessions[(d, sparse)]

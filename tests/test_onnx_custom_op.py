@@ -77,13 +77,13 @@ def test_optimize_and_int8_keep_the_op(exported):
 def test_same_outputs_as_the_gather_export(exported):
     """The gather and custom-op graphs of the same model agree (both against PyTorch, and directly)."""
     from lsg_export.onnx.validate import make_session
-    from lsg_export.onnx.backends import get_attention_backend
+    from lsg_export.onnx.attention_kinds import get_attention_kind
     minilm = result(exported, "minilm")
     ids = torch.randint(1000, 20000, (1, 700), generator=torch.Generator().manual_seed(1))
     feeds = {"input_ids": ids.numpy(), "attention_mask": np.ones_like(ids.numpy()),
              "token_type_ids": np.zeros_like(ids.numpy())}
-    gather = make_session(Path(minilm["onnx"]) / "model.onnx", "cpu", get_attention_backend("gather"))
-    custom = make_session(Path(minilm["custom_op"]["onnx"]) / "model.onnx", "cpu", get_attention_backend("custom-op"))
+    gather = make_session(Path(minilm["onnx"]) / "model.onnx", "cpu", get_attention_kind("gather"))
+    custom = make_session(Path(minilm["custom_op"]["onnx"]) / "model.onnx", "cpu", get_attention_kind("custom-op"))
     a, b = gather.run(None, feeds)[0], custom.run(None, feeds)[0]
     assert a.shape == b.shape == (1, 700, 384)
     assert np.abs(a - b).max() <= 1e-4

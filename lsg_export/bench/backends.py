@@ -228,7 +228,7 @@ def family_model(info, positions, state):
     import transformers
     from transformers.modeling_utils import no_init_weights
 
-    from ..convert import quiet_transformers
+    from ..quiet import quiet_transformers
     from ..modeling.lsg_base import LSG_DEFAULTS
     config_dict = {k: v for k, v in info.config.items() if k not in (*LSG_DEFAULTS, "auto_map", "architectures")}
     config_dict["max_position_embeddings"] = positions + info.family.position_offset
@@ -314,7 +314,7 @@ class LongformerModule(torch.nn.Module):
 def load_torch_longformer(spec):
     from transformers import LongformerConfig, LongformerModel
 
-    from ..convert import quiet_transformers
+    from ..quiet import quiet_transformers
     info = target_info(spec)
     if spec["task"] == "multiple-choice":
         raise LSGExportError("torch-longformer does not run multiple-choice inputs")
@@ -347,10 +347,10 @@ def ort_options(threads):
 
 def ort_session(path, device, attention, threads):
     """An ONNX Runtime session opened by lsg_export.onnx.validate.make_session (providers and set-up of the
-    attention backend, e.g. the custom-op library) with ort_options."""
-    from ..onnx.export import get_attention_backend
+    attention kind, e.g. the custom-op library) with ort_options."""
+    from ..onnx.attention_kinds import get_attention_kind
     from ..onnx.validate import make_session
-    return make_session(path, device, get_attention_backend(attention), options=ort_options(threads))
+    return make_session(path, device, get_attention_kind(attention), options=ort_options(threads))
 
 
 # --- encoder-decoders: the encoder, and generation -------------------------------------------------

@@ -48,7 +48,7 @@ class ExportFolder:
 
     @property
     def needs_custom_ops(self):
-        from ..ops import DOMAIN
+        from ..ops.session import DOMAIN
         return bool(self.meta.get("custom_ops")) or self.meta.get("attention") == "custom-op" or DOMAIN in self.domains
 
     @property

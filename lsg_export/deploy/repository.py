@@ -10,7 +10,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..convert import atomic_folder, check_output
+from ..folders import atomic_folder, check_output
 from . import kserve, triton
 from .folder import check_name, open_export
 from .readme import repository_readme
@@ -44,7 +44,7 @@ def deploy(export=None, output=None, *, name=None, max_batch_size=8, instances=1
     op_library = None
     library = None
     if folder.needs_custom_ops:
-        from ..ops import library_path
+        from ..ops.build import library_path
         library = library_path()
         op_library = library.name
     config = triton.model_config(folder, name, max_batch_size=max_batch_size, instances=instances, device=device,

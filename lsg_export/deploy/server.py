@@ -43,7 +43,7 @@ class LSGModel(kserve.Model):
     def load(self):
         import onnxruntime as ort
 
-        from ..ops import explain_missing_ops, session_options_with_ops
+        from ..ops.session import explain_missing_ops, session_options_with_ops
 
         options = ort.SessionOptions()
         if self.export.needs_custom_ops:

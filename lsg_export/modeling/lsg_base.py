@@ -21,6 +21,9 @@ LSG_DEFAULTS = {
     "sparsity_factor": 2,
     "sparsity_type": "norm",
 }
+# the options a conversion sets (LSG_DEFAULTS less the bookkeeping keys), in the order they are reported
+LSG_OPTION_NAMES = ("block_size", "sparse_block_size", "sparsity_factor", "sparsity_type", "num_global_tokens",
+                    "mask_first_token", "pool_with_global", "lsh_num_pre_rounds")
 
 
 def pop_lsg_options(kwargs):

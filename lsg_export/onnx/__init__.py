@@ -5,15 +5,15 @@
     report = validate_onnx(result.path, lengths=[1, 500, 4096])
 
 Modules: tasks (task inference, input / output names, dummy inputs), export (torch -> ONNX and the
-attention backends), optimize (fusions, float16, int8), validate (comparison and tables),
-pipeline (the two entry points above), backends (gather / custom-op attention), custom_op (the
+attention kinds), optimize (fusions, float16, int8), validate (comparison and tables),
+pipeline (the two entry points above), attention_kinds (gather / custom-op attention), custom_op (the
 torch op and its ONNX node), loading (optimum's ORTModel classes on an export, custom ops registered).
 """
-from .backends import ATTENTION_BACKENDS, AttentionBackend, register_attention_backend
+from .attention_kinds import ATTENTION_KINDS, AttentionKind, register_attention_kind
 from .loading import load_ort_model
 from .pipeline import ExportResult, export_onnx, validate_onnx
 from .tasks import TASKS
 from .validate import ValidationReport
 
-__all__ = ["export_onnx", "validate_onnx", "load_ort_model", "ExportResult", "ValidationReport", "TASKS", "ATTENTION_BACKENDS",
-           "AttentionBackend", "register_attention_backend"]
+__all__ = ["export_onnx", "validate_onnx", "load_ort_model", "ExportResult", "ValidationReport", "TASKS", "ATTENTION_KINDS",
+           "AttentionKind", "register_attention_kind"]

@@ -1,4 +1,4 @@
-"""The `gather` attention backend's block attention: lsg_attention.block_attention, laid out for ONNX.
+"""The `gather` attention kind's block attention: lsg_attention.block_attention, laid out for ONNX.
 
 Same keys in the same order, same masks, same softmax: in eager PyTorch the output is bit-for-bit
 that of lsg_attention.block_attention (tests/test_onnx_export.py checks it over sparsity types,

@@ -1,4 +1,4 @@
-"""The `custom-op` attention backend: LSG attention as one ai.lsg.LSGAttention node per layer.
+"""The `custom-op` attention kind: LSG attention as one ai.lsg.LSGAttention node per layer.
 
 The node reads the query, key and value projections as they come out of their MatMuls, (n, G + T,
 h * d), and gives the attention output in that layout: no per-head transposes, slices of the globals
@@ -12,7 +12,7 @@ each op stays one node through tracing. ONNX side: translations of those ops int
 onnxscript, onnx's shape inference and ONNX Runtime's symbolic shape inference (which the transformer
 optimizer and the float16 converter run) know their inputs and output types.
 
-ai.lsg.BlockSparseAttention (the block part alone, operands (n, h, rows, d); what this backend
+ai.lsg.BlockSparseAttention (the block part alone, operands (n, h, rows, d); what this kind
 exported before LSGAttention) stays here for benchmarks/bench_custom_op.py and for the graphs that use
 it. The nodes' contracts are custom_ops/README.md; the kernels are the custom-op library (lsg_export.ops).
 """
@@ -24,7 +24,8 @@ import torch
 from onnxscript.values import Opset
 
 from ..modeling.lsg_attention import LSGAttention, block_attention, lsg_attend, merge_heads, split_heads
-from ..ops import BUILD_HINT, DOMAIN, LSG_OP_TYPE, OP_TYPE, OP_VERSION
+from ..ops.build import BUILD_HINT
+from ..ops.session import DOMAIN, LSG_OP_TYPE, OP_TYPE, OP_VERSION
 
 INPUTS = ("q", "k", "v", "key_mask", "global_k", "global_v", "sparse_k", "sparse_v", "sparse_mask")
 LSG_INPUTS = ("q", "k", "v", "key_mask", "sparse_k", "sparse_v", "sparse_mask")
@@ -143,5 +144,5 @@ def translate_lsg_attention(q, k, v, key_mask, sparse_k=None, sparse_v=None, spa
 
 def register_library(options):
     """Session set-up of a graph holding the op: the custom-op library registered (built if missing)."""
-    from ..ops import session_options_with_ops
+    from ..ops.session import session_options_with_ops
     session_options_with_ops(options)

@@ -1,4 +1,4 @@
-"""torch -> ONNX: the attention backends and the export of one graph valid at every length.
+"""torch -> ONNX: the attention kinds and the export of one graph valid at every length.
 
 The graph comes from torch.export (non-strict) with fully dynamic batch and sequence dims, then
 torch.onnx's dynamo exporter. The TorchScript exporter is not used: it records shapes as constants
@@ -15,8 +15,8 @@ import torch
 
 from ..errors import LSGExportError
 from ..modeling.lsg_attention import block_attention
-from .backends import (ATTENTION_BACKENDS, MIN_OPSET, AttentionBackend, get_attention_backend,  # noqa: F401
-                       register_attention_backend)
+from .attention_kinds import (ATTENTION_KINDS, MIN_OPSET, AttentionKind, get_attention_kind,  # noqa: F401
+                              register_attention_kind)
 from .rewrites import apply_rewrites
 
 MAX_OPSET = 25  # opset 25 needs IR 13, the highest onnxruntime 1.31 loads (18..25 checked)
@@ -42,18 +42,18 @@ def quiet_exporter():
         logging.disable(previous)
 
 
-def check_opset(opset, backend):
+def check_opset(opset, kind):
     import onnx
     highest = min(onnx.defs.onnx_opset_version(), MAX_OPSET)
-    if not isinstance(opset, int) or opset < backend.min_opset:
-        raise LSGExportError(f"--opset {opset} is below {backend.min_opset}, the lowest this graph can use "
-                             f"(torch's ONNX exporter, LayerNormalization with the {backend.name} attention)")
+    if not isinstance(opset, int) or opset < kind.min_opset:
+        raise LSGExportError(f"--opset {opset} is below {kind.min_opset}, the lowest this graph can use "
+                             f"(torch's ONNX exporter, LayerNormalization with the {kind.name} attention)")
     if opset > highest:
         raise LSGExportError(f"--opset {opset} is above {highest}, the highest whose IR version (13) "
                              f"ONNX Runtime loads")
 
 
-def export_graph(module, inputs, path, *, output_names, backend, opset, external_data, dynamic_dims=None,
+def export_graph(module, inputs, path, *, output_names, kind, opset, external_data, dynamic_dims=None,
                  device="cpu"):
     """module(**inputs) -> path (ONNX), every input dim symbolic but where `dynamic_dims` ({input name:
     its symbolic dims}) says otherwise; the graph rewritten for ONNX Runtime on `device` (rewrites/).
@@ -65,7 +65,7 @@ def export_graph(module, inputs, path, *, output_names, backend, opset, external
     dynamic_shapes = {name: {i: torch.export.Dim.DYNAMIC for i in dynamic_dims.get(name, range(inputs[name].dim()))}
                       for name in names}
     try:
-        with quiet_exporter(), torch.no_grad(), backend.installed(module):
+        with quiet_exporter(), torch.no_grad(), kind.installed(module):
             module(*args)  # one eager forward: lsh creates its projections lazily
             # backed_size_oblivious: no specialisation of a dim to 1 (batch 1, one block), as torch.onnx does
             with torch.fx.experimental._config.patch(backed_size_oblivious=True):
@@ -73,7 +73,7 @@ def export_graph(module, inputs, path, *, output_names, backend, opset, external
                                               prefer_deferred_runtime_asserts_over_guards=True)
             onnx_program = torch.onnx.export(program, opset_version=opset, dynamo=True, optimize=False,
                                              verbose=False, report=False,
-                                             custom_translation_table=dict(backend.translations) or None)
+                                             custom_translation_table=dict(kind.translations) or None)
             tidy(onnx_program.model)
             apply_rewrites(onnx_program.model, device)
     except LSGExportError:
@@ -230,7 +230,7 @@ BLOCK_ATTENTION_INPUTS = ("q", "k", "v", "key_mask", "global_k", "global_v", "sp
 
 
 class BlockAttention(torch.nn.Module):
-    """One LSGAttention's block attention as a module: what each attention backend puts in the graph."""
+    """One LSGAttention's block attention as a module: what each attention kind puts in the graph."""
 
     def __init__(self, block_size, sparse_block_size, sparsity_factor):
         super().__init__()
@@ -242,19 +242,19 @@ class BlockAttention(torch.nn.Module):
                                     *self.geometry)
 
 
-def export_block_attention(backend, inputs, path, block_size, sparse_block_size, sparsity_factor,
+def export_block_attention(kind, inputs, path, block_size, sparse_block_size, sparsity_factor,
                            opset=DEFAULT_OPSET):
-    """The `backend`'s block attention alone -> path (ONNX), valid for every batch, head count and length.
+    """The `kind`'s block attention alone -> path (ONNX), valid for every batch, head count and length.
 
     inputs: q, k, v, key_mask, global_k, global_v [, sparse_k, sparse_v, sparse_mask] (tensors);
     the graph's inputs carry those names, its output is `out`."""
     module = BlockAttention(block_size, sparse_block_size, sparsity_factor)
-    if backend.block_attention is not None:
-        module.block_attention = backend.block_attention
+    if kind.block_attention is not None:
+        module.block_attention = kind.block_attention
     named = dict(zip(BLOCK_ATTENTION_INPUTS, inputs))
     # batch, heads and lengths symbolic; the head dim is the example's (the scale 1/sqrt(d) is a constant),
     # and key_mask's head and last dims are 1 (sparse_mask has 1 head or one per head)
     dims = {name: (0, 2) if name == "key_mask" else (0, 1, 2) for name in named}
-    export_graph(module, named, path, output_names=["out"], backend=backend, opset=opset, external_data=False,
+    export_graph(module, named, path, output_names=["out"], kind=kind, opset=opset, external_data=False,
                  dynamic_dims=dims)
     return path

@@ -7,7 +7,7 @@
 The same by hand: `ORTModelFor<Task>.from_pretrained(OUT, session_options=lsg_export.ops.session_options_with_ops())`.
 """
 from ..errors import LSGExportError
-from ..ops import explain_missing_ops, session_options_with_ops
+from ..ops.session import explain_missing_ops, session_options_with_ops
 from .pipeline import read_export_folder
 from .tasks import TASKS
 

@@ -65,7 +65,7 @@ def onnxruntime_pass(path, opt_level, device, setup_session, fusions_follow, ext
     """ONNX Runtime's graph optimisations at `opt_level` (1 basic, 2 extended), written to a new file.
 
     The step optimize_model runs first, done here so that the session is set up as the attention
-    backend needs (a graph with the custom op needs its library registered to load at all)."""
+    kind needs (a graph with the custom op needs its library registered to load at all)."""
     import onnxruntime as ort
     out = path.with_name(path.stem + ".ort.onnx")
     options = ort.SessionOptions()
@@ -86,7 +86,7 @@ def onnxruntime_pass(path, opt_level, device, setup_session, fusions_follow, ext
 def optimize_graph(path, level, config, device, external_data, setup_session=None, model_type="bert"):
     """Rewrite `path` in place with optimum's `level`; returns what changed.
 
-    setup_session: the attention backend's session set-up (e.g. registering the custom-op library).
+    setup_session: the attention kind's session set-up (e.g. registering the custom-op library).
     model_type: onnxruntime.transformers' model type; "bart" (dense decoders) keeps its attention fusion."""
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import torch
 
-from ..convert import atomic_folder, check_output, quiet_transformers
 from ..errors import LSGExportError
+from ..folders import atomic_folder, check_output
+from ..quiet import quiet_transformers
 from ..sources import EXPORT_JSON, last_output, read_export_json, remember_output
 from .export import (DEFAULT_OPSET, EXTERNAL_DATA_BYTES, check_opset, export_graph, final_graph, finish_graph,
-                     get_attention_backend, graph_domains)
+                     get_attention_kind, graph_domains)
 from .optimize import check_options, optimize_graph, quantize_int8, to_float16
 from .tasks import (TASKS, TaskModule, infer_task, input_axes, input_names, make_inputs, output_names,
                     read_model_folder)
@@ -164,11 +165,11 @@ def export_onnx(model=None, output=None, *, seq=None, task="auto", opset=DEFAULT
         raise LSGExportError(f"--merge-decoders is for encoder-decoders (bart, mbart, pegasus); {info.path} holds a "
                              f"{info.family.class_name(info.head)}")
     task = infer_task(info, task)
-    backend = get_attention_backend(attention)
-    check_opset(opset, backend)
+    kind = get_attention_kind(attention)
+    check_opset(opset, kind)
     check_options(optimize, fp16, quantize, device)
-    if device == "cuda" and "CUDAExecutionProvider" not in backend.providers:
-        raise LSGExportError(f"the {backend.name} attention does not run on CUDA")
+    if device == "cuda" and "CUDAExecutionProvider" not in kind.providers:
+        raise LSGExportError(f"the {kind.name} attention does not run on CUDA")
     seq, lengths = check_lengths(info, seq, lengths, batch_size)
     atol, enforced = resolve_atol(atol, fp16, quantize, optimize)
     output = check_output(Path(output) if output else info.path / "onnx", force)
@@ -186,24 +187,24 @@ def export_onnx(model=None, output=None, *, seq=None, task="auto", opset=DEFAULT
 
     with atomic_folder(output, force) as tmp:
         path = tmp / MODEL_FILE
-        status(f"exporting to ONNX (opset {opset}, {backend.name} attention)")
-        export_seconds = export_graph(module, example, path, output_names=outputs, backend=backend, opset=opset,
+        status(f"exporting to ONNX (opset {opset}, {kind.name} attention)")
+        export_seconds = export_graph(module, example, path, output_names=outputs, kind=kind, opset=opset,
                                       external_data=external, device=device)
         status("checking the graph (onnx.checker, symbolic shape inference)")
         proto = finish_graph(path, input_axes=input_axes(task), output_axes=TASKS[task].output_axes,
                              external_data=external,
                              doc=f"LSG {info.family.class_name(info.head)} ({task}) by lsg-export")
         domains = graph_domains(proto)
-        foreign = [d for d in domains if d not in backend.domains]
+        foreign = [d for d in domains if d not in kind.domains]
         if foreign:
-            raise LSGExportError(f"the {backend.name} attention graph uses ops outside its domains: {', '.join(foreign)}")
+            raise LSGExportError(f"the {kind.name} attention graph uses ops outside its domains: {', '.join(foreign)}")
         graph = {"nodes": len(proto.graph.node), "domains": domains, "ir_version": proto.ir_version,
                  "external_data": external}
         del proto
         steps = {"optimize": None, "fp16": False, "quantize": None}
         if optimize != "none":
             status(f"optimizing ({optimize})")
-            steps["optimize"] = optimize_graph(path, optimize, info.config, device, external, backend.setup_session)
+            steps["optimize"] = optimize_graph(path, optimize, info.config, device, external, kind.setup_session)
         if fp16:
             status("converting to float16")
             steps["fp16"] = to_float16(path, external)
@@ -213,14 +214,14 @@ def export_onnx(model=None, output=None, *, seq=None, task="auto", opset=DEFAULT
         final = final_graph(path)
         write_side_files(info, tmp, seq)
 
-        session = make_session(path, device, backend)
+        session = make_session(path, device, kind)
         report = compare(session, module, info, task, outputs, lengths, batch_size, atol, enforced, ids=ids,
                          inputs_label=label, progress=status)
         del session
         meta = {
             "model": str(info.path.resolve()), "architecture": info.family.class_name(info.head),
             "model_type": info.family.model_type, "task": task, "seq": seq, "opset": opset,
-            "attention": backend.name, "custom_ops": backend.custom_ops, "device": device, "inputs": names, "outputs": outputs,
+            "attention": kind.name, "custom_ops": kind.custom_ops, "device": device, "inputs": names, "outputs": outputs,
             "input_axes": list(input_axes(task)), "lsg": info.lsg_options, "graph": graph, **steps,
             "final_graph": final,
             "precision": "fp16" if fp16 else ("int8" if quantize else "fp32"),
@@ -285,7 +286,7 @@ def validate_onnx(folder=None, *, model=None, lengths=None, batch_size=2, text=N
     torch_model = load_torch_model(info)
     limit_positions(torch_model, seq + info.family.position_offset)
     module = TaskModule(torch_model, task).eval()
-    session = make_session(folder / MODEL_FILE, device, get_attention_backend(meta.get("attention", "gather")))
+    session = make_session(folder / MODEL_FILE, device, get_attention_kind(meta.get("attention", "gather")))
     report = compare(session, module, info, task, meta["outputs"], lengths, batch_size, atol, enforced, ids=ids,
                      inputs_label=label,
                      progress=status)

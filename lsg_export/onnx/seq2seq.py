@@ -4,7 +4,7 @@ OUT holds what `optimum.onnxruntime.ORTModelForSeq2SeqLM.from_pretrained(OUT)` l
 
   encoder_model.onnx            input_ids, attention_mask -> last_hidden_state (G + t rows when the
                                 globals are passed to the decoder), LSG attention through the chosen
-                                attention backend, every batch size and length 1..seq;
+                                attention kind, every batch size and length 1..seq;
   decoder_model.onnx            input_ids, encoder_attention_mask, encoder_hidden_states -> logits,
                                 present.{i}.decoder.key/value, present.{i}.encoder.key/value;
   decoder_with_past_model.onnx  input_ids, encoder_attention_mask, past_key_values.{i}.{decoder,encoder}
@@ -31,11 +31,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..convert import atomic_folder, check_output, quiet_transformers
 from ..errors import LSGExportError
+from ..folders import atomic_folder, check_output
+from ..quiet import quiet_transformers
 from ..sources import read_export_json, remember_output
 from .export import (DEFAULT_OPSET, EXTERNAL_DATA_BYTES, check_opset, export_graph, final_graph, finish_graph,
-                     get_attention_backend, graph_domains)
+                     get_attention_kind, graph_domains)
 from .optimize import check_options, optimize_graph, quantize_int8, to_float16
 from .tasks import make_inputs
 from .ties import SelectionProbe
@@ -209,7 +210,7 @@ def check_sizes(model):
                                  f"{EXTERNAL_DATA_BYTES / 1e9:.1f} GB (external data) are not supported yet")
 
 
-def export_parts(model, info, folder, seq, backend, opset, status, device="cpu"):
+def export_parts(model, info, folder, seq, kind, opset, status, device="cpu"):
     """Write the three graphs (rewritten for ONNX Runtime on `device`); returns {file: {"nodes", "seconds"}}."""
     from .pipeline import example_length
     layers = model.config.decoder_layers
@@ -221,14 +222,14 @@ def export_parts(model, info, folder, seq, backend, opset, status, device="cpu")
     parts = {}
     doc = f"LSG {info.family.class_name(info.head)} ({TASK}) by lsg-export"
 
-    status(f"exporting the encoder (opset {opset}, {backend.name} attention)")
+    status(f"exporting the encoder (opset {opset}, {kind.name} attention)")
     path = folder / ENCODER_FILE
     seconds = export_graph(EncoderModule(model).eval(), example, path, output_names=["last_hidden_state"],
-                           backend=backend, opset=opset, external_data=False, device=device)
+                           kind=kind, opset=opset, external_data=False, device=device)
     proto = finish_part(path, {}, {"input_ids": ENC_AXES, "attention_mask": ENC_AXES}, (HIDDEN_AXES,), doc)
-    foreign = [d for d in graph_domains(proto) if d not in backend.domains]
+    foreign = [d for d in graph_domains(proto) if d not in kind.domains]
     if foreign:
-        raise LSGExportError(f"the {backend.name} attention graph uses ops outside its domains: {', '.join(foreign)}")
+        raise LSGExportError(f"the {kind.name} attention graph uses ops outside its domains: {', '.join(foreign)}")
     parts[ENCODER_FILE] = {"nodes": len(proto.graph.node), "seconds": round(seconds, 2)}
 
     for with_past, file in ((False, DECODER_FILE), (True, DECODER_WITH_PAST_FILE)):
@@ -240,7 +241,7 @@ def export_parts(model, info, folder, seq, backend, opset, status, device="cpu")
         past_dims = {identifier(n): (0, 2) for n in names if n.startswith("past_key_values")}
         path = folder / file
         seconds = export_graph(DecoderModule(model, with_past).eval(), inputs, path, output_names=outputs,
-                               backend=backend, opset=opset, external_data=False, device=device,
+                               kind=kind, opset=opset, external_data=False, device=device,
                                dynamic_dims={"encoder_hidden_states": (0, 1), **past_dims})
         decoder_axis = "past_decoder_sequence_length" if with_past else "decoder_sequence_length"
         input_axes = {"input_ids": ("batch_size", "decoder_sequence_length"), "encoder_attention_mask": ENC_AXES,
@@ -267,7 +268,7 @@ def _totals(per_file, key):
     return sum(step[key] for step in per_file.values())
 
 
-def post_process(folder, config, backend, optimize, fp16, quantize, device, status):
+def post_process(folder, config, kind, optimize, fp16, quantize, device, status):
     """The steps of export_onnx on each of the three graphs; returns export.json's "optimize", "fp16" and
     "quantize" (each with its per-graph summaries under "graphs")."""
     optimized, quantized, converted = {}, {}, False
@@ -276,7 +277,7 @@ def post_process(folder, config, backend, optimize, fp16, quantize, device, stat
         if optimize != "none":
             status(f"optimizing {file} ({optimize})")
             optimized[file] = optimize_graph(path, optimize, graph_config(config, file), device, False,
-                                             backend.setup_session if encoder else None,
+                                             kind.setup_session if encoder else None,
                                              model_type="bert" if encoder else "bart")
         if fp16:
             status(f"converting {file} to float16")
@@ -312,10 +313,10 @@ def merge_decoder_graphs(folder):
 class Sessions:
     """ONNX Runtime sessions of the graphs of a folder (merged: the merged decoder's, when it is there)."""
 
-    def __init__(self, folder, device, backend, merged=False):
+    def __init__(self, folder, device, kind, merged=False):
         self.encoder, self.decoder, self.decoder_with_past = (
-            make_session(Path(folder) / f, device, backend) for f in PART_FILES)
-        self.merged = make_session(Path(folder) / MERGED_FILE, device, backend) if merged else None
+            make_session(Path(folder) / f, device, kind) for f in PART_FILES)
+        self.merged = make_session(Path(folder) / MERGED_FILE, device, kind) if merged else None
         self.past_names = [i.name for i in self.decoder_with_past.get_inputs() if i.name.startswith("past")]
 
     def run_merged(self, decoder_ids, mask, hidden, config):
@@ -418,7 +419,7 @@ def load_seq2seq_model(folder, provider="CPUExecutionProvider", session_options=
     if use_merged is None:  # said, not left to optimum, which logs a line when it looks for a missing file
         use_merged = bool(meta.get("merged_decoder"))
     if meta.get("custom_ops"):
-        from ..ops import session_options_with_ops
+        from ..ops.session import session_options_with_ops
         session_options = session_options_with_ops(session_options)
     with quiet_transformers():
         return ORTModelForSeq2SeqLM.from_pretrained(str(folder), provider=provider, session_options=session_options,
@@ -437,11 +438,11 @@ def export_seq2seq(info, output=None, *, seq=None, task="auto", opset=DEFAULT_OP
     status = status or (lambda message: None)
     started = started or time.perf_counter()
     check_head(info, task)
-    backend = get_attention_backend(attention)
-    check_opset(opset, backend)
+    kind = get_attention_kind(attention)
+    check_opset(opset, kind)
     check_options(optimize, fp16, quantize, device)
-    if device == "cuda" and "CUDAExecutionProvider" not in backend.providers:
-        raise LSGExportError(f"the {backend.name} attention does not run on CUDA")
+    if device == "cuda" and "CUDAExecutionProvider" not in kind.providers:
+        raise LSGExportError(f"the {kind.name} attention does not run on CUDA")
     merge_decoders = True if merge_decoders is None else bool(merge_decoders)
     seq, lengths = check_lengths(info, seq, lengths, batch_size)
     atol, enforced = resolve_atol(atol, fp16, quantize, optimize)
@@ -452,9 +453,9 @@ def export_seq2seq(info, output=None, *, seq=None, task="auto", opset=DEFAULT_OP
     model = load_model(info, seq)
     check_sizes(model)
     with atomic_folder(output, force) as tmp:
-        parts = export_parts(model, info, tmp, seq, backend, opset, status, device)
+        parts = export_parts(model, info, tmp, seq, kind, opset, status, device)
         nodes = sum(part["nodes"] for part in parts.values())
-        steps = post_process(tmp, info.config, backend, optimize, fp16, quantize, device, status)
+        steps = post_process(tmp, info.config, kind, optimize, fp16, quantize, device, status)
         files = list(PART_FILES)
         if merge_decoders:
             status("merging the decoders (decoder_model_merged.onnx)")
@@ -468,7 +469,7 @@ def export_seq2seq(info, output=None, *, seq=None, task="auto", opset=DEFAULT_OP
             "model": str(info.path.resolve()), "architecture": info.family.class_name(info.head),
             "model_type": info.family.model_type, "task": TASK, "seq2seq": True, "files": files,
             "merged_decoder": merge_decoders,
-            "seq": seq, "opset": opset, "attention": backend.name, "custom_ops": getattr(backend, "custom_ops", None),
+            "seq": seq, "opset": opset, "attention": kind.name, "custom_ops": getattr(kind, "custom_ops", None),
             "device": device, "lsg": {**info.lsg_options, "pass_global_tokens_to_decoder":
                                       info.config.get("pass_global_tokens_to_decoder", True)},
             "graph": {"nodes": nodes, "domains": sorted({d for f in finals.values() for d in f["domains"]})},
@@ -491,8 +492,8 @@ def validate_folder(folder, model, info, meta, lengths, batch_size, atol, enforc
     """compare_seq2seq on an export folder: its graphs' sessions, and generation by ORTModelForSeq2SeqLM as
     optimum loads the folder (the merged decoder when there is one)."""
     status = status or (lambda message: None)
-    backend = get_attention_backend(meta.get("attention", "gather"))
-    sessions = Sessions(folder, device, backend, merged=bool(meta.get("merged_decoder")))
+    kind = get_attention_kind(meta.get("attention", "gather"))
+    sessions = Sessions(folder, device, kind, merged=bool(meta.get("merged_decoder")))
     # CPU tensors in and out, as PyTorch's side (optimum binds CUDA buffers by default)
     ort_model = load_seq2seq_model(folder, provider="CUDAExecutionProvider" if device == "cuda" else
                                    "CPUExecutionProvider", use_io_binding=False)

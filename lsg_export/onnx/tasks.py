@@ -58,7 +58,7 @@ class ModelInfo:
 
     @property
     def lsg_options(self):
-        from ..convert import LSG_OPTION_NAMES
+        from ..modeling.lsg_base import LSG_OPTION_NAMES
         return {k: self.config.get(k) for k in LSG_OPTION_NAMES}
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import LSGExportError
-from ..ops import explain_missing_ops
+from ..ops.session import explain_missing_ops
 from .tasks import make_inputs
 from .ties import SelectionProbe, TIE_RTOL, explain_by_ties, tie_summary
 
@@ -128,7 +128,7 @@ def text_ids(tokenizer_folder, text_file):
     """The token ids of a document (no special tokens), for --text."""
     from transformers import AutoTokenizer
 
-    from ..convert import quiet_transformers
+    from ..quiet import quiet_transformers
     try:
         text = open(text_file, encoding="utf-8", errors="replace").read()
     except OSError as error:
@@ -172,21 +172,21 @@ def text_chunks(ids, batch, length):
     return repeated[:need].reshape(batch, length)
 
 
-def make_session(path, device, backend=None, options=None):
-    """An ONNX Runtime session on `device`, set up as the attention backend needs (options: the caller's
+def make_session(path, device, kind=None, options=None):
+    """An ONNX Runtime session on `device`, set up as the attention kind needs (options: the caller's
     SessionOptions, e.g. a thread count)."""
     import onnxruntime as ort
     if options is None:
         options = ort.SessionOptions()
         options.log_severity_level = 3
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-    if backend is not None:
-        providers = [p for p in providers if p in backend.providers]
+    if kind is not None:
+        providers = [p for p in providers if p in kind.providers]
     # TF32 (on by default in the CUDA provider) rounds float32 MatMuls to 10 mantissa bits: a comparison
     # with float32 PyTorch at 1e-4 needs full float32
     providers = [(p, {"use_tf32": "0"}) if p == "CUDAExecutionProvider" else p for p in providers]
-    if backend is not None and backend.setup_session is not None:
-        backend.setup_session(options)
+    if kind is not None and kind.setup_session is not None:
+        kind.setup_session(options)
     try:
         with explain_missing_ops():  # a graph with the custom op, opened without its library: how to build it
             return ort.InferenceSession(str(path), options, providers=providers)

@@ -17,6 +17,6 @@ def build_ops_command(cuda, force, verbose):
 
     The build is cached under $LSG_EXPORT_CACHE (default ~/.cache/lsg-export) and redone only when
     the sources change. ONNX Runtime headers: $ORT_INCLUDE_DIR, else fetched once with npm."""
-    from . import build_ops
+    from .build import build_ops
 
     click.echo(str(build_ops(cuda=cuda, force=force, verbose=verbose)))

@@ -34,7 +34,7 @@ def cuda_entry(library=None, name=ENTRY):
     """The C entry `name` (ENTRY or LSG_ENTRY) of `library` (default: the library built with CUDA,
     built first if needed)."""
     if library is None:
-        from . import build_ops
+        from .build import build_ops
         library = build_ops(cuda=True)
     handle = ctypes.CDLL(str(library))
     entry = getattr(handle, name, None)
@@ -161,7 +161,7 @@ def build_emulation(folder):
     import subprocess
     from pathlib import Path
 
-    from . import ort_include_dir, source_dir
+    from .build import ort_include_dir, source_dir
     compiler = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
     if compiler is None:
         raise LSGExportError("the CUDA emulation needs a C++20 compiler (g++ or c++ on PATH, or $CXX)")

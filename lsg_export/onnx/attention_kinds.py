@@ -1,7 +1,8 @@
-"""Attention backends: how LSGAttention becomes ONNX.
+"""Attention kinds: how LSGAttention becomes ONNX (not to be confused with the benchmark's backends,
+bench/backends.py, which are ways of running a model).
 
 An export swaps every LSGAttention's `block_attention` (or its whole `forward_tokens`) for the
-backend's function while torch.export traces the model, so the kind of attention in the graph is one
+kind's function while torch.export traces the model, so the kind of attention in the graph is one
 switch (`--attention`):
 
   gather     standard ONNX ops only: every block's keys read by one Gather (attention.py);
@@ -20,7 +21,7 @@ MIN_OPSET = 18  # torch.onnx's dynamo exporter emits opset 18 and above
 
 
 @dataclass(frozen=True)
-class AttentionBackend:
+class AttentionKind:
     """One way of putting LSG attention in the graph.
 
     block_attention: replaces every LSGAttention's `block_attention` while exporting (None: keep the
@@ -61,25 +62,25 @@ class AttentionBackend:
                 m.__dict__.pop("forward_tokens", None)
 
 
-ATTENTION_BACKENDS = {}
+ATTENTION_KINDS = {}
 
 
-def register_attention_backend(backend):
-    ATTENTION_BACKENDS[backend.name] = backend
-    return backend
+def register_attention_kind(kind):
+    ATTENTION_KINDS[kind.name] = kind
+    return kind
 
 
-def get_attention_backend(name):
+def get_attention_kind(name):
     try:
-        return ATTENTION_BACKENDS[name]
+        return ATTENTION_KINDS[name]
     except KeyError:
-        raise LSGExportError(f"unknown attention kind {name!r}; available: {', '.join(ATTENTION_BACKENDS)}") from None
+        raise LSGExportError(f"unknown attention kind {name!r}; available: {', '.join(ATTENTION_KINDS)}") from None
 
 
-register_attention_backend(AttentionBackend(
+register_attention_kind(AttentionKind(
     "gather", "LSG attention from standard ONNX ops only: every block's keys read by one Gather (attention.py)",
     block_attention=gather_block_attention))
-register_attention_backend(AttentionBackend(
+register_attention_kind(AttentionKind(
     "custom-op", f"LSG attention as one {custom_op.DOMAIN}.{custom_op.LSG_OP_TYPE} node per layer, run by the "
     "custom-op library (lsg-export build-ops; custom_op.py)",
     block_attention=custom_op.custom_op_block_attention,
