@@ -1,4 +1,5 @@
-"""`lsg-export`: a thin command line over the Python API."""
+"""`lsg-export`: a thin command line over the Python API. What a command wrote is remembered here
+(cli_state.py), per working directory, as the next command's default folder; the API takes explicit folders."""
 import json
 import sys
 
@@ -60,6 +61,7 @@ def convert(model, output, as_json, **options):
     """
     from rich.console import Console
 
+    from .cli_state import remember_output
     from .convert import convert as run
 
     console = Console(stderr=True)
@@ -67,6 +69,7 @@ def convert(model, output, as_json, **options):
         result = run(model, output, status=lambda message: status.update(message),
                      notice=lambda message: console.print(message, markup=False, highlight=False, soft_wrap=True),
                      **options)
+    remember_output("convert", result.path)
     if as_json:
         click.echo(json.dumps({"output": str(result.path), "architecture": result.architecture,
                                "source": result.source}))
@@ -148,15 +151,14 @@ def onnx(model, output, as_json, **options):
     """
     from rich.console import Console
 
+    from .cli_state import given_or_last, remember_output
     from .onnx import export_onnx
-    from .sources import last_output
 
     console = Console(stderr=True)
-    if model is None:
-        model = last_output("convert")
-        console.print(f"using {model} (the last folder `lsg-export convert` wrote from here)", soft_wrap=True)
+    model = given_or_last(model, "convert", console)
     with console.status("exporting") as status:
         result = export_onnx(model, output, status=lambda message: status.update(message), **options)
+    remember_output("onnx", result.path)  # written even when its validation failed: the next command's default
     _print_report(result.report, as_json, {"output": str(result.path), **result.info})
     _print_ties(console, result.report)
     if not as_json:
@@ -195,13 +197,11 @@ def validate(folder, as_json, **options):
     """
     from rich.console import Console
 
+    from .cli_state import given_or_last
     from .onnx import validate_onnx
-    from .sources import last_output
 
     console = Console(stderr=True)
-    if folder is None:
-        folder = last_output("onnx")
-        console.print(f"using {folder} (the last folder `lsg-export onnx` wrote from here)", soft_wrap=True)
+    folder = given_or_last(folder, "onnx", console)
     with console.status("validating") as status:
         report = validate_onnx(folder, status=lambda message: status.update(message), **options)
     _print_report(report, as_json, {"folder": str(folder), **report.to_dict()})

@@ -15,7 +15,7 @@ from .folders import atomic_folder, check_output
 from .modeling.lsg_attention import validate_lsg_options
 from .modeling.lsg_base import LSG_DEFAULTS, LSG_OPTION_NAMES
 from .quiet import quiet_transformers
-from .sources import read_config_dict, remember_output, resolve_source
+from .sources import read_config_dict, resolve_source
 from .weights import embedding_targets, initial_global_embeddings, tile_positions
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -251,7 +251,6 @@ def convert(model=None, output=None, *, max_sequence_length=4096, architecture=N
             tokenizer.init_kwargs["model_max_length"] = max_sequence_length
             tokenizer.save_pretrained(tmp)
         (tmp / "README.md").write_text(model_card(display, source, family, head, config, max_sequence_length))
-    remember_output("convert", output)
     return ConvertResult(output, lsg_model, tokenizer, family.class_name(head), source)
 
 

@@ -1,4 +1,4 @@
-"""Where models come from: the bundled MiniLM, a local folder, the hub; and the last output."""
+"""Where models come from: the bundled MiniLM, a local folder, the hub; and an export's export.json."""
 import json
 import os
 from pathlib import Path
@@ -74,34 +74,6 @@ def read_config_dict(source):
     except (ValueError, TypeError, json.JSONDecodeError) as error:  # TypeError: JSON that is not an object
         raise LSGExportError(f"{source}: corrupt config.json ({error})") from None
     return config
-
-
-def _state_file():
-    root = Path(os.environ.get("LSG_EXPORT_HOME", Path.home() / ".cache" / "lsg-export"))
-    return root / "last-outputs.json"
-
-
-def remember_output(kind, path):
-    """Remember the folder `kind` ('convert', 'onnx') wrote from the current directory."""
-    state_file = _state_file()
-    try:
-        state = json.loads(state_file.read_text())
-    except (OSError, ValueError):
-        state = {}
-    state.setdefault(kind, {})[str(Path.cwd().resolve())] = str(Path(path).resolve())
-    state_file.parent.mkdir(parents=True, exist_ok=True)
-    state_file.write_text(json.dumps(state, indent=1))
-
-
-def last_output(kind):
-    try:
-        path = json.loads(_state_file().read_text())[kind][str(Path.cwd().resolve())]
-    except (OSError, ValueError, KeyError):
-        raise LSGExportError(f"no MODEL given and `lsg-export {kind}` has written nothing from this directory "
-                             f"yet: name a folder") from None
-    if not Path(path).is_dir():
-        raise LSGExportError(f"the last folder `lsg-export {kind}` wrote from here, {path}, is gone: name a folder")
-    return path
 
 
 EXPORT_JSON = "export.json"  # what `lsg-export onnx` writes beside its graphs

@@ -24,7 +24,7 @@ from lsg_export.bench.measure import (Cell, PeakMemory, planned_runs, pool, pred
 from lsg_export.bench.report import exponent, render_table  # noqa: E402
 from lsg_export.bench.run import SCHEMA, add_ratios, run_bench  # noqa: E402
 from lsg_export.errors import LSGExportError  # noqa: E402
-from lsg_export.sources import last_output, remember_output  # noqa: E402
+from lsg_export.cli_state import last_output, remember_output  # noqa: E402
 
 CPU_BACKENDS = [name for name, b in BACKENDS.items() if "cpu" in b.devices]
 LENGTHS = [64, 128]

@@ -176,6 +176,26 @@ def test_convert_json(tiny_bert, workspace, lsg_home):
     assert str(out.resolve()) in state["convert"].values()
 
 
+def test_the_python_api_remembers_nothing(tiny_bert, workspace, lsg_home, monkeypatch):
+    """The last output is the command line's memory: convert() from Python records nothing, and the API
+    functions that take a folder need it named."""
+    from lsg_export import convert
+    from lsg_export.bench import run_bench
+    from lsg_export.deploy import deploy
+    from lsg_export.onnx import export_onnx, validate_onnx
+
+    monkeypatch.chdir(workspace)
+    result = convert(str(tiny_bert), "lsg-tiny", max_sequence_length=128, block_size=TINY_BLOCK_SIZE,
+                     sparse_block_size=TINY_BLOCK_SIZE)
+    assert result.path.name == "lsg-tiny" and (workspace / "lsg-tiny" / "config.json").is_file()
+    assert not (lsg_home / "last-outputs.json").exists()
+    for function in (export_onnx, validate_onnx, deploy, run_bench):
+        with pytest.raises(TypeError, match="missing 1 required positional argument"):
+            function()
+    # so the command line has no default here: its next command must name the folder
+    assert_user_error(CliRunner().invoke(main, ["onnx"]), "`lsg-export convert` has written nothing", "name a folder")
+
+
 def test_default_output_name(tiny_bert, tmp_path):
     runner = CliRunner()
     with runner.isolated_filesystem(temp_dir=tmp_path) as cwd:

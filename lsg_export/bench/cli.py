@@ -3,13 +3,26 @@ import itertools
 
 import click
 
-from ..errors import user_errors
+from ..errors import LSGExportError, user_errors
 
 BACKEND_NAMES = ("torch-lsg, torch-dense, torch-chunked, ort-gather, ort-gather-optimized, ort-int8 (cpu), "
                  "ort-fp16 (cuda), ort-custom-op, ort-int8-custom-op (cpu), torch-longformer; named only: "
                  "ort-int8-per-tensor, ort-int8-per-tensor-custom-op (cpu, the int8 before per-channel scales)")
 SEQ2SEQ_NAMES = ("torch-lsg, torch-dense, ort-gather, ort-gather-optimized, ort-int8, ort-fp16, ort-custom-op, "
                  "ort-int8-custom-op")
+
+
+def default_target():
+    """(folder, how it was chosen) when no MODEL_OR_EXPORT is given: the last export made from here, else
+    the last convert."""
+    from ..cli_state import last_output
+    for kind, chosen in (("onnx", "last export"), ("convert", "last convert")):
+        try:
+            return last_output(kind), chosen
+        except LSGExportError:
+            pass
+    raise LSGExportError("no MODEL_OR_EXPORT given and neither `lsg-export onnx` nor `lsg-export convert` "
+                         "has written anything from this directory: name a folder")
 
 
 @click.command("bench", context_settings={"show_default": True})
@@ -78,7 +91,7 @@ def bench_command(model_or_export, json_file, csv_file, plot_file, **options):
     # arguments checked before any work: the counts of the progress bar come from them
     check_device(options["device"])
     options["rounds"] = rounds = check_rounds(options["rounds"])
-    target = resolve_target(model_or_export)
+    target = resolve_target(*((model_or_export, "given") if model_or_export is not None else default_target()))
     names = select_backends(options["backends"], options["device"], target.seq2seq)
     if target.chosen != "given":
         console.print(f"using {target.describe()}", soft_wrap=True)

@@ -5,10 +5,8 @@ in place with those quantize_int8 options, then validated again.
 
 Up to date: same export options, task, weights (modification time) and exporter code (a hash of
 lsg_export/onnx and lsg_export/modeling), same library versions; recorded in bench-stamp.json."""
-import contextlib
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from ..errors import LSGExportError
@@ -88,19 +86,6 @@ def requantize(folder, lengths, options, status):
     validate_onnx(folder, lengths=lengths, status=status)
 
 
-@contextlib.contextmanager
-def inside(folder):
-    """Work from `folder`: export_onnx records its output as the last export made from the current
-    directory, and the cache exports are not what the user exported last from theirs."""
-    folder.mkdir(parents=True, exist_ok=True)
-    previous = os.getcwd()
-    os.chdir(folder)
-    try:
-        yield
-    finally:
-        os.chdir(previous)
-
-
 def prepare_exports(names, target, device="cpu", status=None):
     """{backend: export folder or LSGExportError} for the ort-* backends in `names`.
 
@@ -112,12 +97,11 @@ def prepare_exports(names, target, device="cpu", status=None):
         folders[target.export_kind] = target.export
     if not needed:
         return folders
-    with inside(target.model / CACHE_DIR):
-        for name in needed:
-            try:
-                folders[name] = cached_export(name, target, device, status)
-            except LSGExportError as error:
-                folders[name] = error
-            except Exception as error:  # an exporter bug must not stop the other backends
-                folders[name] = LSGExportError(f"its export failed ({type(error).__name__}: {error})")
+    for name in needed:
+        try:
+            folders[name] = cached_export(name, target, device, status)
+        except LSGExportError as error:
+            folders[name] = error
+        except Exception as error:  # an exporter bug must not stop the other backends
+            folders[name] = LSGExportError(f"its export failed ({type(error).__name__}: {error})")
     return folders

@@ -135,10 +135,10 @@ def compute_references(target, settings, ids, folder, status):
     return paths, missing
 
 
-def run_bench(target=None, *, seq=None, batch_size=None, backends=None, device="cpu", threads=None, warmup=3,
+def run_bench(target, *, seq=None, batch_size=None, backends=None, device="cpu", threads=None, warmup=3,
               repeat=20, quick=False, new_tokens=None, num_beams=None, rounds=1, text=None, status=None,
               progress=None):
-    """Benchmark MODEL_OR_EXPORT `target` (None: the last export made here, else the last convert).
+    """Benchmark MODEL_OR_EXPORT `target`, a converted folder or an `lsg-export onnx` folder.
 
     seq / batch_size: lists or "512,1024". backends: names (default: those of the device; for an
     encoder-decoder, those that run one). new_tokens: encoder-decoders' generation length; num_beams:

@@ -3,7 +3,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import LSGExportError
-from ..sources import EXPORT_JSON, last_output
+from ..sources import EXPORT_JSON
 from .backends import export_kind
 
 DEFAULT_LENGTHS = (512, 1024, 2048, 4096, 8192)
@@ -15,7 +15,7 @@ class Target:
     model: Path  # the converted LSG folder
     info: object  # its lsg_export.onnx.tasks.ModelInfo
     task: str
-    export: Path = None  # the export folder given (or the last one made here)
+    export: Path = None  # the export folder given (or the last one made here, for the command line)
     export_kind: str = None  # the ort-* backend that export serves
     chosen: str = "given"  # how the target was found: given, last export, last convert
 
@@ -29,19 +29,10 @@ class Target:
         return what if self.chosen == "given" else f"{what}, the {self.chosen} made from here"
 
 
-def resolve_target(path=None):
-    """A Target from MODEL_OR_EXPORT; None: the last `lsg-export onnx` output from here, else the last convert."""
+def resolve_target(path, chosen="given"):
+    """A Target from MODEL_OR_EXPORT `path`; chosen: how the caller found it (the command line, given no
+    folder, says "last export" or "last convert")."""
     from ..onnx.tasks import infer_task, read_model_folder
-    chosen = "given"
-    if path is None:
-        try:
-            path, chosen = last_output("onnx"), "last export"
-        except LSGExportError:
-            try:
-                path, chosen = last_output("convert"), "last convert"
-            except LSGExportError:
-                raise LSGExportError("no MODEL_OR_EXPORT given and neither `lsg-export onnx` nor `lsg-export convert` "
-                                     "has written anything from this directory: name a folder") from None
     path = Path(path).resolve()
     if (path / EXPORT_JSON).is_file():
         from ..onnx.pipeline import read_export_folder

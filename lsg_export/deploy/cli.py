@@ -12,14 +12,6 @@ _UNVALIDATED = click.option("--allow-unvalidated", is_flag=True,
 _NAME = click.option("--name", help="Model name (Triton, KServe, the v2 URLs) [default: from the export folder].")
 
 
-def _export_folder(console, export):
-    if export is None:
-        from ..sources import last_output
-        export = last_output("onnx")
-        console.print(f"using {export} (the last folder `lsg-export onnx` wrote from here)", soft_wrap=True)
-    return export
-
-
 @click.command("deploy", context_settings={"show_default": True})
 @click.argument("export", required=False)
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Repository folder [default: EXPORT-deploy].")
@@ -45,10 +37,11 @@ def deploy_command(export, output, as_json, **options):
     """
     from rich.console import Console
 
+    from ..cli_state import given_or_last
     from .repository import deploy
 
     console = Console(stderr=True)
-    export = _export_folder(console, export)
+    export = given_or_last(export, "onnx", console)
     with console.status("writing the repository"):
         result = deploy(export, output, **options)
     if as_json:
@@ -84,10 +77,11 @@ def serve_command(export, name, allow_unvalidated, **options):
     """
     from rich.console import Console
 
+    from ..cli_state import given_or_last
     from .server import make_model, serve
 
     console = Console(stderr=True)
-    export = _export_folder(console, export)
+    export = given_or_last(export, "onnx", console)
     with console.status("loading the model"):
         model = make_model(export, name, allow_unvalidated)
     host = f"[{options['host']}]" if ":" in options["host"] else options["host"]

@@ -31,13 +31,11 @@ class DeployResult:
                 "max_batch_size": self.config.max_batch_size}
 
 
-def deploy(export=None, output=None, *, name=None, max_batch_size=8, instances=1, device="cpu",
+def deploy(export, output=None, *, name=None, max_batch_size=8, instances=1, device="cpu",
            dynamic_batching=True, max_queue_delay_us=100, allow_unvalidated=False, force=False):
-    """Write the deployment of an export folder (default: the last one `lsg-export onnx` wrote here)
-    to `output` (default: <export>-deploy). Returns a DeployResult; LSGExportError for bad input."""
-    from ..sources import last_output
-
-    folder = open_export(export if export is not None else last_output("onnx"), allow_unvalidated)
+    """Write the deployment of the export folder `export` to `output` (default: <export>-deploy).
+    Returns a DeployResult; LSGExportError for bad input."""
+    folder = open_export(export, allow_unvalidated)
     name = check_name(name) if name else folder.default_name()
     output = Path(output) if output else folder.path.resolve().with_name(folder.path.resolve().name + "-deploy")
     check_output(output, force)

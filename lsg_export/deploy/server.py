@@ -339,12 +339,11 @@ def check_port(host, port, what):
             raise LSGExportError(f"cannot listen on {_address(host, port)} ({what}): {error.strerror}") from None
 
 
-def make_model(export=None, name=None, allow_unvalidated=False):
-    """The LSGModel of an export folder (default: the last one `lsg-export onnx` wrote here)."""
-    from ..sources import last_output
+def make_model(export, name=None, allow_unvalidated=False):
+    """The LSGModel of the export folder `export`."""
     from .folder import check_name
 
-    folder = open_export(export if export is not None else last_output("onnx"), allow_unvalidated)
+    folder = open_export(export, allow_unvalidated)
     return LSGModel(check_name(name) if name else folder.default_name(), folder)
 
 

@@ -11,7 +11,7 @@ import torch
 from ..errors import LSGExportError
 from ..folders import atomic_folder, check_output
 from ..quiet import quiet_transformers
-from ..sources import EXPORT_JSON, last_output, read_export_json, remember_output
+from ..sources import EXPORT_JSON, read_export_json
 from .export import (DEFAULT_OPSET, EXTERNAL_DATA_BYTES, check_opset, export_graph, final_graph, finish_graph,
                      get_attention_kind, graph_domains)
 from .optimize import check_options, optimize_graph, quantize_int8, to_float16
@@ -140,12 +140,12 @@ def check_validation(info, seq, lengths, batch_size):
     return lengths
 
 
-def export_onnx(model=None, output=None, *, seq=None, task="auto", opset=DEFAULT_OPSET, attention="gather",
+def export_onnx(model, output=None, *, seq=None, task="auto", opset=DEFAULT_OPSET, attention="gather",
                 optimize="none", fp16=False, quantize=None, device="cpu", atol=None, lengths=None, batch_size=2,
                 merge_decoders=None, text=None, force=False, status=None):
     """Export a converted LSG folder to ONNX, validate it against PyTorch, write OUT.
 
-    model: the folder (None: the last one `lsg-export convert` wrote from the current directory).
+    model: the converted folder.
     output: OUT (default MODEL/onnx). seq: the longest input (default: the model's maximum).
     merge_decoders: encoder-decoders only, also write decoder_model_merged.onnx (default: yes).
     text: a text file whose tokens the validation runs on (default: GPL-3 for int8, else random ids).
@@ -153,8 +153,7 @@ def export_onnx(model=None, output=None, *, seq=None, task="auto", opset=DEFAULT
     (OUT is written all the same, with the failure in export.json). LSGExportError for bad input."""
     status = status or (lambda message: None)
     started = time.perf_counter()
-    folder = model if model is not None else last_output("convert")
-    info = read_model_folder(folder)
+    info = read_model_folder(model)
     if info.family.seq2seq:  # encoder-decoders: three graphs in optimum's seq2seq layout (seq2seq.py)
         from .seq2seq import export_seq2seq
         return export_seq2seq(info, output, seq=seq, task=task, opset=opset, attention=attention, optimize=optimize,
@@ -230,7 +229,6 @@ def export_onnx(model=None, output=None, *, seq=None, task="auto", opset=DEFAULT
             "validation_lengths": lengths,
         }
         write_json(tmp / EXPORT_JSON, record_validation(meta, report, "export"))
-    remember_output("onnx", output)
     return ExportResult(output, task, report, meta)
 
 
@@ -264,7 +262,7 @@ def validation_settings(folder, meta, model, lengths, batch_size, atol, device):
     return info, lengths, atol, enforced, device
 
 
-def validate_onnx(folder=None, *, model=None, lengths=None, batch_size=2, text=None, atol=None, device=None,
+def validate_onnx(folder, *, model=None, lengths=None, batch_size=2, text=None, atol=None, device=None,
                   status=None, record=True):
     """Rerun the comparison of an exported folder with its PyTorch model; returns a ValidationReport.
 
@@ -272,7 +270,7 @@ def validate_onnx(folder=None, *, model=None, lengths=None, batch_size=2, text=N
     "1,500,4096" (default: the export's). text: a text file whose tokens replace the random ids.
     record: store the result in export.json."""
     status = status or (lambda message: None)
-    folder = Path(folder if folder is not None else last_output("onnx"))
+    folder = Path(folder)
     meta = read_export_folder(folder)
     if meta.get("seq2seq"):
         from .seq2seq import validate_seq2seq

@@ -34,7 +34,7 @@ import torch
 from ..errors import LSGExportError
 from ..folders import atomic_folder, check_output
 from ..quiet import quiet_transformers
-from ..sources import read_export_json, remember_output
+from ..sources import read_export_json
 from .export import (DEFAULT_OPSET, EXTERNAL_DATA_BYTES, check_opset, export_graph, final_graph, finish_graph,
                      get_attention_kind, graph_domains)
 from .optimize import check_options, optimize_graph, quantize_int8, to_float16
@@ -483,7 +483,6 @@ def export_seq2seq(info, output=None, *, seq=None, task="auto", opset=DEFAULT_OP
                            "total": round(time.perf_counter() - started, 2)}
         meta["validation_lengths"] = lengths
         write_json(tmp / EXPORT_JSON, record_validation(meta, report, "export"))
-    remember_output("onnx", output)
     return ExportResult(output, TASK, report, meta)
 
 
