@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from conftest import TINY_BLOCK_SIZE, original_class, tiny_config
 from lsg_export import convert
 from lsg_export.bench.backends import BACKENDS
+from lsg_export.bench.worker_spec import WorkerSpec
 from lsg_export.cli import main
 from lsg_export.families import SEQ2SEQ_FAMILIES
 from lsg_export.onnx import export_onnx
@@ -203,12 +204,10 @@ def custom_op_bart(exports, ops_library):
     """The tiny LSG bart exported with --attention custom-op: (converted, export folder). Made by the bench's
     export cache (export_onnx with the ort-custom-op backend's options, validated), where the bench test
     below then finds it instead of exporting it again."""
-    from lsg_export.bench.exports import CACHE_DIR, cached_export, inside
+    from lsg_export.bench.exports import cached_export
     from lsg_export.bench.target import resolve_target
     converted = exports["bart"][0]
-    target = resolve_target(converted.path)
-    with inside(target.model / CACHE_DIR):
-        folder = cached_export("ort-custom-op", target, "cpu", status=lambda message: None)
+    folder = cached_export("ort-custom-op", resolve_target(converted.path), "cpu", status=lambda message: None)
     return converted, folder
 
 
@@ -312,9 +311,7 @@ def test_bench_reports_encoder_latency_and_generation(exports, bench_exports, tm
 
 
 def test_bench_generation_runs_full_rows_and_times_the_decoding(exports):
-    from lsg_export.bench.backends import BACKENDS
-    runner = BACKENDS["torch-lsg"].load({"model": str(exports["bart"][0].path), "device": "cpu",
-                                         "task": "text2text-generation"})
+    runner = BACKENDS["torch-lsg"].load(WorkerSpec("torch-lsg", str(exports["bart"][0].path), "text2text-generation"))
     generation = runner.generate(3, 17, 4)
     assert generation.inputs["input_ids"].shape == (3, 17) and bool(generation.inputs["attention_mask"].all())
     assert generation.settings == dict(max_new_tokens=4, min_new_tokens=4, num_beams=1, do_sample=False)
@@ -353,9 +350,7 @@ def test_bench_times_beam_search(bench_exports, tmp_path, monkeypatch):
 
 
 def test_beam_settings_reach_generate(exports):
-    from lsg_export.bench.backends import BACKENDS
-    runner = BACKENDS["torch-lsg"].load({"model": str(exports["bart"][0].path), "device": "cpu",
-                                         "task": "text2text-generation"})
+    runner = BACKENDS["torch-lsg"].load(WorkerSpec("torch-lsg", str(exports["bart"][0].path), "text2text-generation"))
     generation = runner.generate(2, 9, 3, num_beams=3)
     assert generation.settings == dict(max_new_tokens=3, min_new_tokens=3, num_beams=3, do_sample=False)
     generation()  # one sequence per input, 1 + 3 tokens: checked by Generation itself
@@ -371,12 +366,11 @@ OPTION_LENGTHS = [1, 9, 17]  # across the tiny block (8) and 2-block boundaries
 def bench_exports(exports, reuse_graphs):
     """The bart's ort-gather-optimized (--optimize O2) and ort-int8 (O2 + --quantize int8) exports, made by the
     bench's export cache (seq 64, validated at its two lengths), where the bench tests then find them."""
-    from lsg_export.bench.exports import CACHE_DIR, cached_export, inside
+    from lsg_export.bench.exports import cached_export
     from lsg_export.bench.target import resolve_target
     target = resolve_target(exports["bart"][0].path)
-    with inside(target.model / CACHE_DIR):
-        return {name: cached_export(name, target, "cpu", status=lambda message: None)
-                for name in ("ort-gather-optimized", "ort-int8")}
+    return {name: cached_export(name, target, "cpu", status=lambda message: None)
+            for name in ("ort-gather-optimized", "ort-int8")}
 
 
 def check_optimized(folder, level, fused_in_decoders=("BiasGelu",)):

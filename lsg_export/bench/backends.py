@@ -16,7 +16,7 @@ Encoder-decoders (bart, mbart, pegasus: task text2text-generation) run on the ba
 Runner times the encoder and, through `runner.generate`, generation of a fixed number of new tokens (greedy,
 or beam search with num_beams > 1).
 
-A loader returns a Runner; the measuring loop (measure.py) calls `runner.prepare(batch, length)` and
+A loader takes a worker_spec.WorkerSpec and returns a Runner; the measuring loop (measure.py) calls `runner.prepare(batch, length)` and
 times the zero-argument function it returns; `runner.output(length, ids)` gives the first output on a
 document's tokens as an array (the quality columns compare it with float32 PyTorch's).
 """
@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import LSGExportError
+from .failures import first_line
 
 CHUNK = 512  # the length the original encoders were trained at
 
@@ -177,7 +178,7 @@ def bench_inputs(info, task, batch, length, ids=None):
 
 
 def torch_settings(spec):
-    device = torch.device(spec["device"])
+    device = torch.device(spec.device)
     return device, torch.float16 if device.type == "cuda" else torch.float32
 
 
@@ -203,7 +204,7 @@ def torch_runner(module, spec, info, task, transform=None, max_length=None, note
 
 def target_info(spec):
     from ..onnx.tasks import read_model_folder
-    return read_model_folder(spec["model"])
+    return read_model_folder(spec.model)
 
 
 def load_torch_lsg(spec):
@@ -212,7 +213,7 @@ def load_torch_lsg(spec):
     info = target_info(spec)
     if info.family.seq2seq:
         return torch_seq2seq_runner(load_torch_model(info), spec, info)
-    return torch_runner(TaskModule(load_torch_model(info), spec["task"]), spec, info, spec["task"],
+    return torch_runner(TaskModule(load_torch_model(info), spec.task), spec, info, spec.task,
                         max_length=info.max_length)
 
 
@@ -258,7 +259,7 @@ def load_torch_dense(spec):
     model, implementation = family_model(info, info.max_length, lsg_state_dict(info))
     if info.family.seq2seq:  # BartForConditionalGeneration, ...: a dense encoder, the same decoder
         return torch_seq2seq_runner(model, spec, info, note=f"{type(model).__name__}, attention {implementation}")
-    return torch_runner(TaskModule(model, spec["task"]), spec, info, spec["task"], max_length=info.max_length,
+    return torch_runner(TaskModule(model, spec.task), spec, info, spec.task, max_length=info.max_length,
                         note=f"{type(model).__name__}, attention {implementation}")
 
 
@@ -287,12 +288,12 @@ def unchunked(output, batch, length):
 def load_torch_chunked(spec):
     from ..onnx.tasks import TaskModule
     info = target_info(spec)
-    if spec["task"] == "multiple-choice":
+    if spec.task == "multiple-choice":
         raise LSGExportError("torch-chunked does not run multiple-choice inputs")
     chunk = min(CHUNK, info.max_length)
     model, _ = family_model(info, chunk, lsg_state_dict(info))
     pad = info.config.get("pad_token_id")
-    return torch_runner(TaskModule(model, spec["task"]), spec, info, spec["task"],
+    return torch_runner(TaskModule(model, spec.task), spec, info, spec.task,
                         transform=lambda inputs: chunked(inputs, chunk, pad if isinstance(pad, int) else 0),
                         note=f"{type(model).__name__} on {chunk}-token chunks", restore=unchunked)
 
@@ -316,12 +317,12 @@ def load_torch_longformer(spec):
 
     from ..quiet import quiet_transformers
     info = target_info(spec)
-    if spec["task"] == "multiple-choice":
+    if spec.task == "multiple-choice":
         raise LSGExportError("torch-longformer does not run multiple-choice inputs")
     config = info.family.config_class().from_dict(info.config)
     block = info.config["block_size"]
     window = 3 * block + (3 * block) % 2  # keys per query: the LSG local span (previous, own, next block)
-    longest = max(spec["lengths"])
+    longest = max(spec.lengths)
     with quiet_transformers():
         longformer = LongformerConfig(
             vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_hidden_layers,
@@ -330,7 +331,7 @@ def load_torch_longformer(spec):
         torch.manual_seed(0)
         model = LongformerModel(longformer, add_pooling_layer=False)
     ids_only = lambda inputs: {"input_ids": inputs["input_ids"].clamp(min=2), "attention_mask": inputs["attention_mask"]}
-    return torch_runner(LongformerModule(model), spec, info, spec["task"], transform=ids_only,
+    return torch_runner(LongformerModule(model), spec, info, spec.task, transform=ids_only,
                         note=f"random weights, attention window {window}, first token global")
 
 
@@ -419,12 +420,11 @@ def load_ort_seq2seq(spec, folder, meta):
     """optimum's ORTModelForSeq2SeqLM on the export's graphs (encoder_model.onnx and the merged decoder, or
     the decoder and decoder with past when the export has no merged one), as optimum loads the folder."""
     from ..onnx.seq2seq import load_seq2seq_model
-    from .measure import first_line
     info = target_info(spec)
-    device = spec["device"]
+    device = spec.device
     provider = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
     try:
-        model = load_seq2seq_model(folder, provider=provider, session_options=ort_options(spec["threads"]))
+        model = load_seq2seq_model(folder, provider=provider, session_options=ort_options(spec.threads))
     except LSGExportError:
         raise
     except Exception as error:
@@ -445,13 +445,13 @@ def load_ort(spec):
     from pathlib import Path
 
     from ..sources import read_export_json
-    folder = Path(spec["export"])
+    folder = Path(spec.export)
     meta = read_export_json(folder)
     if meta.get("seq2seq"):
         return load_ort_seq2seq(spec, folder, meta)
     info = target_info(spec)
-    device = spec["device"]
-    session = ort_session(folder / "model.onnx", device, meta.get("attention", "gather"), spec["threads"])
+    device = spec.device
+    session = ort_session(folder / "model.onnx", device, meta.get("attention", "gather"), spec.threads)
     if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
         raise LSGExportError("ONNX Runtime has no CUDAExecutionProvider here")
     feeds = [i.name for i in session.get_inputs()]

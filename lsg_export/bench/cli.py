@@ -4,6 +4,7 @@ import itertools
 import click
 
 from ..errors import LSGExportError, user_errors
+from .worker_spec import REPEAT, WARMUP
 
 BACKEND_NAMES = ("torch-lsg, torch-dense, torch-chunked, ort-gather, ort-gather-optimized, ort-int8 (cpu), "
                  "ort-fp16 (cuda), ort-custom-op, ort-int8-custom-op (cpu), torch-longformer; named only: "
@@ -35,8 +36,8 @@ def default_target():
 @click.option("--device", default="cpu", help="cpu or cuda.")
 @click.option("--threads", type=int, help="Threads of every backend (torch.set_num_threads, ONNX Runtime "
               "intra_op_num_threads) [default: the CPUs available].")
-@click.option("--warmup", default=3, type=int, help="Untimed runs before each measurement (fewer when a run is long).")
-@click.option("--repeat", default=20, type=int, help="Timed runs per measurement (fewer when a run is long).")
+@click.option("--warmup", default=WARMUP, type=int, help="Untimed runs before each measurement (fewer when a run is long).")
+@click.option("--repeat", default=REPEAT, type=int, help="Timed runs per measurement (fewer when a run is long).")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False, allow_dash=True),
               help="Write every measurement and the environment as JSON ('-': stdout).")
 @click.option("--csv", "csv_file", type=click.Path(dir_okay=False, allow_dash=True), help="The same as CSV: a row per backend, length and batch, with its times.")

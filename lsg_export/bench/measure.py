@@ -24,6 +24,9 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field, replace
 
+from .failures import first_line, is_oom, plain_line
+from .worker_spec import ReferenceSpec, WorkerSpec
+
 MIN_RUNS = 3  # timed runs kept even when one run is long
 LIMITS = {  # (seconds of timed runs per (length, batch), predicted seconds of one run above which it is skipped)
     "full": (120.0, 150.0),
@@ -32,7 +35,6 @@ LIMITS = {  # (seconds of timed runs per (length, batch), predicted seconds of o
 SEQ2SEQ_FIELDS = ("new_tokens", "generate_runs", "generate_p50_ms", "generate_p90_ms", "generate_min_ms",
                   "generate_tokens_per_s", "decode_p50_ms", "decode_tokens_per_s", "generate_peak_memory_mb",
                   "generate_speedup_vs_torch_lsg", "generate_times_ms")
-OOM_MARKERS = ("out of memory", "can't allocate memory", "failed to allocate memory", "bad_alloc", "memoryerror")
 
 
 @dataclass
@@ -250,16 +252,6 @@ class PeakMemory:
 
 # --- one backend, in its own process -------------------------------------------------------------
 
-def is_oom(error):
-    text = f"{type(error).__name__} {error}".lower()
-    return isinstance(error, MemoryError) or any(marker in text for marker in OOM_MARKERS)
-
-
-def first_line(error):
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0][:300]}" if text else type(error).__name__
-
-
 def predicted_seconds(history, length):
     """One run's time at `length` from the earlier lengths of this batch (growth at least linear)."""
     if not history:
@@ -274,26 +266,26 @@ def predicted_seconds(history, length):
 
 
 def measure_backend(spec, send):
-    """Load spec['backend'] and measure every (length, batch); `send` gets one dict per event."""
+    """Load spec.backend (a WorkerSpec) and measure every (length, batch); `send` gets one dict per event."""
     import torch
 
     from transformers.utils import logging
 
     from .backends import BACKENDS
     logging.set_verbosity_error()  # e.g. Longformer's line about padding to its window, at every new length
-    torch.set_num_threads(spec["threads"])
-    backend = BACKENDS[spec["backend"]]
+    torch.set_num_threads(spec.threads)
+    backend = BACKENDS[spec.backend]
     start = time.perf_counter()
     memory_before = PeakMemory("cpu", "torch")
     runner = backend.load(spec)
-    memory = PeakMemory(spec["device"], backend.engine)
+    memory = PeakMemory(spec.device, backend.engine)
     send({"event": "loaded", "seconds": round(time.perf_counter() - start, 2), "note": runner.note,
           "load_memory_mb": round((memory.baseline - memory_before.baseline) / 2**20, 1)
           if memory.kind == "RSS increase" else None})
-    cell_seconds, run_limit = LIMITS["quick" if spec["quick"] else "full"]
-    measured = [measure_batch(spec, runner, memory, batch, cell_seconds, run_limit, send) for batch in spec["batches"]]
-    if spec.get("quality"):  # after the timed runs: a run at the longest length would grow the memory cells measure
-        measure_quality(spec["quality"], runner, measured[0], send)
+    cell_seconds, run_limit = LIMITS["quick" if spec.quick else "full"]
+    measured = [measure_batch(spec, runner, memory, batch, cell_seconds, run_limit, send) for batch in spec.batches]
+    if spec.quality:  # after the timed runs: a run at the longest length would grow the memory cells measure
+        measure_quality(spec.quality, runner, measured[0], send)
 
 
 def document_row(ids, length):
@@ -333,18 +325,20 @@ def measure_quality(quality, runner, lengths, send):
 
 def reference_main(spec, send):
     """The float32 PyTorch reference: torch-lsg on CPU, its first output on one row of the document at each of
-    spec['lengths'], saved as spec['folder']/<length>.npy; one 'reference' event per length (path or reason)."""
+    spec.lengths (a ReferenceSpec), saved as spec.folder/<length>.npy; one 'reference' event per length (path or
+    reason)."""
     import numpy as np
     import torch
 
     from .backends import BACKENDS
-    torch.set_num_threads(spec["threads"])
-    runner = BACKENDS["torch-lsg"].load({**spec, "device": "cpu"})
-    for length in spec["lengths"]:
+    torch.set_num_threads(spec.threads)
+    runner = BACKENDS["torch-lsg"].load(WorkerSpec("torch-lsg", spec.model, spec.task, device="cpu",
+                                                   threads=spec.threads, lengths=spec.lengths))
+    for length in spec.lengths:
         event = {"event": "reference", "length": length}
         try:
-            path = os.path.join(spec["folder"], f"{length}.npy")
-            np.save(path, runner.output(length, document_row(spec["ids"], length)))
+            path = os.path.join(spec.folder, f"{length}.npy")
+            np.save(path, runner.output(length, document_row(spec.ids, length)))
             event["path"] = path
         except Exception as error:
             event["reason"] = plain_line(error)
@@ -357,8 +351,8 @@ def measure_batch(spec, runner, memory, batch, cell_seconds, run_limit, send):
     turns (time_interleaved), then, for encoder-decoders, generation length by length. Returns the lengths
     measured."""
     history, ready, measured = [], [], []  # history: (length, seconds of one run); ready: (cell, call, runs)
-    for length in spec["lengths"]:
-        cell = Cell(spec["backend"], length, batch, memory_kind=memory.kind, new_tokens=spec.get("new_tokens"))
+    for length in spec.lengths:
+        cell = Cell(spec.backend, length, batch, memory_kind=memory.kind, new_tokens=spec.new_tokens)
         predicted = predicted_seconds(history, length)
         reason = runner.limit(batch, length)
         if reason is None and predicted > run_limit:
@@ -370,10 +364,10 @@ def measure_batch(spec, runner, memory, batch, cell_seconds, run_limit, send):
         try:
             call = runner.prepare(batch, length)
             memory.reset()
-            cell.warmup, seconds = warm_up(call, runner.sync, spec["warmup"], cell_seconds)
+            cell.warmup, seconds = warm_up(call, runner.sync, spec.warmup, cell_seconds)
             cell.peak_memory_mb = memory.peak_mb()
             history.append((length, seconds))
-            ready.append((cell, call, planned_runs(seconds, spec["repeat"], cell_seconds)))
+            ready.append((cell, call, planned_runs(seconds, spec.repeat, cell_seconds)))
         except Exception as error:  # reported in the table, the other lengths go on
             failed(cell, error, spec, send)
     timed = time_interleaved([(call, runs) for _, call, runs in ready], runner.sync)
@@ -384,10 +378,10 @@ def measure_batch(spec, runner, memory, batch, cell_seconds, run_limit, send):
         summarize(cell, times)
         try:
             if runner.generate is not None:  # encoder-decoders: then greedy generation from the same input
-                call = runner.generate(batch, cell.length, spec["new_tokens"], spec.get("num_beams") or 1)
+                call = runner.generate(batch, cell.length, spec.new_tokens, spec.num_beams or 1)
                 memory.reset()
-                times, _ = time_runs(call, runner.sync, spec["warmup"], spec["repeat"], cell_seconds)
-                summarize_generation(cell, times, call.decode_seconds[-len(times):], spec["new_tokens"])
+                times, _ = time_runs(call, runner.sync, spec.warmup, spec.repeat, cell_seconds)
+                summarize_generation(cell, times, call.decode_seconds[-len(times):], spec.new_tokens)
                 cell.generate_peak_memory_mb = memory.peak_mb()
         except Exception as error:
             failed(cell, error, spec, send)
@@ -404,22 +398,16 @@ def failed(cell, error, spec, send):
     import torch
     cell.status = "out of memory" if is_oom(error) else "failed"
     cell.reason = first_line(error)
-    if spec["device"] == "cuda" and torch.cuda.is_available():
+    if spec.device == "cuda" and torch.cuda.is_available():
         torch.cuda.empty_cache()
     send({"event": "cell", **cell.to_dict()})
 
 
-def plain_line(error):
-    """Our own errors' message as it is, others' with their type."""
-    from ..errors import LSGExportError
-    return str(error) if isinstance(error, LSGExportError) else first_line(error)
-
-
 def worker_main(spec, connection):
-    """Process entry point (spec['job'] "reference": reference_main, else measure_backend): events go to
+    """Process entry point (a ReferenceSpec: reference_main, a WorkerSpec: measure_backend): events go to
     `connection`; an error while loading is one 'failed' event."""
     try:
-        (reference_main if spec.get("job") == "reference" else measure_backend)(spec, connection.send)
+        (reference_main if isinstance(spec, ReferenceSpec) else measure_backend)(spec, connection.send)
     except BaseException as error:  # noqa: B902 - whatever it is, the parent must hear of it
         from ..errors import LSGExportError
         detail = None if isinstance(error, LSGExportError) else traceback.format_exc(limit=-3)

@@ -9,6 +9,7 @@ from ..onnx.validate import DEFAULT_TEXT  # the quality columns' document where 
 from .backends import BACKENDS, select_backends, skipped_for_seq2seq
 from .measure import Cell, pool, run_in_process
 from .target import choose_lengths, parse_ints, resolve_target
+from .worker_spec import REPEAT, WARMUP, ReferenceSpec, WorkerSpec
 
 SCHEMA = "lsg-export-bench/1"
 NEW_TOKENS = {"full": 32, "quick": 8}  # encoder-decoders: default new tokens of the timed greedy generation
@@ -119,8 +120,7 @@ def compute_references(target, settings, ids, folder, status):
     """({length: .npy file}, {length: reason}): float32 PyTorch's outputs on the document (reference_main, in
     a process of its own) and the lengths without one."""
     lengths = settings["lengths"]
-    spec = {"job": "reference", "model": str(target.model), "task": target.task, "threads": settings["threads"],
-            "lengths": lengths, "ids": ids, "folder": folder}
+    spec = ReferenceSpec(str(target.model), target.task, settings["threads"], tuple(lengths), ids, folder)
     paths, missing = {}, {}
 
     def on_event(event):
@@ -135,8 +135,8 @@ def compute_references(target, settings, ids, folder, status):
     return paths, missing
 
 
-def run_bench(target, *, seq=None, batch_size=None, backends=None, device="cpu", threads=None, warmup=3,
-              repeat=20, quick=False, new_tokens=None, num_beams=None, rounds=1, text=None, status=None,
+def run_bench(target, *, seq=None, batch_size=None, backends=None, device="cpu", threads=None, warmup=WARMUP,
+              repeat=REPEAT, quick=False, new_tokens=None, num_beams=None, rounds=1, text=None, status=None,
               progress=None):
     """Benchmark MODEL_OR_EXPORT `target`, a converted folder or an `lsg-export onnx` folder.
 
@@ -230,11 +230,10 @@ def run_backend(name, export, target, settings, status, progress, quality=None):
     record["export"] = str(export) if export and not isinstance(export, Exception) else None
     for batch in batches:
         status(f"running {name}")
-        spec = {"backend": name, "model": str(target.model), "export": record["export"], "task": target.task,
-                "device": settings["device"], "threads": settings["threads"], "lengths": lengths, "batches": [batch],
-                "warmup": settings["warmup"], "repeat": settings["repeat"], "quick": settings["quick"],
-                "new_tokens": settings.get("new_tokens"), "num_beams": settings.get("num_beams"),
-                "quality": quality if batch == batches[0] else None}
+        spec = WorkerSpec(name, str(target.model), target.task, device=settings["device"], threads=settings["threads"],
+                          lengths=tuple(lengths), batches=(batch,), export=record["export"], warmup=settings["warmup"],
+                          repeat=settings["repeat"], quick=settings["quick"], new_tokens=settings.get("new_tokens"),
+                          num_beams=settings.get("num_beams"), quality=quality if batch == batches[0] else None)
         mine = {k: c for k, c in cells.items() if k[1] == batch}
 
         def on_event(event, mine=mine):
