@@ -10,7 +10,8 @@ tokens (tokens/s; greedy, or beam search with num_beams), with torch-lsg, torch-
 
 Modules: backends (how each backend is loaded and run), exports (the ONNX exports the ort-* backends
 need, cached), target (what is benchmarked, at which lengths), measure (timing loop, peak memory, one
-process per backend), run (run_bench), report (table, JSON, CSV), plot (--plot), cli (the command).
+process per backend), worker_spec (what such a process is asked to do), failures (how a failure is told),
+run (run_bench), report (table, JSON, CSV), plot (--plot), cli (the command).
 """
 from .backends import BACKENDS
 from .run import SCHEMA, BenchResult, run_bench

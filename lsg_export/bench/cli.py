@@ -36,7 +36,8 @@ def default_target():
 @click.option("--device", default="cpu", help="cpu or cuda.")
 @click.option("--threads", type=int, help="Threads of every backend (torch.set_num_threads, ONNX Runtime "
               "intra_op_num_threads) [default: the CPUs available].")
-@click.option("--warmup", default=WARMUP, type=int, help="Untimed runs before each measurement (fewer when a run is long).")
+@click.option("--warmup", default=WARMUP, type=int,
+              help="Untimed runs before each measurement (fewer when a run is long).")
 @click.option("--repeat", default=REPEAT, type=int, help="Timed runs per measurement (fewer when a run is long).")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False, allow_dash=True),
               help="Write every measurement and the environment as JSON ('-': stdout).")
