@@ -174,21 +174,24 @@ def bench_op_ort(args, halves, expected, record):
 
 def bench_model(args, results):
     from lsg_export import convert
+    from dataclasses import replace
+
     from lsg_export.bench.backends import load_ort, load_torch_dense, load_torch_lsg
+    from lsg_export.bench.worker_spec import WorkerSpec
     from lsg_export.onnx import export_onnx
 
     lengths = [int(x) for x in args.model_lengths.split(",") if x]
     top = max(lengths)
     work = Path(tempfile.mkdtemp(prefix="bench-cuda-"))
     folder = convert(None, work / "minilm", max_sequence_length=top).path
-    spec = {"model": str(folder), "task": "feature-extraction", "device": "cuda", "threads": 1, "lengths": lengths}
+    spec = WorkerSpec("torch-lsg", str(folder), "feature-extraction", device="cuda", threads=1, lengths=tuple(lengths))
     runners = {"torch-lsg-fp16": load_torch_lsg(spec), "torch-sdpa-fp16": load_torch_dense(spec)}
     for kind in ("custom-op", "gather"):
         try:
             out = work / f"onnx-{kind}"
             export_onnx(folder, out, attention=kind, fp16=True, device="cuda", optimize=args.optimize,
                         lengths=[1000], atol=2e-2)
-            runners[f"ort-{kind}-fp16"] = load_ort(dict(spec, export=str(out)))
+            runners[f"ort-{kind}-fp16"] = load_ort(replace(spec, backend="ort-fp16", export=str(out)))
         except Exception as error:  # one backend failing must not lose the others' figures
             results.setdefault("model_errors", {})[kind] = str(error).splitlines()[0][:300]
             print(f"ort-{kind}-fp16 skipped: {str(error).splitlines()[0][:300]}")
