@@ -1,9 +1,7 @@
 """Helpers of the ONNX tests: tiny checkpoints, the export cases, the dense ONNX-vs-PyTorch check.
 
-Importable by the worker processes of tests/test_onnx_export.py (spawned, so they only need this
-file on sys.path): every case converts a tiny random checkpoint, exports it and compares ONNX
-Runtime with PyTorch at every length 1..seq, returning plain data."""
-import os
+Every case converts a tiny random checkpoint, exports it and compares ONNX Runtime with PyTorch at
+every length 1..seq, returning plain data; `Exports` runs each case when a test first needs it."""
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -55,6 +53,25 @@ class Case:
     export: dict = field(default_factory=dict)  # export_onnx options
     dense: bool = True  # compare at every length 1..SEQ and batch sizes BATCH_SIZES
     atol: float = 1e-4
+    exhaustive: bool = False  # only in the exhaustive tier (pytest -m exhaustive): see EXHAUSTIVE_ONLY
+
+
+# The default suite exports a covering set of the matrix: every family, task, sparsity type, G in {1, 7},
+# mask_first_token on and off, sparsity factor 2 and 4, lsh and every --optimize level at least once
+# (test_default_tier_covers_the_matrix). An export costs ~25 s of torch.export on this hardware, so the
+# other family x head pairs run in the exhaustive tier, which CI runs after the default suite.
+DEFAULT_TIER = {"bert-Model", "bert-ForPreTraining", "bert-ForQuestionAnswering", "roberta-Model",
+                "roberta-ForSequenceClassification", "camembert-Model", "camembert-ForMaskedLM",
+                "xlm-roberta-ForTokenClassification", "distilbert-ForTokenClassification", "albert-Model",
+                "albert-ForMultipleChoice", "int8", "op-bert-Model", "op-roberta-ForMaskedLM",
+                "op-albert-ForTokenClassification", "op-int8"}
+
+
+def in_tiers(cases):
+    """Mark every case outside DEFAULT_TIER as exhaustive-only."""
+    for case in cases:
+        case.exhaustive = case.name not in DEFAULT_TIER
+    return cases
 
 
 def matrix_cases():
@@ -73,19 +90,19 @@ def matrix_cases():
                 lsg.update(sparsity_type="lsh", num_global_tokens=2)
             export = {"optimize": optimize[i]} if i in optimize else {}
             cases.append(Case(f"{family}-{head}", family, head, lsg, export))
-    return cases
+    return in_tiers(cases)
 
 
 def extra_cases():
-    return [Case("int8", "roberta", "ForSequenceClassification", dict(sparsity_type="pooling"),
-                 dict(quantize="int8"), dense=False)]
+    return in_tiers([Case("int8", "roberta", "ForSequenceClassification", dict(sparsity_type="pooling"),
+                          dict(quantize="int8"), dense=False)])
 
 
 def custom_op_cases():
     """--attention custom-op: the families and tasks spread over every deterministic sparsity type, G in
     {1, 7}, mask_first_token on and off, sf 2 and 4, with --optimize O2 and int8 once."""
     op = {"attention": "custom-op"}
-    return [Case("op-bert-Model", "bert", "Model", dict(sparsity_type="norm"), op),
+    return in_tiers([Case("op-bert-Model", "bert", "Model", dict(sparsity_type="norm"), op),
             Case("op-roberta-ForMaskedLM", "roberta", "ForMaskedLM",
                  dict(sparsity_type="pooling", num_global_tokens=7, mask_first_token=True), op),
             Case("op-distilbert-ForSequenceClassification", "distilbert", "ForSequenceClassification",
@@ -97,7 +114,7 @@ def custom_op_cases():
             Case("op-camembert-ForMultipleChoice", "camembert", "ForMultipleChoice",
                  dict(sparsity_type="none", num_global_tokens=7), op),
             Case("op-int8", "bert", "ForSequenceClassification", dict(sparsity_type="pooling"),
-                 {**op, "quantize": "int8"}, dense=False)]
+                 {**op, "quantize": "int8"}, dense=False)])
 
 
 def convert_case(case, root):
@@ -210,23 +227,30 @@ def run_minilm(root):
     return data
 
 
-def worker_init():
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+class Exports:
+    """exports[name] -> the result dict of one case (or "minilm"), built the first time a test asks for
+    it, in this process, then kept for the session: a `-k` run builds only what its tests use."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        self.cases = {case.name: case for case in matrix_cases() + extra_cases() + custom_op_cases()}
+        self.results = {}
+
+    def __getitem__(self, name):
+        if name not in self.results:
+            if name == "minilm":
+                self.results[name] = run_minilm(self.root)
+            else:
+                self.results[name] = run_case(self.cases[name], self.root)
+        return self.results[name]
 
 
-def run_all(root):
-    """{case name: result dict} of every export, in two spawned workers (MiniLM first: the longest)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch's threads
-    every = matrix_cases() + extra_cases() + custom_op_cases()
-    with ProcessPoolExecutor(max_workers=2, mp_context=context, initializer=worker_init) as pool:
-        minilm = pool.submit(run_minilm, str(root))
-        futures = {case.name: pool.submit(run_case, case, str(root)) for case in every}
-        results = {name: future.result() for name, future in futures.items()}
-        results["minilm"] = minilm.result()
-    return results
+def params(cases):
+    """pytest params of cases: id the case's name; grouped by case for pytest-xdist's --dist loadgroup
+    (a case's tests run in one worker, which exports it once); exhaustive-tier cases marked so."""
+    import pytest
+    return [pytest.param(case, id=case.name, marks=[pytest.mark.xdist_group(case.name)]
+                         + ([pytest.mark.exhaustive] if case.exhaustive else [])) for case in cases]
 
 
 def case_result(exported, name):

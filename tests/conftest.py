@@ -169,13 +169,10 @@ def minilm_lsg(minilm_path, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory):
-    """{case name: result dict} of every ONNX export case of tests/_onnx_cases.py, run once per session
-    (shared by the gather and the custom-op tests)."""
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).parent))
+    """exported[case name] -> the result dict of an ONNX export case of tests/_onnx_cases.py, run when a
+    test first needs it and kept for the session (shared by the gather and the custom-op tests)."""
     import _onnx_cases
-    return _onnx_cases.run_all(tmp_path_factory.mktemp("onnx-cases"))
+    return _onnx_cases.Exports(tmp_path_factory.mktemp("onnx-cases"))
 
 
 def as_reference_checkpoint(converted, folder, auto_map, globals_key, **config_updates):

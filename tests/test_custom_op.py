@@ -1,21 +1,18 @@
 """ai.lsg.BlockSparseAttention and ai.lsg.LSGAttention (CPU kernel) against lsg_attention.block_attention and
 lsg_attention.lsg_attend."""
-import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from onnx import TensorProto, helper
 
+from _op_cases import make_lsg_case
 from lsg_export.errors import LSGExportError
 from lsg_export.modeling.lsg_attention import LSGAttention, block_attention
 
 ort = pytest.importorskip("onnxruntime")
 ops = pytest.importorskip("lsg_export.ops")
-sys.path.insert(0, str(Path(__file__).parent))
-from _op_cases import make_lsg_case  # noqa: E402
 
 INPUTS = ("q", "k", "v", "key_mask", "global_k", "global_v", "sparse_k", "sparse_v", "sparse_mask")
 LSG_INPUTS = ("q", "k", "v", "key_mask", "sparse_k", "sparse_v", "sparse_mask")

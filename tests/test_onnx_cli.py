@@ -2,14 +2,12 @@
 folder, exit code 1 when validation fails (folder kept, failure recorded), and every bad input as one
 'error:' line with a non-zero exit code, no traceback and nothing written."""
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-import _onnx_cases as cases  # noqa: E402
-from _cli import assert_user_error, invoke  # noqa: E402
+import _onnx_cases as cases
+from _cli import assert_user_error, invoke
 
 
 SEQ = ["--seq", "24"]

@@ -2,7 +2,6 @@
 other output; a wrong graph fails at every length; lengths without near-ties are judged as before."""
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +12,7 @@ import torch
 from lsg_export.onnx.ties import TIE_RTOL, SelectionProbe, near_ties, swap_pick
 from lsg_export.onnx.validate import Comparison, ValidationReport, compare, cosines
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _onnx_cases import case_result  # noqa: E402
+from _onnx_cases import case_result
 
 GPL3 = Path("/usr/share/common-licenses/GPL-3")
 needs_gpl3 = pytest.mark.skipif(not GPL3.is_file(), reason="no /usr/share/common-licenses/GPL-3 on this system")
