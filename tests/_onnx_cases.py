@@ -7,41 +7,19 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from _tiny import TINY_BLOCK_SIZE, TINY_VOCAB, save_tiny_checkpoint
+
 SEQ = 40  # export --seq of the tiny cases: 5 blocks of 8, every sparse window reaches real tokens
-BLOCK = 8
-VOCAB = 100
+BLOCK = TINY_BLOCK_SIZE
+VOCAB = TINY_VOCAB
 BATCH_SIZES = (1, 2, 3)
 SPARSITY_TYPES = ("norm", "pooling", "stride", "block_stride", "bos_pooling", "none")
 
 
 def tiny_original(model_type, folder):
-    """A random original checkpoint (hidden 32, 2 layers, 4 heads, 32 positions; bos/mask ids set)."""
-    import torch
-    import transformers
-    folder = Path(folder)
-    if (folder / "config.json").is_file():
-        return folder
-    torch.manual_seed(0)
-    common = dict(vocab_size=VOCAB, num_attention_heads=4, intermediate_size=48, initializer_range=0.2,
-                  bos_token_id=2, mask_token_id=4, eos_token_id=3)
-    if model_type in ("roberta", "camembert", "xlm-roberta"):
-        cls = {"roberta": "Roberta", "camembert": "Camembert", "xlm-roberta": "XLMRoberta"}[model_type]
-        config = getattr(transformers, f"{cls}Config")(hidden_size=32, num_hidden_layers=2, pad_token_id=1,
-                                                       max_position_embeddings=34, type_vocab_size=1, **common)
-        model = getattr(transformers, f"{cls}ForMaskedLM")(config)
-    elif model_type == "distilbert":
-        config = transformers.DistilBertConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=48,
-                                               max_position_embeddings=32, pad_token_id=0, initializer_range=0.2,
-                                               bos_token_id=2, mask_token_id=4)
-        model = transformers.DistilBertForMaskedLM(config)
-    else:
-        cls = {"bert": "Bert", "albert": "Albert"}[model_type]
-        extra = {"embedding_size": 16} if model_type == "albert" else {}
-        config = getattr(transformers, f"{cls}Config")(hidden_size=32, num_hidden_layers=2, pad_token_id=0,
-                                                       max_position_embeddings=32, **extra, **common)
-        model = getattr(transformers, f"{cls}ForPreTraining")(config)
-    model.save_pretrained(folder)
-    return folder
+    """A random original checkpoint of the tiny factory with 32 positions (converted to 64) and a
+    feed-forward of 48."""
+    return save_tiny_checkpoint(model_type, folder, max_positions=32, intermediate_size=48)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from lsg_export.onnx.validate import Comparison, ValidationReport, compare, cosi
 
 from _onnx_cases import case_result
 
+pytestmark = pytest.mark.xdist_group("minilm")  # with the MiniLM export's other tests (one worker exports it)
 GPL3 = Path("/usr/share/common-licenses/GPL-3")
 needs_gpl3 = pytest.mark.skipif(not GPL3.is_file(), reason="no /usr/share/common-licenses/GPL-3 on this system")
 
