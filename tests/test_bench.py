@@ -60,6 +60,24 @@ def quick_run(tiny_lsg, tmp_path_factory):
     return result, json.loads((out / "bench.json").read_text()), out
 
 
+@pytest.mark.quick
+def test_pytorch_backends_at_one_length(tiny_lsg, tmp_path):
+    """The command end to end without an export (the quick tier's bench): two PyTorch backends, the
+    table on stdout, the JSON with timings and the quality columns."""
+    result = invoke("bench", tiny_lsg, "--seq", "64", "--threads", "1", "--warmup", "0", "--repeat", "2",
+                    "--backends", "torch-lsg,torch-chunked", "--json", tmp_path / "b.json")
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "torch-lsg" in result.stdout and "torch-chunked" in result.stdout
+    data = json.loads((tmp_path / "b.json").read_text())
+    rows = {r["backend"]: r for r in data["results"]}
+    assert set(rows) == {"torch-lsg", "torch-chunked"}
+    for row in rows.values():
+        assert row["status"] == "ok" and row["length"] == 64 and row["runs"] == 2 and row["p50_ms"] > 0
+    assert rows["torch-lsg"]["pooled_cosine"] == pytest.approx(1.0, abs=1e-6)
+    assert rows["torch-chunked"]["speedup_vs_torch_lsg"] == pytest.approx(
+        rows["torch-lsg"]["p50_ms"] / rows["torch-chunked"]["p50_ms"], rel=1e-3)
+
+
 def test_quick_run_measures_every_cpu_backend(quick_run, tiny_lsg):
     result, data, _ = quick_run
     for name in CPU_BACKENDS:
@@ -312,6 +330,7 @@ def test_lengths_a_backend_cannot_run_are_skipped():
     assert runner.limit(1, 64) is None and runner.limit(1, 65) == "above its maximum length 64"
 
 
+@pytest.mark.quick
 def test_bad_arguments_give_one_line(tiny_lsg, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert_user_error(invoke("bench", tiny_lsg, "--backends", "torch-lsg,onnx-magic"), "unknown backend onnx-magic",

@@ -163,6 +163,7 @@ def test_float16(library):
 @pytest.mark.parametrize("sparsity_type,g,d,bs,sbs,sf", [("norm", 1, 32, 16, 16, 2), ("pooling", 3, 64, 16, 32, 4),
                                                          ("stride", 7, 24, 8, 8, 2), ("none", 1, 32, 16, 0, 2),
                                                          ("bos_pooling", 2, 16, 16, 16, 2)])
+@pytest.mark.quick
 def test_lsg_op_matches_lsg_attend(library, sparsity_type, g, d, bs, sbs, sf):
     """Every row of the output, global rows included, over padded rows (a masked tail crossing blocks)."""
     inputs, expected = make_lsg_case(11, 3, 3, 5, d, g, bs, sbs, sf, sparsity_type, [5 * bs, 3 * bs - 5, 7])
@@ -183,6 +184,7 @@ def test_lsg_op_soft_mask_float16_and_no_globals(library):
     assert np.abs(run_lsg_op(library, inputs, 2, 0, 16, 0, 2) - expected.numpy()).max() <= 1e-5
 
 
+@pytest.mark.quick
 def test_lsg_op_bad_input_is_a_clear_error(library):
     inputs, _ = make_lsg_case(14, 1, 2, 2, 32, 1, 16, 0, 2, "none", [32])
     with pytest.raises(Exception, match="LSGAttention: .*not a multiple of num_heads"):
@@ -206,6 +208,14 @@ def test_missing_library_error_is_one_clear_line(library, tmp_path, monkeypatch)
     monkeypatch.delenv("ORT_INCLUDE_DIR", raising=False)
     with pytest.raises(LSGExportError, match="lsg-export build-ops"):
         ops.library_path(build=False)
+
+
+@pytest.mark.quick
+def test_build_ops_command_prints_the_cached_library(library):
+    from _cli import invoke
+    result = invoke("build-ops")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(library)
 
 
 def test_build_is_cached(library):

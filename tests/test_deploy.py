@@ -42,6 +42,7 @@ def read_config(repo, name):
     return triton.parse((repo / name / "config.pbtxt").read_text())
 
 
+@pytest.mark.quick
 def test_repository_agrees_with_the_graph(export, tmp_path):
     import onnx
     pb = triton.model_config_pb2()
@@ -147,6 +148,7 @@ def test_external_data_is_copied(export, tmp_path):
     assert not (tmp_path / "repo2").exists()
 
 
+@pytest.mark.quick
 def test_refusals_write_nothing(export, tmp_path):
     out = tmp_path / "out"
     no_model = copy_export(export, tmp_path / "no-model")

@@ -149,6 +149,7 @@ def test_heads_load_without_lsg_export(families, remote_runs, model_type):
             assert max_diff(actual, wanted) <= 1e-6, head
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("model_type", list(FAMILIES))
 def test_converted_folder_layout(families, model_type):
     family = FAMILIES[model_type]

@@ -125,6 +125,7 @@ def test_heads_and_generation_without_lsg_export(families, remote_runs, model_ty
         assert torch.equal(got, tokens), name
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("model_type", FAMILY_NAMES)
 def test_converted_folder(families, tiny_checkpoint, model_type):
     family = SEQ2SEQ_FAMILIES[model_type]

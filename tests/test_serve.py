@@ -136,6 +136,7 @@ def tensor(name, array, datatype="INT64"):
     return {"name": name, "datatype": datatype, "shape": list(array.shape), "data": array.reshape(-1).tolist()}
 
 
+@pytest.mark.quick
 def test_health_and_metadata(server):
     client = server.client
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(NAME)
@@ -147,6 +148,7 @@ def test_health_and_metadata(server):
     assert [(o["name"], o["datatype"], o["shape"]) for o in metadata["outputs"]] == [("logits", "FP32", [-1, 2])]
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("batch,length", [(1, 1), (2, 9), (3, 40), (2, cases.SEQ)])
 def test_http_answers_equal_onnx_runtime(server, session, batch, length):
     feeds = token_inputs(batch, length, seed=length)
@@ -199,6 +201,7 @@ def bad_requests():
     ]
 
 
+@pytest.mark.quick
 def test_bad_requests_get_4xx_and_the_server_keeps_serving(server, session):
     feeds = token_inputs(1, 5, seed=3)
     expected = session.run(["logits"], feeds)[0]
