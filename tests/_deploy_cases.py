@@ -17,7 +17,7 @@ def save_tokenizer(folder):
 
 def tiny_export(root):
     """Folder of the shared export (built on first use)."""
-    from conftest import save_tiny_checkpoint
+    from _tiny import save_tiny_checkpoint
 
     from lsg_export import convert
     from lsg_export.onnx import export_onnx

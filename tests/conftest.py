@@ -8,6 +8,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from _tiny import (CLS_ID, MASK_ID, TINY_BLOCK_SIZE, TINY_VOCAB, original_class,  # noqa: E402,F401  (re-exported)
+                   save_tiny_checkpoint, tiny_config, tiny_seq2seq_config)
 
 if "OMP_NUM_THREADS" not in os.environ:
     # One intra-op thread: the models here are small, and whenever something else competes for the
@@ -15,9 +17,19 @@ if "OMP_NUM_THREADS" not in os.environ:
     # slice for its second thread: forwards became ~20x slower on a busy 2-core machine.
     torch.set_num_threads(1)
 
-TINY_BLOCK_SIZE = 8  # block_size and sparse_block_size of every tiny conversion
-TINY_VOCAB = 100
-CLS_ID, MASK_ID = 2, 4  # the tiny checkpoints have no tokenizer: convert reads these from the config
+
+# With pytest-xdist (scripts/test.sh: -n 2 --dist loadgroup) a test without its own group runs with
+# the rest of its file, so that module and session fixtures (exports, converted folders) are built in
+# one worker; the export cases group by case (_onnx_cases.params), and files sharing a session
+# fixture share a group.
+SHARED_GROUPS = {"test_deploy.py": "deploy-cases", "test_serve.py": "deploy-cases"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS.get(item.path.name, item.path.name)))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -37,64 +49,7 @@ def lsg_home(tmp_path, monkeypatch):
     return home
 
 
-# --- tiny random checkpoints -------------------------------------------------------------------
-
-def tiny_config(model_type):
-    """A small config of `model_type`: hidden 32, 2 layers, 4 heads, 64 positions (+2 for roberta-like)."""
-    from transformers import AlbertConfig, BertConfig, CamembertConfig, DistilBertConfig, RobertaConfig, \
-        XLMRobertaConfig
-    # initializer_range 0.2 (not 0.02) so that attention is far from uniform and masking errors show
-    bert_like = dict(vocab_size=TINY_VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64, initializer_range=0.2, mask_token_id=MASK_ID)
-    roberta_like = dict(bert_like, max_position_embeddings=66, pad_token_id=1, bos_token_id=0, eos_token_id=2,
-                        type_vocab_size=1)
-    if model_type == "bert":
-        return BertConfig(**bert_like, max_position_embeddings=64, pad_token_id=0, cls_token_id=CLS_ID)
-    if model_type == "albert":
-        return AlbertConfig(**bert_like, embedding_size=16, max_position_embeddings=64, pad_token_id=0,
-                            bos_token_id=CLS_ID, eos_token_id=3)
-    if model_type == "distilbert":
-        return DistilBertConfig(vocab_size=TINY_VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
-                                max_position_embeddings=64, pad_token_id=0, initializer_range=0.2,
-                                cls_token_id=CLS_ID, mask_token_id=MASK_ID)
-    if model_type in ("bart", "mbart", "pegasus"):
-        return tiny_seq2seq_config(model_type)
-    configs = {"roberta": RobertaConfig, "camembert": CamembertConfig, "xlm-roberta": XLMRobertaConfig}
-    return configs[model_type](**roberta_like)
-
-
-def tiny_seq2seq_config(model_type):
-    """bart / mbart / pegasus: d_model 32, 2 + 2 layers, 4 heads, 64 positions, ids 0..4 special
-    (pad 1, bos 0, eos 2 as bart; pegasus: pad 0, eos 1); scale_embedding on, dropout off."""
-    from transformers import BartConfig, MBartConfig, PegasusConfig
-    common = dict(vocab_size=TINY_VOCAB, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-                  decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
-                  init_std=0.2, scale_embedding=True, dropout=0.0, attention_dropout=0.0, mask_token_id=MASK_ID)
-    if model_type == "pegasus":
-        return PegasusConfig(**common, pad_token_id=0, eos_token_id=1, bos_token_id=CLS_ID, decoder_start_token_id=0,
-                             forced_eos_token_id=1)
-    config_class = BartConfig if model_type == "bart" else MBartConfig
-    return config_class(**common, pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2,
-                        forced_eos_token_id=2)
-
-
-def original_class(model_type, head):
-    """The transformers class of `head` ('Model', 'ForMaskedLM', ...) for `model_type`."""
-    import transformers
-    from lsg_export.families import ALL_FAMILIES
-    return getattr(transformers, ALL_FAMILIES[model_type].architecture(head))
-
-
-def save_tiny_checkpoint(model_type, folder, seed=0):
-    """Save a random original checkpoint with the family's pre-training head (so MLM weights exist)."""
-    from lsg_export.families import ALL_FAMILIES
-    torch.manual_seed(seed)
-    heads = ALL_FAMILIES[model_type].heads
-    head = next(h for h in ("ForPreTraining", "ForConditionalGeneration", "ForMaskedLM") if h in heads)
-    model = original_class(model_type, head)(tiny_config(model_type)).eval()
-    model.save_pretrained(folder)
-    return folder
-
+# --- tiny random checkpoints (the factory: tests/_tiny.py) -----------------------------------------
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
@@ -169,13 +124,10 @@ def minilm_lsg(minilm_path, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory):
-    """{case name: result dict} of every ONNX export case of tests/_onnx_cases.py, run once per session
-    (shared by the gather and the custom-op tests)."""
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).parent))
+    """exported[case name] -> the result dict of an ONNX export case of tests/_onnx_cases.py, run when a
+    test first needs it and kept for the session (shared by the gather and the custom-op tests)."""
     import _onnx_cases
-    return _onnx_cases.run_all(tmp_path_factory.mktemp("onnx-cases"))
+    return _onnx_cases.Exports(tmp_path_factory.mktemp("onnx-cases"))
 
 
 def as_reference_checkpoint(converted, folder, auto_map, globals_key, **config_updates):

@@ -1,30 +1,29 @@
 """`lsg-export bench`: a --quick run of every CPU backend on a tiny LSG bert (table, JSON schema, CSV,
-plot, cached exports, the quality columns), two rounds pooled, the quality columns on a document, an export as target with a length above its --seq and a broken
-copy that fails without stopping the other backends, the default target, bad arguments; the pieces
-(growth exponent, chunking, ratios, pooling, timing loop, peak memory) on real values."""
+plot, cached exports, the quality columns), two rounds pooled, the quality columns on a document, an
+export as target with a length above its --seq and a broken copy that fails without stopping the
+other backends, the default target, bad arguments; the pieces (growth exponent, chunking, ratios,
+pooling, timing loop, peak memory) on real values."""
 import csv
 import datetime
 import json
 import shutil
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _cli import assert_user_error, invoke  # noqa: E402
+from _cli import assert_user_error, invoke
 
-from lsg_export.bench import run as run_module  # noqa: E402
-from lsg_export.bench.backends import BACKENDS, Runner, chunked, export_kind, unchunked  # noqa: E402
-from lsg_export.bench.measure import (Cell, PeakMemory, planned_runs, pool, predicted_seconds,  # noqa: E402
+from lsg_export.bench import run as run_module
+from lsg_export.bench.backends import BACKENDS, Runner, chunked, export_kind, unchunked
+from lsg_export.bench.measure import (Cell, PeakMemory, planned_runs, pool, predicted_seconds,
                                      time_interleaved, time_runs)
-from lsg_export.bench.report import exponent, render_table  # noqa: E402
-from lsg_export.bench.run import SCHEMA, add_ratios, run_bench  # noqa: E402
-from lsg_export.errors import LSGExportError  # noqa: E402
-from lsg_export.cli_state import last_output, remember_output  # noqa: E402
+from lsg_export.bench.report import exponent, render_table
+from lsg_export.bench.run import SCHEMA, add_ratios, run_bench
+from lsg_export.cli_state import last_output, remember_output
+from lsg_export.errors import LSGExportError
 
 CPU_BACKENDS = [name for name, b in BACKENDS.items() if "cpu" in b.devices]
 LENGTHS = [64, 128]
@@ -59,6 +58,24 @@ def quick_run(tiny_lsg, tmp_path_factory):
         with pytest.raises(LSGExportError, match="has written nothing from this directory"):
             last_output("onnx")
     return result, json.loads((out / "bench.json").read_text()), out
+
+
+@pytest.mark.quick
+def test_pytorch_backends_at_one_length(tiny_lsg, tmp_path):
+    """The command end to end without an export (the quick tier's bench): two PyTorch backends, the
+    table on stdout, the JSON with timings and the quality columns."""
+    result = invoke("bench", tiny_lsg, "--seq", "64", "--threads", "1", "--warmup", "0", "--repeat", "2",
+                    "--backends", "torch-lsg,torch-chunked", "--json", tmp_path / "b.json")
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "torch-lsg" in result.stdout and "torch-chunked" in result.stdout
+    data = json.loads((tmp_path / "b.json").read_text())
+    rows = {r["backend"]: r for r in data["results"]}
+    assert set(rows) == {"torch-lsg", "torch-chunked"}
+    for row in rows.values():
+        assert row["status"] == "ok" and row["length"] == 64 and row["runs"] == 2 and row["p50_ms"] > 0
+    assert rows["torch-lsg"]["pooled_cosine"] == pytest.approx(1.0, abs=1e-6)
+    assert rows["torch-chunked"]["speedup_vs_torch_lsg"] == pytest.approx(
+        rows["torch-lsg"]["p50_ms"] / rows["torch-chunked"]["p50_ms"], rel=1e-3)
 
 
 def test_quick_run_measures_every_cpu_backend(quick_run, tiny_lsg):
@@ -195,8 +212,10 @@ def test_quality_on_a_document(document, tmp_path, monkeypatch):
     assert "report.txt's first tokens (100 in all)" in " ".join(result.stderr.split())  # the table: on stderr
     rows = {(r["backend"], r["length"]): r for r in data["results"]}
     for length in (64, 128):
-        assert rows["torch-lsg", length]["pooled_cosine"] > 0.9999 and rows["ort-gather", length]["min_token_cosine"] > 0.9999
-        assert rows["ort-int8", length]["pooled_cosine"] < 0.9999 and rows["torch-dense", length]["pooled_cosine"] < 0.9999
+        assert rows["torch-lsg", length]["pooled_cosine"] > 0.9999
+        assert rows["ort-gather", length]["min_token_cosine"] > 0.9999
+        assert rows["ort-int8", length]["pooled_cosine"] < 0.9999
+        assert rows["torch-dense", length]["pooled_cosine"] < 0.9999
     # without --text nor the default document: random ids, another reference, other figures
     monkeypatch.setattr(run_module, "DEFAULT_TEXT", tmp_path / "absent")
     random_ids = run_bench(str(model), seq="128", backends=["ort-int8"], threads=1, quick=True)
@@ -311,6 +330,7 @@ def test_lengths_a_backend_cannot_run_are_skipped():
     assert runner.limit(1, 64) is None and runner.limit(1, 65) == "above its maximum length 64"
 
 
+@pytest.mark.quick
 def test_bad_arguments_give_one_line(tiny_lsg, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert_user_error(invoke("bench", tiny_lsg, "--backends", "torch-lsg,onnx-magic"), "unknown backend onnx-magic",

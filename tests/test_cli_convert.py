@@ -126,6 +126,7 @@ BAD_SOURCES = {
 }
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("case", list(BAD_SOURCES))
 def test_bad_sources(tiny_bert, tmp_path, workspace, lsg_home, case):
     make, fragment = BAD_SOURCES[case]
@@ -143,6 +144,7 @@ def test_output_is_a_file(tiny_bert, workspace, lsg_home):
 
 # --- existing output, success ---------------------------------------------------------------------
 
+@pytest.mark.quick
 def test_existing_output_needs_force(tiny_bert, workspace, lsg_home):
     out = workspace / "out"
     out.mkdir()
@@ -159,6 +161,7 @@ def test_existing_output_needs_force(tiny_bert, workspace, lsg_home):
     assert sorted(p.name for p in workspace.iterdir()) == ["out"]
 
 
+@pytest.mark.quick
 def test_convert_json(tiny_bert, workspace, lsg_home):
     out = workspace / "lsg-tiny"
     result = invoke(tiny_bert, "-o", out, *SMALL, "--sparsity-type", "pooling", "--num-global-tokens", "3", "--json")

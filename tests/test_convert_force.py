@@ -61,6 +61,7 @@ def test_force_keeps_what_convert_did_not_write(tiny_bert, converted_with_extras
     assert "the ONNX exports in bench-exports/, onnx/ are of the previous weights: export again" in kept
 
 
+@pytest.mark.quick
 def test_force_says_it_before_replacing(tiny_bert, converted_with_extras):
     """The notice comes while the old folder is still whole (the old weights, the stale file)."""
     out = converted_with_extras

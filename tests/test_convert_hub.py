@@ -13,6 +13,7 @@ def installed_programs():
     return {entry.name for entry in distribution("huggingface_hub").entry_points if entry.group == "console_scripts"}
 
 
+@pytest.mark.quick
 def test_offline_error_names_an_installed_command(tmp_path):
     result = CliRunner().invoke(main, ["convert", "some-org/not-downloaded-model", "-o", str(tmp_path / "out")])
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output

@@ -9,8 +9,6 @@ Runtime CUDA op against the CPU op, and the MiniLM-LSG export with the custom op
 lsg_attention.lsg_attend the same ways, emulated and on a GPU.
 """
 import functools
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,8 +19,7 @@ from lsg_export.errors import LSGExportError
 from lsg_export.modeling.lsg_attention import attend, block_attention
 from lsg_export.ops import cuda_harness
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _op_cases import compressed, make_lsg_case, padding_mask  # noqa: E402
+from _op_cases import compressed, make_lsg_case, padding_mask
 
 SPARSITY_TYPES = ("norm", "pooling", "stride", "block_stride", "bos_pooling", "none")
 DTYPES = {"float32": (torch.float32, 1e-4), "float16": (torch.float16, 2e-2), "bfloat16": (torch.bfloat16, 2e-2)}

@@ -1,21 +1,18 @@
 """ai.lsg.BlockSparseAttention and ai.lsg.LSGAttention (CPU kernel) against lsg_attention.block_attention and
 lsg_attention.lsg_attend."""
-import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from onnx import TensorProto, helper
 
+from _op_cases import make_lsg_case
 from lsg_export.errors import LSGExportError
 from lsg_export.modeling.lsg_attention import LSGAttention, block_attention
 
 ort = pytest.importorskip("onnxruntime")
 ops = pytest.importorskip("lsg_export.ops")
-sys.path.insert(0, str(Path(__file__).parent))
-from _op_cases import make_lsg_case  # noqa: E402
 
 INPUTS = ("q", "k", "v", "key_mask", "global_k", "global_v", "sparse_k", "sparse_v", "sparse_mask")
 LSG_INPUTS = ("q", "k", "v", "key_mask", "sparse_k", "sparse_v", "sparse_mask")
@@ -166,6 +163,7 @@ def test_float16(library):
 @pytest.mark.parametrize("sparsity_type,g,d,bs,sbs,sf", [("norm", 1, 32, 16, 16, 2), ("pooling", 3, 64, 16, 32, 4),
                                                          ("stride", 7, 24, 8, 8, 2), ("none", 1, 32, 16, 0, 2),
                                                          ("bos_pooling", 2, 16, 16, 16, 2)])
+@pytest.mark.quick
 def test_lsg_op_matches_lsg_attend(library, sparsity_type, g, d, bs, sbs, sf):
     """Every row of the output, global rows included, over padded rows (a masked tail crossing blocks)."""
     inputs, expected = make_lsg_case(11, 3, 3, 5, d, g, bs, sbs, sf, sparsity_type, [5 * bs, 3 * bs - 5, 7])
@@ -186,6 +184,7 @@ def test_lsg_op_soft_mask_float16_and_no_globals(library):
     assert np.abs(run_lsg_op(library, inputs, 2, 0, 16, 0, 2) - expected.numpy()).max() <= 1e-5
 
 
+@pytest.mark.quick
 def test_lsg_op_bad_input_is_a_clear_error(library):
     inputs, _ = make_lsg_case(14, 1, 2, 2, 32, 1, 16, 0, 2, "none", [32])
     with pytest.raises(Exception, match="LSGAttention: .*not a multiple of num_heads"):
@@ -209,6 +208,14 @@ def test_missing_library_error_is_one_clear_line(library, tmp_path, monkeypatch)
     monkeypatch.delenv("ORT_INCLUDE_DIR", raising=False)
     with pytest.raises(LSGExportError, match="lsg-export build-ops"):
         ops.library_path(build=False)
+
+
+@pytest.mark.quick
+def test_build_ops_command_prints_the_cached_library(library):
+    from _cli import invoke
+    result = invoke("build-ops")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(library)
 
 
 def test_build_is_cached(library):

@@ -3,20 +3,17 @@ Triton's model-config protobuf from tritonclient), the manifest loads with the K
 the custom-op library is copied and named, and bad input is refused with one line, nothing written."""
 import json
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
 pytest.importorskip("kserve")
 pytest.importorskip("tritonclient")
-sys.path.insert(0, str(Path(__file__).parent))
-import _deploy_cases as cases  # noqa: E402
-from _cli import assert_user_error, invoke  # noqa: E402
+import _deploy_cases as cases
+from _cli import assert_user_error, invoke
 
-from lsg_export.deploy import kserve as manifests  # noqa: E402
-from lsg_export.deploy import triton  # noqa: E402
+from lsg_export.deploy import kserve as manifests
+from lsg_export.deploy import triton
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +42,7 @@ def read_config(repo, name):
     return triton.parse((repo / name / "config.pbtxt").read_text())
 
 
+@pytest.mark.quick
 def test_repository_agrees_with_the_graph(export, tmp_path):
     import onnx
     pb = triton.model_config_pb2()
@@ -150,6 +148,7 @@ def test_external_data_is_copied(export, tmp_path):
     assert not (tmp_path / "repo2").exists()
 
 
+@pytest.mark.quick
 def test_refusals_write_nothing(export, tmp_path):
     out = tmp_path / "out"
     no_model = copy_export(export, tmp_path / "no-model")

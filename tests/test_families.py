@@ -15,7 +15,8 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from conftest import (TINY_BLOCK_SIZE, as_reference_checkpoint, base_of, lsg_variant, max_diff, original_class, pad_row, tiny_input_ids)
+from conftest import (TINY_BLOCK_SIZE, as_reference_checkpoint, base_of, lsg_variant, max_diff, original_class,
+                      pad_row, tiny_input_ids)
 from lsg_export import convert
 from lsg_export.families import AUTO_CLASSES, FAMILIES
 
@@ -76,7 +77,8 @@ REMOTE_SCRIPT = textwrap.dedent('''
             if "generate" in job:  # encoder-decoders: the generated tokens
                 outputs = [model.generate(**job["inputs"], **job["generate"])]
             else:
-                outputs = [x for x in model(**job["inputs"], return_dict=True).to_tuple() if isinstance(x, torch.Tensor)]
+                outputs = [x for x in model(**job["inputs"], return_dict=True).to_tuple()
+                           if isinstance(x, torch.Tensor)]
         results["heads"][head] = {"class": type(model).__module__ + "." + type(model).__name__, "outputs": outputs}
     results["lsg_export_loaded"] = any(m == "lsg_export" or m.startswith("lsg_export.") for m in sys.modules)
     torch.save(results, sys.argv[2])
@@ -147,6 +149,7 @@ def test_heads_load_without_lsg_export(families, remote_runs, model_type):
             assert max_diff(actual, wanted) <= 1e-6, head
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("model_type", list(FAMILIES))
 def test_converted_folder_layout(families, model_type):
     family = FAMILIES[model_type]

@@ -141,6 +141,7 @@ def run_lsg(opts, q, k, v, mask):
         return LSGAttention(opts).eval()(q, k, v, mask)
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("g", [1, 7])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "bs{}-sbs{}-sf{}-T{}".format(*s[:4]))
 @pytest.mark.parametrize("sparsity_type", DETERMINISTIC_TYPES)
@@ -256,6 +257,7 @@ def half_precision_case(sparsity_type, dtype, scale):
     return half, full
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("sparsity_type", SPARSITY_TYPES)
 def test_half_precision_forward(sparsity_type, dtype):
@@ -292,6 +294,7 @@ def test_half_precision_large_scores(sparsity_type, dtype):
     (8, 4, 2.0, "norm", 1, "sparsity_factor"),
     (8, 4, 4, "lsh", 1, "buckets: both must be even"),  # 4 tokens into 1 bucket: no projection to draw
 ])
+@pytest.mark.quick
 def test_validate_rejects(bs, sbs, sf, sparsity_type, g, message):
     with pytest.raises(ValueError, match=message):
         validate_lsg_options(bs, sbs, sf, sparsity_type, g)

@@ -154,6 +154,7 @@ def test_appended_padding_changes_nothing(minilm_lsg, tokenizer, text, sparsity_
     assert max_diff(long[:, :real], short) <= 1e-5
 
 
+@pytest.mark.quick
 def test_global_embeddings_and_tiled_positions(minilm_lsg, minilm_path):
     """Global k = original position (k mod 8)*64 + k//8 (stride 64 over 512 rows) + word[CLS] for
     global 0, word[MASK] for the others + token_type[0]; the position table is tiled."""

@@ -2,14 +2,12 @@
 folder, exit code 1 when validation fails (folder kept, failure recorded), and every bad input as one
 'error:' line with a non-zero exit code, no traceback and nothing written."""
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-import _onnx_cases as cases  # noqa: E402
-from _cli import assert_user_error, invoke  # noqa: E402
+import _onnx_cases as cases
+from _cli import assert_user_error, invoke
 
 
 SEQ = ["--seq", "24"]
@@ -28,6 +26,7 @@ def converted(tmp_path_factory):
     return folder, root / "original-bert"
 
 
+@pytest.mark.quick
 def test_export_from_last_convert_then_validate(converted, tmp_path, monkeypatch):
     """No MODEL: the folder `convert` last wrote from the cwd; a task override; the table; then
     `validate` (default folder: the last export) as JSON, with --atol 0 failing with exit code 1."""
@@ -95,6 +94,7 @@ def test_failed_validation_exits_1_and_keeps_the_folder(converted, tmp_path, mon
     (["--atol", "-1"], "--atol must be positive"),
     (["--batch-size", "0"], "--batch-size must be positive"),
 ])
+@pytest.mark.quick
 def test_bad_options(converted, tmp_path, options, fragment):
     folder, _ = converted
     before = listing(folder.parent)
@@ -142,6 +142,7 @@ def test_failed_export_leaves_nothing(converted, tmp_path, monkeypatch):
     assert listing(tmp_path) == []  # neither the output nor a temporary folder beside it
 
 
+@pytest.mark.quick
 def test_validate_bad_inputs(converted, tmp_path):
     folder, _ = converted
     assert_user_error(invoke("validate", folder), "not a folder `lsg-export onnx` wrote")

@@ -1,10 +1,9 @@
 """`lsg-export onnx --attention custom-op`: one ai.lsg.LSGAttention node per layer.
 
-The exports are the `custom_op_cases` of tests/_onnx_cases.py (run with the gather ones, once per
-session) and the bundled MiniLM at --seq 4096; each tiny case is compared with PyTorch at every length
+The exports are the `custom_op_cases` of tests/_onnx_cases.py (each run when a test first needs it)
+and the bundled MiniLM at --seq 4096; each tiny case is compared with PyTorch at every length
 1..40 and batch sizes 1, 2, 3 with padding."""
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,16 +12,15 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).parent))
-import _onnx_cases as cases  # noqa: E402
-
-from lsg_export import ops  # noqa: E402
-from lsg_export.errors import LSGExportError  # noqa: E402
-from lsg_export.onnx import load_ort_model, validate_onnx  # noqa: E402
+import _onnx_cases as cases
+from lsg_export import ops
+from lsg_export.errors import LSGExportError
+from lsg_export.onnx import load_ort_model, validate_onnx
 
 OP_CASES = cases.custom_op_cases()
 DENSE = [case for case in OP_CASES if case.dense]
 result = cases.case_result
+in_group = pytest.mark.xdist_group  # tests of one export case run in one pytest-xdist worker
 
 
 def op_nodes(folder):
@@ -30,37 +28,36 @@ def op_nodes(folder):
     return [node for node in model.graph.node if node.domain == ops.DOMAIN], model
 
 
-@pytest.mark.parametrize("case", DENSE, ids=[case.name for case in DENSE])
+@pytest.mark.parametrize("case", cases.params(DENSE))
 def test_parity_at_every_length(exported, case):
     cases.check_dense_parity(exported, case)
 
 
-def test_graph_has_one_op_per_layer(exported):
+@pytest.mark.parametrize("case", cases.params([c for c in DENSE if "optimize" not in c.export]))
+def test_graph_has_one_op_per_layer(exported, case):
     """The raw graph: one ai.lsg node per layer with the model's geometry, nothing else non-standard; its
     export.json says the library is needed."""
-    for case in DENSE:
-        if "optimize" in case.export:
-            continue
-        data = result(exported, case.name)
-        nodes, model = op_nodes(data["onnx"])
-        assert len(nodes) == 2, case.name  # the tiny models have 2 layers
-        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in nodes[0].attribute}
-        sparse = case.lsg["sparsity_type"] != "none"
-        assert attributes["block_size"] == cases.BLOCK
-        assert attributes["sparse_block_size"] == (cases.BLOCK if sparse else 0)
-        assert attributes["sparsity_factor"] == case.lsg.get("sparsity_factor", 2)
-        assert attributes["num_global"] == case.lsg.get("num_global_tokens", 1) and attributes["num_heads"] == 4
-        # q, k, v straight from their projections: no per-head Transpose of them, nor of the output
-        assert [node.op_type for node in nodes] == [ops.LSG_OP_TYPE] * 2 and len(nodes[0].input) == (7 if sparse else 4)
-        assert "Transpose" not in {node.op_type for node in model.graph.node} or sparse
-        assert {node.domain for node in model.graph.node} <= {"", ops.DOMAIN}
-        assert {o.domain: o.version for o in model.opset_import}[ops.DOMAIN] == ops.OP_VERSION
-        meta = data["info"]
-        assert meta["attention"] == "custom-op" and meta["graph"]["domains"] == ["", ops.DOMAIN]
-        assert meta["custom_ops"]["domain"] == ops.DOMAIN and "build-ops" in meta["custom_ops"]["build"]
+    data = result(exported, case.name)
+    nodes, model = op_nodes(data["onnx"])
+    assert len(nodes) == 2, case.name  # the tiny models have 2 layers
+    attributes = {a.name: onnx.helper.get_attribute_value(a) for a in nodes[0].attribute}
+    sparse = case.lsg["sparsity_type"] != "none"
+    assert attributes["block_size"] == cases.BLOCK
+    assert attributes["sparse_block_size"] == (cases.BLOCK if sparse else 0)
+    assert attributes["sparsity_factor"] == case.lsg.get("sparsity_factor", 2)
+    assert attributes["num_global"] == case.lsg.get("num_global_tokens", 1) and attributes["num_heads"] == 4
+    # q, k, v straight from their projections: no per-head Transpose of them, nor of the output
+    assert [node.op_type for node in nodes] == [ops.LSG_OP_TYPE] * 2 and len(nodes[0].input) == (7 if sparse else 4)
+    assert "Transpose" not in {node.op_type for node in model.graph.node} or sparse
+    assert {node.domain for node in model.graph.node} <= {"", ops.DOMAIN}
+    assert {o.domain: o.version for o in model.opset_import}[ops.DOMAIN] == ops.OP_VERSION
+    meta = data["info"]
+    assert meta["attention"] == "custom-op" and meta["graph"]["domains"] == ["", ops.DOMAIN]
+    assert meta["custom_ops"]["domain"] == ops.DOMAIN and "build-ops" in meta["custom_ops"]["build"]
 
 
-def test_optimize_and_int8_keep_the_op(exported):
+@in_group("op-albert-ForTokenClassification")
+def test_optimize_keeps_the_op(exported):
     optimized = result(exported, "op-albert-ForTokenClassification")
     info = optimized["info"]["optimize"]
     assert info["nodes_after"] < info["nodes_before"] and info["fused"]
@@ -68,12 +65,17 @@ def test_optimize_and_int8_keep_the_op(exported):
     nodes, model = op_nodes(optimized["onnx"])
     kinds = [node.op_type for node in model.graph.node]
     assert len(nodes) == 2 and "SkipLayerNormalization" not in kinds and kinds.count("Sum") == 4, info["fused"]
+
+
+@in_group("op-int8")
+def test_int8_keeps_the_op(exported):
     quantized = result(exported, "op-int8")
     assert quantized["info"]["quantize"]["quantized_matmuls"] > 0 and len(op_nodes(quantized["onnx"])[0]) == 2
     validation = quantized["info"]["validation"]
     assert not validation["enforced"] and 0 < validation["max_abs_diff"] < 0.5
 
 
+@in_group("minilm")
 def test_same_outputs_as_the_gather_export(exported):
     """The gather and custom-op graphs of the same model agree (both against PyTorch, and directly)."""
     from lsg_export.onnx.validate import make_session
@@ -89,6 +91,7 @@ def test_same_outputs_as_the_gather_export(exported):
     assert np.abs(a - b).max() <= 1e-4
 
 
+@in_group("minilm")
 def test_minilm_custom_op_passes_validate_at_4096(exported):
     data = result(exported, "minilm")["custom_op"]
     assert data["passed"], data["report"]
@@ -98,6 +101,7 @@ def test_minilm_custom_op_passes_validate_at_4096(exported):
     assert report.passed and report.lengths == [4096] and report.worst().max_abs_diff <= 1e-4
 
 
+@in_group("op-roberta-ForMaskedLM")
 def test_optimum_loads_with_the_library(exported):
     """load_ort_model: optimum's ORTModel class of the task, the library registered; same outputs as PyTorch."""
     from lsg_export.onnx.pipeline import load_torch_model
@@ -116,6 +120,7 @@ def test_optimum_loads_with_the_library(exported):
     assert (got[real] - expected[real]).abs().max().item() <= 1e-4
 
 
+@in_group("op-bert-Model")
 def test_without_the_library_one_clear_line(exported):
     data = result(exported, "op-bert-Model")
     with pytest.raises(LSGExportError, match="lsg-export build-ops") as error:
@@ -123,6 +128,7 @@ def test_without_the_library_one_clear_line(exported):
     assert "\n" not in str(error.value) and ops.DOMAIN in str(error.value)
 
 
+@in_group("op-bert-Model")
 def test_cli_custom_op_export(exported, tmp_path):
     from lsg_export.cli import main
     folder = result(exported, "op-bert-Model")["folder"]
@@ -137,6 +143,7 @@ def test_cli_custom_op_export(exported, tmp_path):
     assert json.loads(run.stdout[run.stdout.index("{"):])["passed"]
 
 
+@in_group("op-bert-Model")
 def test_float16_graph_runs_the_op_on_cpu(exported, tmp_path):
     """The float16 conversion (--fp16 is for CUDA) keeps the op, fed float16; ONNX Runtime's CPU provider
     runs it (the op computes in float32) and stays within float16 accuracy of float32 PyTorch."""

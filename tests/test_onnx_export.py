@@ -1,12 +1,11 @@
 """ONNX export (gather attention): one graph correct at every length, for every family and task.
 
-The exports run once per session, in two spawned worker processes (tests/_onnx_cases.py, the
-`exported` fixture of conftest.py): every family x head
-(task) on tiny random checkpoints with the LSG options spread over the cases, a few extra cases
-(lsh, int8, O3, a task override) and the bundled MiniLM at --seq 4096. Each tiny case is compared
-with PyTorch at every length 1..40 (5 blocks of 8) and batch sizes 1, 2, 3 with padding."""
+Each export runs when a test first needs it (tests/_onnx_cases.py, the `exported` fixture of
+conftest.py): every family x head (task) on tiny random checkpoints with the LSG options spread over
+the cases (a covering set in the default tier, the rest with -m exhaustive), a few extra cases (lsh,
+int8, O3, a task override) and the bundled MiniLM at --seq 4096. Each tiny case is compared with
+PyTorch at every length 1..40 (5 blocks of 8) and batch sizes 1, 2, 3 with padding."""
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,24 +13,24 @@ import onnx
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-import _onnx_cases as cases  # noqa: E402
-
-from lsg_export.errors import LSGExportError  # noqa: E402
-from lsg_export.onnx import TASKS, export_onnx, validate_onnx  # noqa: E402
-from lsg_export.onnx.rewrites import row_tiles  # noqa: E402
-from lsg_export.onnx.tasks import HEAD_TASKS  # noqa: E402
+import _onnx_cases as cases
+from lsg_export.errors import LSGExportError
+from lsg_export.onnx import TASKS, export_onnx, validate_onnx
+from lsg_export.onnx.rewrites import row_tiles
+from lsg_export.onnx.tasks import HEAD_TASKS
 
 MATRIX = cases.matrix_cases()
 EXTRA = {case.name: case for case in cases.extra_cases()}
 
 
-result = cases.case_result  # the `exported` fixture (conftest.py) runs every export once per session
+result = cases.case_result  # the `exported` fixture (conftest.py) runs an export when a test first needs it
+by_name = {case.name: case for case in MATRIX}
+in_group = pytest.mark.xdist_group  # tests of one export case run in one pytest-xdist worker
 
 
 # --- every family x task, every sparsity type: parity at every length ---------------------------
 
-@pytest.mark.parametrize("case", MATRIX, ids=[case.name for case in MATRIX])
+@pytest.mark.parametrize("case", cases.params(MATRIX))
 def test_parity_at_every_length(exported, case):
     cases.check_dense_parity(exported, case)
 
@@ -44,52 +43,62 @@ def test_matrix_covers_families_tasks_and_options():
     assert seen >= {(s, g, m) for s in cases.SPARSITY_TYPES for g in (1, 7) for m in (False, True)}
 
 
-def test_raw_graph_is_standard_onnx(exported):
+def test_default_tier_covers_the_matrix():
+    """The default suite's covering set: every family, head, sparsity type (lsh included), G in {1, 7},
+    mask_first_token on and off, sparsity factor 2 and 4 and every --optimize level at least once."""
+    from lsg_export.families import FAMILIES
+    default = [c for c in MATRIX if not c.exhaustive]
+    assert {c.model_type for c in default} == set(FAMILIES)
+    assert {c.head for c in default} == {h for f in FAMILIES for h in FAMILIES[f].heads}
+    assert {c.lsg["sparsity_type"] for c in default} == set(cases.SPARSITY_TYPES) | {"lsh"}
+    assert {c.lsg["num_global_tokens"] for c in default} >= {1, 7}
+    assert {c.lsg["mask_first_token"] for c in default} == {False, True}
+    assert {c.lsg["sparsity_factor"] for c in default} == {2, 4}
+    assert {c.export.get("optimize") for c in default} == {None, "O1", "O2"}
+    assert set(cases.DEFAULT_TIER) <= {c.name for c in MATRIX + cases.extra_cases() + cases.custom_op_cases()}
+
+
+@pytest.mark.parametrize("case", cases.params([c for c in MATRIX if not c.export]))
+def test_raw_graph_is_standard_onnx(exported, case):
     """No op outside the standard domain, symbolic batch / sequence dims named as optimum does, IR <= 13;
     onnx.checker and ONNX Runtime's symbolic shape inference accept it."""
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-    checked = 0
-    for case in MATRIX:
-        if case.export:
-            continue
-        data = result(exported, case.name)
-        model = onnx.load(str(Path(data["onnx"]) / "model.onnx"))
-        assert {node.domain for node in model.graph.node} <= {""}, case.name
-        assert not model.functions
-        assert {o.domain for o in model.opset_import} <= {"", "ai.onnx"}
-        assert model.ir_version <= 13
-        axes = ["batch_size", "num_choices", "sequence_length"] if data["task"] == "multiple-choice" \
-            else ["batch_size", "sequence_length"]
-        for value in model.graph.input:
-            assert [d.dim_param for d in value.type.tensor_type.shape.dim] == axes, (case.name, value)
-        assert [v.name for v in model.graph.output] == list(TASKS[data["task"]].outputs)
-        # the CPU rewrites (onnx/rewrites): each of the 2 layers' residual additions before LayerNormalization
-        # is one Sum, the feed-forward block's once per row tile where its activation is exact GELU (row_tiles),
-        # and every exact GELU ends on its * 0.5, the spelling ONNX Runtime fuses
-        kinds = [node.op_type for node in model.graph.node]
-        tiles = row_tiles.TILES if case.model_type != "albert" else 1  # ALBERT: gelu_new, no rewrite
-        assert kinds.count("Sum") == 2 + 2 * tiles, (case.name, kinds.count("Sum"))
-        producers = {out: node for node in model.graph.node for out in node.output}
-        for node in model.graph.node:
-            if node.op_type == "Erf":
-                add = next(n for n in model.graph.node if node.output[0] in n.input)
-                mul = next(n for n in model.graph.node if add.output[0] in n.input)
-                assert all(name in producers for name in mul.input), case.name  # x * (1 + erf): no constant yet
-        if checked < 3:  # the export checked all; again here on a few, explicitly
-            onnx.checker.check_model(model)
-            assert SymbolicShapeInference.infer_shapes(model, auto_merge=True) is not None
-        checked += 1
-    assert checked >= 30
+    data = result(exported, case.name)
+    model = onnx.load(str(Path(data["onnx"]) / "model.onnx"))
+    assert {node.domain for node in model.graph.node} <= {""}, case.name
+    assert not model.functions
+    assert {o.domain for o in model.opset_import} <= {"", "ai.onnx"}
+    assert model.ir_version <= 13
+    axes = ["batch_size", "num_choices", "sequence_length"] if data["task"] == "multiple-choice" \
+        else ["batch_size", "sequence_length"]
+    for value in model.graph.input:
+        assert [d.dim_param for d in value.type.tensor_type.shape.dim] == axes, (case.name, value)
+    assert [v.name for v in model.graph.output] == list(TASKS[data["task"]].outputs)
+    # the CPU rewrites (onnx/rewrites): each of the 2 layers' residual additions before LayerNormalization
+    # is one Sum, the feed-forward block's once per row tile where its activation is exact GELU (row_tiles),
+    # and every exact GELU ends on its * 0.5, the spelling ONNX Runtime fuses
+    kinds = [node.op_type for node in model.graph.node]
+    tiles = row_tiles.TILES if case.model_type != "albert" else 1  # ALBERT: gelu_new, no rewrite
+    assert kinds.count("Sum") == 2 + 2 * tiles, (case.name, kinds.count("Sum"))
+    producers = {out: node for node in model.graph.node for out in node.output}
+    for node in model.graph.node:
+        if node.op_type == "Erf":
+            add = next(n for n in model.graph.node if node.output[0] in n.input)
+            mul = next(n for n in model.graph.node if add.output[0] in n.input)
+            assert all(name in producers for name in mul.input), case.name  # x * (1 + erf): no constant yet
+    onnx.checker.check_model(model)  # the export checked it; again here, explicitly
+    assert SymbolicShapeInference.infer_shapes(model, auto_merge=True) is not None
 
 
-def test_inputs_follow_the_family(exported):
-    for case in MATRIX:
-        data = result(exported, case.name)
-        expected = ["input_ids", "attention_mask"] + (["token_type_ids"] if case.model_type in ("bert", "albert")
-                                                      else [])
-        assert data["info"]["inputs"] == expected
+@pytest.mark.parametrize("case", cases.params(MATRIX))
+def test_inputs_follow_the_family(exported, case):
+    data = result(exported, case.name)
+    expected = ["input_ids", "attention_mask"] + (["token_type_ids"] if case.model_type in ("bert", "albert")
+                                                  else [])
+    assert data["info"]["inputs"] == expected
 
 
+@in_group("bert-Model")
 def test_export_json(exported):
     data = result(exported, "bert-Model")
     meta = json.loads((Path(data["onnx"]) / "export.json").read_text())
@@ -105,7 +114,7 @@ def test_export_json(exported):
     assert config["max_position_embeddings"] == cases.SEQ
 
 
-@pytest.mark.parametrize("case", MATRIX, ids=[case.name for case in MATRIX])
+@pytest.mark.parametrize("case", cases.params(MATRIX))
 def test_optimum_loads_the_folder(exported, case):
     """optimum.onnxruntime's ORTModelFor<task> loads OUT (no trust_remote_code) and matches PyTorch."""
     import optimum.onnxruntime
@@ -128,40 +137,39 @@ def test_optimum_loads_the_folder(exported, case):
         assert (value - reference).abs().max().item() <= 1e-4, name
 
 
-def test_input_longer_than_seq_fails(exported):
+@pytest.mark.parametrize("case", cases.params([by_name["bert-Model"], by_name["roberta-Model"]]))
+def test_input_longer_than_seq_fails(exported, case):
     """--seq cuts the position table: a longer input is an error in the graph, not an unchecked result."""
     import onnxruntime as ort
 
     from lsg_export.onnx.tasks import make_inputs, read_model_folder
-    for name in ("bert-Model", "roberta-Model"):
-        data = result(exported, name)
-        info = read_model_folder(data["folder"])
-        session = ort.InferenceSession(str(Path(data["onnx"]) / "model.onnx"), providers=["CPUExecutionProvider"])
-        feeds = [i.name for i in session.get_inputs()]
-        inputs = make_inputs(info, data["task"], 1, cases.SEQ + 1)
-        with pytest.raises(Exception):
-            session.run(None, {k: inputs[k].numpy() for k in feeds})
+    data = result(exported, case.name)
+    info = read_model_folder(data["folder"])
+    session = ort.InferenceSession(str(Path(data["onnx"]) / "model.onnx"), providers=["CPUExecutionProvider"])
+    feeds = [i.name for i in session.get_inputs()]
+    inputs = make_inputs(info, data["task"], 1, cases.SEQ + 1)
+    with pytest.raises(Exception):
+        session.run(None, {k: inputs[k].numpy() for k in feeds})
 
 
 # --- optimisation and quantisation ---------------------------------------------------------------
 
-def test_optimize_keeps_parity_and_removes_nodes(exported):
-    for case in MATRIX:
-        level = case.export.get("optimize")
-        if not level:
-            continue
-        data = result(exported, case.name)
-        summary = data["info"]["optimize"]
-        assert summary["level"] == level
-        assert summary["nodes_after"] < data["info"]["graph"]["nodes"], (case.name, summary)
-        assert data["dense"]["max_diff"] <= 1e-4
-        model = onnx.load(str(Path(data["onnx"]) / "model.onnx"))
-        ops = {node.op_type for node in model.graph.node}
-        if level == "O2":
-            assert {"SkipLayerNormalization", "BiasGelu"} & ops or "LayerNormalization" in ops, (case.name, ops)
-            assert summary["fused"], summary
+@pytest.mark.parametrize("case", cases.params([c for c in MATRIX if c.export.get("optimize")]))
+def test_optimize_keeps_parity_and_removes_nodes(exported, case):
+    level = case.export["optimize"]
+    data = result(exported, case.name)
+    summary = data["info"]["optimize"]
+    assert summary["level"] == level
+    assert summary["nodes_after"] < data["info"]["graph"]["nodes"], (case.name, summary)
+    assert data["dense"]["max_diff"] <= 1e-4
+    model = onnx.load(str(Path(data["onnx"]) / "model.onnx"))
+    ops = {node.op_type for node in model.graph.node}
+    if level == "O2":
+        assert {"SkipLayerNormalization", "BiasGelu"} & ops or "LayerNormalization" in ops, (case.name, ops)
+        assert summary["fused"], summary
 
 
+@in_group("distilbert-ForTokenClassification")
 def test_o3_gelu_approximation_is_close(exported, tmp_path):
     """O3 (FastGelu, the tanh approximation) on a copy of a raw export: close to PyTorch, not equal."""
     import shutil
@@ -178,6 +186,7 @@ def test_o3_gelu_approximation_is_close(exported, tmp_path):
     assert 0 < dense["max_diff"] <= 1e-2
 
 
+@in_group("int8")
 def test_int8_runs_and_reports_its_error(exported):
     data = result(exported, "int8")
     info = data["info"]
@@ -190,6 +199,7 @@ def test_int8_runs_and_reports_its_error(exported):
     assert model.ir_version <= 13 and info["final_graph"]["ir_version"] == model.ir_version
 
 
+@in_group("roberta-Model")
 def test_fp16_conversion_keeps_float32_io(exported, tmp_path):
     """--fp16 is for CUDA (none here): the conversion of a copy, checked for its structure; ONNX
     Runtime's CPU provider still runs it (inserting casts), and gives finite outputs."""
@@ -215,6 +225,7 @@ def test_fp16_conversion_keeps_float32_io(exported, tmp_path):
     assert out.dtype == np.float32 and np.isfinite(out).all()
 
 
+@in_group("albert-ForMultipleChoice")
 def test_lsh_exported_after_eager_forward(exported):
     lsh = [case for case in MATRIX if case.lsg["sparsity_type"] == "lsh"]
     assert len(lsh) == 1
@@ -225,6 +236,7 @@ def test_lsh_exported_after_eager_forward(exported):
 
 # --- the real MiniLM at 4096 ------------------------------------------------------------------
 
+@in_group("minilm")
 def test_minilm_4096(exported):
     data = result(exported, "minilm")
     report = data["report"]
@@ -236,6 +248,7 @@ def test_minilm_4096(exported):
     assert data["info"]["graph"]["domains"] == [""]
 
 
+@in_group("minilm")
 def test_minilm_with_optimum_and_real_text(exported, tmp_path):
     """The MiniLM folder: ORTModelForFeatureExtraction + its tokenizer on a long text, and
     `validate --text` on a real document."""

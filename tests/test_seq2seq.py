@@ -8,7 +8,8 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from conftest import TINY_BLOCK_SIZE, MASK_ID, as_reference_checkpoint, lsg_variant, max_diff, original_class, tiny_config
+from conftest import (TINY_BLOCK_SIZE, MASK_ID, as_reference_checkpoint, lsg_variant, max_diff, original_class,
+                      tiny_config)
 from lsg_export import convert
 from lsg_export.families import AUTO_CLASSES, SEQ2SEQ_FAMILIES
 from test_families import start_remote
@@ -124,6 +125,7 @@ def test_heads_and_generation_without_lsg_export(families, remote_runs, model_ty
         assert torch.equal(got, tokens), name
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("model_type", FAMILY_NAMES)
 def test_converted_folder(families, tiny_checkpoint, model_type):
     family = SEQ2SEQ_FAMILIES[model_type]

@@ -10,7 +10,6 @@ copies of torch.export's graphs (`reuse_graphs`): only the steps after it differ
 import csv
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,8 +25,7 @@ from lsg_export.families import SEQ2SEQ_FAMILIES
 from lsg_export.onnx import export_onnx
 from lsg_export.onnx.seq2seq import MERGED_FILE, PART_FILES, decoder_names
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _cli import assert_user_error, invoke  # noqa: E402
+from _cli import assert_user_error, invoke
 
 SEQ = 40  # 5 blocks of 8
 BART_SEQ = 64  # the tiny bart's whole table: the bench's cache exports (at the maximum) share its torch.export graphs
@@ -163,8 +161,8 @@ def test_validate_command(exports):
     assert run.exit_code == 0, run.output
     data = json.loads(run.stdout)
     assert data["passed"] and data["lengths"] == [9, 33] and data["batch_size"] == 3
-    assert {row["output"] for row in data["rows"]} == {"last_hidden_state", "logits", "logits (past)", "logits (merged)",
-                                                       "logits (merged, past)", "greedy tokens"}
+    assert {row["output"] for row in data["rows"]} == {"last_hidden_state", "logits", "logits (past)",
+                                                       "logits (merged)", "logits (merged, past)", "greedy tokens"}
 
 
 def test_bad_input(exports, tiny_checkpoint, tmp_path):
@@ -284,7 +282,8 @@ def test_bench_reports_encoder_latency_and_generation(exports, bench_exports, tm
     assert data["backends"]["ort-custom-op"]["export"] == (str(op_export) if have_ops else None)
     assert {"torch-lsg", "torch-dense", "ort-gather", "ort-gather-optimized", "ort-int8", "ort-custom-op"} <= set(
         SEQ2SEQ_BACKENDS)
-    assert [(r["backend"], r["length"]) for r in data["results"]] == [(b, n) for b in SEQ2SEQ_BACKENDS for n in (17, SEQ)]
+    expected = [(b, n) for b in SEQ2SEQ_BACKENDS for n in (17, SEQ)]
+    assert [(r["backend"], r["length"]) for r in data["results"]] == expected
     torch_generate = {r["length"]: r["generate_p50_ms"] for r in data["results"] if r["backend"] == "torch-lsg"}
     for row in data["results"]:
         if row["backend"] in NEEDS_OPS and not have_ops:
@@ -298,15 +297,16 @@ def test_bench_reports_encoder_latency_and_generation(exports, bench_exports, tm
         assert row["generate_tokens_per_s"] == pytest.approx(2 * 8 / row["generate_p50_ms"] * 1000, rel=1e-3)
         assert 0 < row["decode_p50_ms"] < row["generate_p50_ms"]  # each run: the decoder's part of it
         assert row["decode_tokens_per_s"] == pytest.approx(2 * 8 / row["decode_p50_ms"] * 1000, rel=1e-3)
-        assert row["generate_speedup_vs_torch_lsg"] == pytest.approx(torch_generate[row["length"]] / row["generate_p50_ms"],
-                                                                     rel=2e-3)
+        speedup = torch_generate[row["length"]] / row["generate_p50_ms"]
+        assert row["generate_speedup_vs_torch_lsg"] == pytest.approx(speedup, rel=2e-3)
         assert row["peak_memory_mb"] >= 0 and row["generate_peak_memory_mb"] >= 0
     per_length = data["summary"]["2"]["per_length"][str(SEQ)]
     assert per_length["fastest_generate"] in SEQ2SEQ_BACKENDS
     assert per_length["best_ort_generate_vs_torch_lsg"]["backend"].startswith("ort-")
     with open(tmp_path / "b.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert [float(r["generate_tokens_per_s"]) for r in rows[:2]] == [r["generate_tokens_per_s"] for r in data["results"][:2]]
+    expected = [r["generate_tokens_per_s"] for r in data["results"][:2]]
+    assert [float(r["generate_tokens_per_s"]) for r in rows[:2]] == expected
     assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -17,13 +17,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import _deploy_cases as cases
 import numpy as np
 import pytest
 
 pytest.importorskip("kserve")
 httpclient = pytest.importorskip("tritonclient.http")
-sys.path.insert(0, str(Path(__file__).parent))
-import _deploy_cases as cases  # noqa: E402
 
 NAME = "tiny"
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -137,6 +136,7 @@ def tensor(name, array, datatype="INT64"):
     return {"name": name, "datatype": datatype, "shape": list(array.shape), "data": array.reshape(-1).tolist()}
 
 
+@pytest.mark.quick
 def test_health_and_metadata(server):
     client = server.client
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(NAME)
@@ -148,6 +148,7 @@ def test_health_and_metadata(server):
     assert [(o["name"], o["datatype"], o["shape"]) for o in metadata["outputs"]] == [("logits", "FP32", [-1, 2])]
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("batch,length", [(1, 1), (2, 9), (3, 40), (2, cases.SEQ)])
 def test_http_answers_equal_onnx_runtime(server, session, batch, length):
     feeds = token_inputs(batch, length, seed=length)
@@ -171,7 +172,8 @@ def test_raw_text(server, session, export):
     assert status == 200 and np.abs(np.array(body["outputs"][0]["data"]).reshape(2, 2) - expected[:2]).max() <= 1e-6
     long_text = " ".join(["w7"] * 70)
     status, body = post(server, {"inputs": [tensor("text", np.array(["w1", long_text], dtype=object), "BYTES")]})
-    assert status == 400 and body["error"] == "text 1 is 72 tokens long, longer than 64, the longest this export accepts"
+    assert status == 400
+    assert body["error"] == "text 1 is 72 tokens long, longer than 64, the longest this export accepts"
 
 
 def bad_requests():
@@ -199,6 +201,7 @@ def bad_requests():
     ]
 
 
+@pytest.mark.quick
 def test_bad_requests_get_4xx_and_the_server_keeps_serving(server, session):
     feeds = token_inputs(1, 5, seed=3)
     expected = session.run(["logits"], feeds)[0]
@@ -218,7 +221,8 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 url, name, cases_file, out_file = sys.argv[1:]
 client = grpcclient.InferenceServerClient(url)
-report = {"live": client.is_server_live(), "ready": client.is_server_ready(), "model_ready": client.is_model_ready(name)}
+report = {"live": client.is_server_live(), "ready": client.is_server_ready(),
+          "model_ready": client.is_model_ready(name)}
 metadata = client.get_model_metadata(name, as_json=True)
 report["inputs"] = [i["name"] for i in metadata["inputs"]]
 data = np.load(cases_file, allow_pickle=True)
@@ -311,7 +315,8 @@ def test_concurrent_load(server, session, record_property):
     p50, p99 = np.percentile(latencies, [50, 99]) * 1000
     record_property("load", {"requests": len(latencies), "p50_ms": round(p50, 1), "p99_ms": round(p99, 1),
                              "wall_s": round(wall, 2)})
-    print(f"\nload: {len(latencies)} requests from {clients} clients in {wall:.1f} s, p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    print(f"\nload: {len(latencies)} requests from {clients} clients in {wall:.1f} s, "
+          f"p50 {p50:.1f} ms, p99 {p99:.1f} ms")
 
 
 def test_port_in_use_is_one_line(server, export):

@@ -2,7 +2,6 @@
 other output; a wrong graph fails at every length; lengths without near-ties are judged as before."""
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +12,16 @@ import torch
 from lsg_export.onnx.ties import TIE_RTOL, SelectionProbe, near_ties, swap_pick
 from lsg_export.onnx.validate import Comparison, ValidationReport, compare, cosines
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _onnx_cases import case_result  # noqa: E402
+from _onnx_cases import case_result
 
+pytestmark = pytest.mark.xdist_group("minilm")  # with the MiniLM export's other tests (one worker exports it)
 GPL3 = Path("/usr/share/common-licenses/GPL-3")
 needs_gpl3 = pytest.mark.skipif(not GPL3.is_file(), reason="no /usr/share/common-licenses/GPL-3 on this system")
 
 
 # --- the selection and its margins -------------------------------------------------------------------
 
+@pytest.mark.quick
 def test_near_ties_and_swap_on_known_norms():
     # one head, chunks of 4 keys keeping 2: chunk 0 has a margin of 1e-7 relative, chunk 1 a clear gap,
     # chunk 2 a kept key of norm > 0 against masked keys of norm 0 (no tie: masked keys change nothing)
@@ -37,6 +37,7 @@ def test_near_ties_and_swap_on_known_norms():
     assert swap_pick(index, ties[0], keep=2) == 0  # its kept key is no longer picked: nothing to swap
 
 
+@pytest.mark.quick
 def test_cosines_of_known_vectors():
     reference = np.array([[[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]]])
     got = np.array([[[1.0, 0.0], [1.0, 1.0], [-7.0, 3.0]]])  # the third token is padding
@@ -47,6 +48,7 @@ def test_cosines_of_known_vectors():
     assert cosines(np.array([[1.0, 2.0]]), np.array([[2.0, 4.0]])) == (pytest.approx(1.0), None)
 
 
+@pytest.mark.quick
 def test_length_without_near_ties_is_judged_as_before():
     calls = []
     rerun = lambda swaps: calls.append(swaps)  # noqa: E731  (must not be called: no near-tie)
