@@ -13,6 +13,7 @@ import torch
 from click.testing import CliRunner
 
 import _onnx_cases as cases
+from _op_cases import half_tolerance
 from lsg_export import ops
 from lsg_export.errors import LSGExportError
 from lsg_export.onnx import load_ort_model, validate_onnx
@@ -146,7 +147,8 @@ def test_cli_custom_op_export(exported, tmp_path):
 @in_group("op-bert-Model")
 def test_float16_graph_runs_the_op_on_cpu(exported, tmp_path):
     """The float16 conversion (--fp16 is for CUDA) keeps the op, fed float16; ONNX Runtime's CPU provider
-    runs it (the op computes in float32) and stays within float16 accuracy of float32 PyTorch."""
+    runs it (the op computes in float32) and stays within twice PyTorch's own float16 error (the model in
+    float16 on CPU) of float32 PyTorch."""
     import shutil
 
     from lsg_export.onnx.optimize import to_float16
@@ -163,7 +165,10 @@ def test_float16_graph_runs_the_op_on_cpu(exported, tmp_path):
     info = read_model_folder(data["folder"])
     inputs = make_inputs(info, "feature-extraction", 2, 37, lengths=[37, 20])
     out = session.run(None, {k: v.numpy() for k, v in inputs.items()})[0]
+    model = load_torch_model(info)
     with torch.no_grad():
-        expected = load_torch_model(info)(**inputs).last_hidden_state.numpy()
-    real = inputs["attention_mask"].bool().numpy()
-    assert out.dtype == np.float32 and np.abs(out[real] - expected[real]).max() <= 2e-2
+        expected = model(**inputs).last_hidden_state
+        torch_half = model.half()(**inputs).last_hidden_state
+    real = inputs["attention_mask"].bool()
+    atol = half_tolerance(torch_half[real], expected[real])
+    assert out.dtype == np.float32 and np.abs(out[real.numpy()] - expected[real].numpy()).max() <= atol

@@ -27,6 +27,9 @@ BUILD_HINT = "run `lsg-export build-ops`"
 
 _SOURCE_GLOBS = ("CMakeLists.txt", "src/*", "include/**/*")
 _LIBRARY_NAMES = {"Linux": "liblsg_ops.so", "Darwin": "liblsg_ops.dylib", "Windows": "lsg_ops.dll"}
+_NO_CMAKE = "building the custom ops needs cmake (>= 3.18) and a C++17 compiler"
+_NO_NPM = ("building the custom ops needs the ONNX Runtime C/C++ headers: install npm (they are "
+           f"fetched with `npm pack {ORT_HEADERS_PACKAGE}`) or set ORT_INCLUDE_DIR")
 _built = {}  # (cuda, source key) -> Path, for this process
 
 
@@ -133,8 +136,7 @@ def ort_include_dir():
             return found
         npm = shutil.which("npm")
         if not npm:
-            raise LSGExportError("building the custom ops needs the ONNX Runtime C/C++ headers: install npm (they are "
-                                 f"fetched with `npm pack {ORT_HEADERS_PACKAGE}`) or set ORT_INCLUDE_DIR")
+            raise LSGExportError(_NO_NPM)
         with tempfile.TemporaryDirectory(dir=root.parent) as tmp:
             result = subprocess.run([npm, "pack", ORT_HEADERS_PACKAGE, "--silent"], cwd=tmp, capture_output=True,
                                     text=True)
@@ -163,6 +165,18 @@ def _headers_in(root):
     return hits[0] if hits else None
 
 
+def missing_build_tool():
+    """Why the library cannot be built on this machine for want of a tool (cmake; npm when the ONNX Runtime
+    headers are neither given nor fetched yet), else None: whatever else fails is a build failure."""
+    if not shutil.which("cmake"):
+        return _NO_CMAKE
+    headers_known = os.environ.get("ORT_INCLUDE_DIR") or _headers_in(
+        cache_dir() / "ort-headers" / ORT_HEADERS_PACKAGE.replace("@", "-"))
+    if not headers_known and not shutil.which("npm"):
+        return _NO_NPM
+    return None
+
+
 def build_ops(cuda=None, force=False, verbose=False):
     """Configure and build the custom-op library (CMake, Release); returns its path.
 
@@ -177,7 +191,7 @@ def build_ops(cuda=None, force=False, verbose=False):
         return _built[(use_cuda, key)]
     cmake = shutil.which("cmake")
     if not cmake:
-        raise LSGExportError("building the custom ops needs cmake (>= 3.18) and a C++17 compiler")
+        raise LSGExportError(_NO_CMAKE)
     build_dir = cache_dir() / "ops-build" / key
     library = build_dir / _library_name()
     stamp = build_dir / "built.ok"

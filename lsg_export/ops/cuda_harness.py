@@ -154,15 +154,21 @@ def _run(call, entry, inputs, stream, *attributes):
     return out
 
 
+def emulation_compiler():
+    """The C++20 compiler build_emulation uses ($CXX, else g++, else c++ on PATH), or None."""
+    import shutil
+
+    return shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
+
+
 def build_emulation(folder):
     """Compile the library with its CUDA kernels for the CPU emulation (custom_ops/emulation/) into
     `folder`; returns the library path. Needs a C++20 compiler, not nvcc nor a GPU."""
-    import shutil
     import subprocess
     from pathlib import Path
 
     from .build import ort_include_dir, source_dir
-    compiler = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
+    compiler = emulation_compiler()
     if compiler is None:
         raise LSGExportError("the CUDA emulation needs a C++20 compiler (g++ or c++ on PATH, or $CXX)")
     src, library = source_dir(), Path(folder) / "liblsg_ops_emulated.so"
@@ -177,5 +183,5 @@ def build_emulation(folder):
 
 
 __all__ = ["block_sparse_attention_cuda", "block_sparse_attention_emulated", "build_emulation", "call_entry",
-           "call_lsg_entry", "cuda_entry", "ELEMENT_TYPES", "INPUT_NAMES", "LSG_INPUT_NAMES", "lsg_attention_cuda",
-           "lsg_attention_emulated"]
+           "call_lsg_entry", "cuda_entry", "ELEMENT_TYPES", "emulation_compiler", "INPUT_NAMES", "LSG_INPUT_NAMES",
+           "lsg_attention_cuda", "lsg_attention_emulated"]
