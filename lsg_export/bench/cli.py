@@ -41,13 +41,15 @@ def default_target():
 @click.option("--repeat", default=REPEAT, type=int, help="Timed runs per measurement (fewer when a run is long).")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False, allow_dash=True),
               help="Write every measurement and the environment as JSON ('-': stdout).")
-@click.option("--csv", "csv_file", type=click.Path(dir_okay=False, allow_dash=True), help="The same as CSV: a row per backend, length and batch, with its times.")
+@click.option("--csv", "csv_file", type=click.Path(dir_okay=False, allow_dash=True),
+              help="The same as CSV: a row per backend, length and batch, with its times.")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False), help="PNG: latency and memory against length, "
               "speed-ups at the longest length.")
 @click.option("--new-tokens", type=int, help="Encoder-decoders: tokens of the timed generation (exactly "
               "that many) [default: 32; --quick: 8].")
 @click.option("--num-beams", type=int, help="Encoder-decoders: beams of the timed generation [default: 1, greedy].")
-@click.option("--rounds", default="1", metavar="INTEGER", help="Run the whole sequence of backends this many times, in reverse "
+@click.option("--rounds", default="1", metavar="INTEGER",
+              help="Run the whole sequence of backends this many times, in reverse "
               "order every other round (A B C, C B A, ...), and pool each cell's timed runs: a drift of the machine's "
               "speed then weighs on every backend alike.")
 @click.option("--text", type=click.Path(dir_okay=False), help="Document of the quality column (each backend's "

@@ -24,7 +24,8 @@ def plot(result, path, batch=None):
             memory.plot([c.length for c in with_memory], [c.peak_memory_mb for c in with_memory], label=name, **style)
         generated = [c for c in cells if c.generate_tokens_per_s]
         if seq2seq and generated:
-            axes[3].plot([c.length for c in generated], [c.generate_tokens_per_s for c in generated], label=name, **style)
+            axes[3].plot([c.length for c in generated], [c.generate_tokens_per_s for c in generated], label=name,
+                         **style)
     panels = [(latency, f"{'encoder ' if seq2seq else ''}p50 latency (ms)"),
               (memory, f"peak memory (MB, {ok[0].memory_kind if ok else ''})")]
     if seq2seq:

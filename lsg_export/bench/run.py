@@ -56,7 +56,8 @@ def add_ratios(cells):
             other = reference.get((base, cell.length, cell.batch))
             if other:
                 setattr(cell, attribute, round(other / cell.p50_ms, 3))
-    generation = {(c.length, c.batch): c.generate_p50_ms for c in cells if c.backend == "torch-lsg" and c.generate_p50_ms}
+    generation = {(c.length, c.batch): c.generate_p50_ms for c in cells
+                  if c.backend == "torch-lsg" and c.generate_p50_ms}
     for cell in cells:
         other = generation.get((cell.length, cell.batch))
         if other and cell.generate_p50_ms:
@@ -131,7 +132,8 @@ def compute_references(target, settings, ids, folder, status):
 
     status("quality: float32 PyTorch on the document (the reference)")
     exit_code = run_in_process(spec, on_event)
-    missing.update({n: f"its process ended with code {exit_code}" for n in lengths if n not in paths and n not in missing})
+    missing.update({n: f"its process ended with code {exit_code}" for n in lengths
+                    if n not in paths and n not in missing})
     return paths, missing
 
 

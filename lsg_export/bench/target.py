@@ -77,7 +77,8 @@ def choose_lengths(seq, target, quick):
         lengths = parse_ints(seq, "--seq")
         above = [n for n in lengths if n > longest]
         if above:
-            raise LSGExportError(f"--seq {','.join(map(str, above))} is above {target.model}'s maximum length {longest}")
+            raise LSGExportError(f"--seq {','.join(map(str, above))} is above {target.model}'s maximum length "
+                                 f"{longest}")
         return lengths
     defaults = QUICK_LENGTHS if quick else DEFAULT_LENGTHS
     return sorted({min(n, longest) for n in defaults})

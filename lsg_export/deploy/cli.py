@@ -87,6 +87,7 @@ def serve_command(export, name, allow_unvalidated, **options):
     host = f"[{options['host']}]" if ":" in options["host"] else options["host"]
     text = ", or text" if model.has_text else ""
     console.print(f"serving [bold]{model.name}[/bold] ({model.export.meta.get('task')}, up to {model.seq} tokens"
-                  f"{text}): http://{host}:{options['port']}/v2/models/{model.name}, gRPC {host}:{options['grpc_port']}",
+                  f"{text}): http://{host}:{options['port']}/v2/models/{model.name}, "
+                  f"gRPC {host}:{options['grpc_port']}",
                   soft_wrap=True)
     serve(model, **options)

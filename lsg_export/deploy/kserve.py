@@ -55,7 +55,8 @@ def inference_service(name, *, storage_uri, model_bytes, instances=1, device="cp
         min_replicas=MIN_REPLICAS, max_replicas=MAX_REPLICAS, scale_metric="concurrency",
         scale_target=instances * max(1, max_batch_size),
         model=kserve.V1beta1ModelSpec(
-            name="kserve-container", model_format=kserve.V1beta1ModelFormat(name="onnx"), runtime=RUNTIME, protocol_version="v2",
+            name="kserve-container", model_format=kserve.V1beta1ModelFormat(name="onnx"), runtime=RUNTIME,
+            protocol_version="v2",
             storage_uri=storage_uri, resources=resources(model_bytes, instances, device)))
     return kserve.V1beta1InferenceService(
         api_version=kserve.constants.KSERVE_V1BETA1, kind=kserve.constants.KSERVE_KIND_INFERENCESERVICE,

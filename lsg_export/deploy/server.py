@@ -179,7 +179,8 @@ class LSGModel(kserve.Model):
 
     def _tokenize(self, tensor):
         if tensor.datatype != "BYTES":
-            raise InvalidInput(f"input {TEXT_INPUT} has datatype {tensor.datatype}, expected BYTES (one string per row)")
+            raise InvalidInput(f"input {TEXT_INPUT} has datatype {tensor.datatype}, "
+                               f"expected BYTES (one string per row)")
         if len(tensor.shape) != 1:
             raise InvalidInput(f"input {TEXT_INPUT} has shape {list(tensor.shape)}, expected [batch]: one string "
                                f"per row")

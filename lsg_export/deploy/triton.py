@@ -26,7 +26,8 @@ def model_config_pb2():
     try:
         import tritonclient
     except ImportError:
-        raise LSGExportError("writing a Triton repository needs tritonclient: pip install 'lsg-export[serve]'") from None
+        raise LSGExportError("writing a Triton repository needs tritonclient: "
+                             "pip install 'lsg-export[serve]'") from None
     path = Path(tritonclient.__file__).parent / "grpc" / "model_config_pb2.py"
     spec = importlib.util.spec_from_file_location("_lsg_triton_model_config_pb2", path)
     module = importlib.util.module_from_spec(spec)
@@ -69,7 +70,8 @@ def model_config(export, name, *, max_batch_size=8, instances=1, device="cpu", d
         input=_tensors(pb, pb.ModelInput, export.inputs, batched),
         output=_tensors(pb, pb.ModelOutput, export.outputs, batched),
         instance_group=[pb.ModelInstanceGroup(
-            count=instances, kind=pb.ModelInstanceGroup.KIND_GPU if device == "gpu" else pb.ModelInstanceGroup.KIND_CPU)],
+            count=instances,
+            kind=pb.ModelInstanceGroup.KIND_GPU if device == "gpu" else pb.ModelInstanceGroup.KIND_CPU)],
         version_policy=pb.ModelVersionPolicy(latest=pb.ModelVersionPolicy.Latest(num_versions=1)),
     )
     if dynamic_batching:

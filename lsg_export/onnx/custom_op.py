@@ -105,7 +105,8 @@ def onnx_schema(op_type=OP_TYPE):
              required("num_global", "G: the first G rows are the globals")] if op_type == LSG_OP_TYPE else []
     op = schema(op_type, DOMAIN, OP_VERSION, "LSG attention (custom_ops/README.md)", inputs=inputs,
                 outputs=[parameter("out", "T")],
-                type_constraints=[("T", ["tensor(float)", "tensor(float16)"], "float32, or float16 computed in float32")],
+                type_constraints=[("T", ["tensor(float)", "tensor(float16)"],
+                                   "float32, or float16 computed in float32")],
                 attributes=[*heads, required("block_size", "queries per block"),
                             attribute("sparse_block_size", 0, "compressed keys on each side; 0: none"),
                             attribute("sparsity_factor", 1, "compression factor"),

@@ -93,7 +93,8 @@ def infer_task(info, task="auto"):
     if task not in TASKS:
         raise LSGExportError(f"unknown task {task!r}; accepted: auto, {', '.join(TASKS)}")
     if task != "feature-extraction" and info.head not in TASKS[task].heads:
-        raise LSGExportError(f"task {task} needs a {' or '.join(info.family.architecture(h) for h in TASKS[task].heads)}"
+        needs = ' or '.join(info.family.architecture(h) for h in TASKS[task].heads)
+        raise LSGExportError(f"task {task} needs a {needs}"
                              f" checkpoint; {info.path} holds a {info.family.architecture(info.head)}"
                              f" (its tasks: {HEAD_TASKS[info.head]}, feature-extraction)")
     return task

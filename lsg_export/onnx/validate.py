@@ -320,4 +320,5 @@ def render_table(report, title="ONNX Runtime vs PyTorch"):
 
 
 __all__ = ["Comparison", "ValidationReport", "DEFAULT_ATOL", "compare", "compare_output", "cosines", "abs_diffs",
-           "default_lengths", "default_text", "document_inputs", "length_status", "parse_lengths", "render_table", "text_ids", "make_session"]
+           "default_lengths", "default_text", "document_inputs", "length_status", "parse_lengths", "render_table",
+           "text_ids", "make_session"]

@@ -200,7 +200,8 @@ def build_ops(cuda=None, force=False, verbose=False):
             if force and build_dir.exists():
                 shutil.rmtree(build_dir)
             stamp.unlink(missing_ok=True)
-            configure = [cmake, "--no-warn-unused-cli", "-S", str(src), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
+            configure = [cmake, "--no-warn-unused-cli", "-S", str(src), "-B", str(build_dir),
+                         "-DCMAKE_BUILD_TYPE=Release",
                          f"-DORT_INCLUDE_DIR={include_dir}", f"-DLSG_OPS_CUDA={'ON' if use_cuda else 'OFF'}",
                          f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={build_dir}"]
             if use_cuda:

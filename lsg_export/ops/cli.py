@@ -8,7 +8,8 @@ from ..errors import user_errors
 
 @click.command("build-ops")
 @click.option("--cuda/--no-cuda", default=None,
-              help="Build the CUDA kernel too (--cuda needs nvcc, not a GPU) [default: when nvcc and a GPU are both found].")
+              help="Build the CUDA kernel too (--cuda needs nvcc, not a GPU) "
+                   "[default: when nvcc and a GPU are both found].")
 @click.option("--force", is_flag=True, help="Rebuild even if the cached build is up to date.")
 @click.option("--verbose", is_flag=True, help="Show the CMake output.")
 @user_errors
