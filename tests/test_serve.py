@@ -312,7 +312,7 @@ def test_concurrent_load(server, session, record_property):
     wall = time.perf_counter() - started
     assert not failures, failures[:5]
     assert len(latencies) == clients * per_client
-    p50, p99 = np.percentile(latencies, [50, 99]) * 1000
+    p50, p99 = (float(x) for x in np.percentile(latencies, [50, 99]) * 1000)  # plain floats: xdist sends them
     record_property("load", {"requests": len(latencies), "p50_ms": round(p50, 1), "p99_ms": round(p99, 1),
                              "wall_s": round(wall, 2)})
     print(f"\nload: {len(latencies)} requests from {clients} clients in {wall:.1f} s, "
