@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import LSGExportError
+from ..errors import LSGExportError, first_line
 
 CHUNK = 512  # the length the original encoders were trained at
 
@@ -419,7 +419,6 @@ def load_ort_seq2seq(spec, folder, meta):
     """optimum's ORTModelForSeq2SeqLM on the export's graphs (encoder_model.onnx and the merged decoder, or
     the decoder and decoder with past when the export has no merged one), as optimum loads the folder."""
     from ..onnx.seq2seq import load_seq2seq_model
-    from .measure import first_line
     info = target_info(spec)
     device = spec["device"]
     provider = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"

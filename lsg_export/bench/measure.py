@@ -24,6 +24,8 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field, replace
 
+from ..errors import first_line
+
 MIN_RUNS = 3  # timed runs kept even when one run is long
 LIMITS = {  # (seconds of timed runs per (length, batch), predicted seconds of one run above which it is skipped)
     "full": (120.0, 150.0),
@@ -253,11 +255,6 @@ class PeakMemory:
 def is_oom(error):
     text = f"{type(error).__name__} {error}".lower()
     return isinstance(error, MemoryError) or any(marker in text for marker in OOM_MARKERS)
-
-
-def first_line(error):
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0][:300]}" if text else type(error).__name__
 
 
 def predicted_seconds(history, length):
