@@ -40,28 +40,29 @@ def convert_tiny(checkpoint, output, model_type, head="ForConditionalGeneration"
 
 @pytest.fixture(scope="module")
 def reuse_graphs(tmp_path_factory):
-    """seq2seq.export_parts (torch.export of the three graphs, ~10 s each time) run once per model, --seq,
+    """pipeline.export_parts (torch.export of the three graphs, ~10 s each time) run once per model, --seq,
     attention, opset and device while this module runs; a later export with the same five gets copies of its graphs,
     then does its own optimisation, quantisation, merge and validation. Yields the keys exported for real."""
-    from lsg_export.onnx import seq2seq
-    store, real, made = tmp_path_factory.mktemp("graphs"), seq2seq.export_parts, {}
+    from lsg_export.onnx import pipeline
+    store, real, made = tmp_path_factory.mktemp("graphs"), pipeline.export_parts, {}
 
-    def export_parts(model, info, folder, seq, backend, opset, status, device="cpu"):
-        key = (str(Path(info.path).resolve()), seq, backend.name, opset, device)
+    def export_parts(parts, info, folder, seq, kind, opset, status, device="cpu"):
+        key = (str(Path(info.path).resolve()), seq, kind.name, opset, device)
+        files = [part.file for part in parts]
         if key not in made:
-            parts = real(model, info, folder, seq, backend, opset, status, device)
+            records = real(parts, info, folder, seq, kind, opset, status, device)
             keep = store / str(len(made))
             keep.mkdir()
-            for file in PART_FILES:
+            for file in files:
                 shutil.copy(folder / file, keep / file)
-            made[key] = (keep, parts)
-        keep, parts = made[key]
-        for file in PART_FILES:
+            made[key] = (keep, records)
+        keep, records = made[key]
+        for file in files:
             shutil.copy(keep / file, folder / file)
-        return dict(parts)
+        return dict(records)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(seq2seq, "export_parts", export_parts)
+        patch.setattr(pipeline, "export_parts", export_parts)
         yield made
 
 
