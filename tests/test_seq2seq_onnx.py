@@ -124,6 +124,33 @@ def test_layout_and_validation(exports, model_type):
         assert rows[length, "greedy tokens"]["max_abs_diff"] == 0 and rows[length, "greedy tokens"]["ok"]
 
 
+def test_export_json_lists_the_graphs(exports, tmp_path):
+    """export.json's graph list: each graph's name and file, with the inputs and outputs its file has; the same
+    folder as exports wrote it before the list (the per-file "graphs" of then) still validates and loads."""
+    import onnx
+
+    from lsg_export.onnx import load_ort_model, validate_onnx
+    _, folder, _ = exports["bart"]
+    data = json.loads((folder / "export.json").read_text())
+    assert [(g["name"], g["file"]) for g in data["graphs"]] == [
+        ("encoder", "encoder_model.onnx"), ("decoder", "decoder_model.onnx"),
+        ("decoder_with_past", "decoder_with_past_model.onnx"), ("decoder_merged", MERGED_FILE)]
+    for entry in data["graphs"]:
+        graph = onnx.load(str(folder / entry["file"])).graph
+        assert entry["inputs"] == [v.name for v in graph.input] and entry["outputs"] == [v.name for v in graph.output]
+        assert entry["nodes"] == len(graph.node) and entry["external_data"] is False
+    assert all(entry["seconds"] > 0 for entry in data["graphs"][:3]) and "seconds" not in data["graphs"][3]
+
+    old = tmp_path / "old"
+    shutil.copytree(folder, old)
+    data["graphs"] = {entry["file"]: {"nodes": entry["nodes"]} for entry in data["graphs"]}
+    (old / "export.json").write_text(json.dumps(data))
+    report = validate_onnx(old, lengths=[9], record=False)
+    assert report.passed and {row.output for row in report.rows} == {
+        "last_hidden_state", "logits", "logits (past)", "logits (merged)", "logits (merged, past)", "greedy tokens"}
+    assert load_ort_model(old).decoder.is_merged
+
+
 def prompts(model_type, length, generator):
     """2 prompts of `length` tokens ending with eos, the second padded to 2/3 of it."""
     pad, eos = (0, 1) if model_type == "pegasus" else (1, 2)

@@ -38,6 +38,7 @@ def limit_positions(model, rows):
 
 class EncoderOnly:
     """One graph part, "model" (model.onnx): the task module of an encoder."""
+    label = "encoder"
     external_data = True  # weights above 2 GB go to model.onnx.data
     side_files = ()
 

@@ -71,7 +71,7 @@ def check_external_data(layout, parts):
     external = external_data(parts)
     for part in parts:
         if external[part.file] and not layout.external_data:
-            raise LSGExportError(f"the {part.name} weights take {part.weight_bytes / 1e9:.1f} GB: {layout.task} "
+            raise LSGExportError(f"the {part.name} weights take {part.weight_bytes / 1e9:.1f} GB: {layout.label} "
                                  f"graphs above {EXTERNAL_DATA_BYTES / 1e9:.1f} GB (external data) are not "
                                  f"supported yet")
     return external
@@ -79,7 +79,8 @@ def check_external_data(layout, parts):
 
 def export_parts(parts, info, folder, seq, kind, opset, status, device="cpu"):
     """torch.export -> ONNX of each part into `folder`, finished and checked; returns {file: its record as
-    exported ("nodes", "domains", "ir_version", "external_data", "seconds")}."""
+    exported ("nodes", "domains", "ir_version", "external_data", "seconds")}. info and seq: the model folder
+    and --seq the parts come from (what a cache of exported graphs, the tests', keys on)."""
     external = external_data(parts)
     records = {}
     for part in parts:

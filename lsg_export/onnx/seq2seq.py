@@ -343,6 +343,7 @@ class Seq2Seq:
     """optimum's seq2seq layout: the graph parts encoder, decoder and decoder_with_past, then the merged decoder
     made from the two decoders (merged: --merge-decoders); validated together, length by length, with greedy
     generation by ORTModelForSeq2SeqLM against PyTorch's."""
+    label = "encoder-decoder"
     external_data = False  # each graph one file: optimum's merge and loading of external data are not covered
     side_files = ("generation_config.json",)  # generate() of ORT and PyTorch: the same settings
     task = TASK
