@@ -44,6 +44,12 @@ def test_export_from_last_convert_then_validate(converted, tmp_path, monkeypatch
     meta = json.loads((out / "export.json").read_text())
     assert meta["task"] == "feature-extraction" and meta["validation"]["passed"]
     assert meta["optimize"]["level"] == "O2" and meta["optimize"]["nodes_after"] < meta["graph"]["nodes"]
+    # the graph list: one graph, its inputs and outputs as export.json's, its nodes after O2
+    (graph,) = meta["graphs"]
+    assert (graph["name"], graph["file"], graph["external_data"]) == ("model", "model.onnx", False)
+    assert graph["inputs"] == meta["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert graph["outputs"] == meta["outputs"] == ["last_hidden_state"]
+    assert graph["nodes"] == meta["final_graph"]["nodes"] == meta["optimize"]["nodes_after"]
 
     check = invoke("validate", "--lengths", "1,9,24", "--batch-size", "3", "--json")
     assert check.exit_code == 0, (check.output, check.exception)
@@ -71,6 +77,7 @@ def test_failed_validation_exits_1_and_keeps_the_folder(converted, tmp_path, mon
     meta = json.loads((out / "export.json").read_text())
     assert meta["validation"]["passed"] is False and meta["validation"]["failed_lengths"] == [3, 20]
     assert meta["graph"]["external_data"] and (out / "model.onnx.data").is_file()
+    assert meta["graphs"][0]["external_data"] and meta["graphs"][0]["file"] == "model.onnx"
     assert (out / "model.onnx").stat().st_size < (out / "model.onnx.data").stat().st_size
     rerun = invoke("validate", out, "--lengths", "3,20")  # default atol: the differences are tiny
     assert rerun.exit_code == 0, rerun.output

@@ -39,28 +39,29 @@ def convert_tiny(checkpoint, output, model_type, head="ForConditionalGeneration"
 
 @pytest.fixture(scope="module")
 def reuse_graphs(tmp_path_factory):
-    """seq2seq.export_parts (torch.export of the three graphs, ~10 s each time) run once per model, --seq,
+    """pipeline.export_parts (torch.export of the three graphs, ~10 s each time) run once per model, --seq,
     attention, opset and device while this module runs; a later export with the same five gets copies of its graphs,
     then does its own optimisation, quantisation, merge and validation. Yields the keys exported for real."""
-    from lsg_export.onnx import seq2seq
-    store, real, made = tmp_path_factory.mktemp("graphs"), seq2seq.export_parts, {}
+    from lsg_export.onnx import pipeline
+    store, real, made = tmp_path_factory.mktemp("graphs"), pipeline.export_parts, {}
 
-    def export_parts(model, info, folder, seq, backend, opset, status, device="cpu"):
-        key = (str(Path(info.path).resolve()), seq, backend.name, opset, device)
+    def export_parts(parts, info, folder, seq, kind, opset, status, device="cpu"):
+        key = (str(Path(info.path).resolve()), seq, kind.name, opset, device)
+        files = [part.file for part in parts]
         if key not in made:
-            parts = real(model, info, folder, seq, backend, opset, status, device)
+            records = real(parts, info, folder, seq, kind, opset, status, device)
             keep = store / str(len(made))
             keep.mkdir()
-            for file in PART_FILES:
+            for file in files:
                 shutil.copy(folder / file, keep / file)
-            made[key] = (keep, parts)
-        keep, parts = made[key]
-        for file in PART_FILES:
+            made[key] = (keep, records)
+        keep, records = made[key]
+        for file in files:
             shutil.copy(keep / file, folder / file)
-        return dict(parts)
+        return dict(records)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(seq2seq, "export_parts", export_parts)
+        patch.setattr(pipeline, "export_parts", export_parts)
         yield made
 
 
@@ -120,6 +121,33 @@ def test_layout_and_validation(exports, model_type):
         for output in ("last_hidden_state", "logits", "logits (past)", "logits (merged)", "logits (merged, past)"):
             assert rows[length, output]["max_abs_diff"] <= 1e-4
         assert rows[length, "greedy tokens"]["max_abs_diff"] == 0 and rows[length, "greedy tokens"]["ok"]
+
+
+def test_export_json_lists_the_graphs(exports, tmp_path):
+    """export.json's graph list: each graph's name and file, with the inputs and outputs its file has; the same
+    folder as exports wrote it before the list (the per-file "graphs" of then) still validates and loads."""
+    import onnx
+
+    from lsg_export.onnx import load_ort_model, validate_onnx
+    _, folder, _ = exports["bart"]
+    data = json.loads((folder / "export.json").read_text())
+    assert [(g["name"], g["file"]) for g in data["graphs"]] == [
+        ("encoder", "encoder_model.onnx"), ("decoder", "decoder_model.onnx"),
+        ("decoder_with_past", "decoder_with_past_model.onnx"), ("decoder_merged", MERGED_FILE)]
+    for entry in data["graphs"]:
+        graph = onnx.load(str(folder / entry["file"])).graph
+        assert entry["inputs"] == [v.name for v in graph.input] and entry["outputs"] == [v.name for v in graph.output]
+        assert entry["nodes"] == len(graph.node) and entry["external_data"] is False
+    assert all(entry["seconds"] > 0 for entry in data["graphs"][:3]) and "seconds" not in data["graphs"][3]
+
+    old = tmp_path / "old"
+    shutil.copytree(folder, old)
+    data["graphs"] = {entry["file"]: {"nodes": entry["nodes"]} for entry in data["graphs"]}
+    (old / "export.json").write_text(json.dumps(data))
+    report = validate_onnx(old, lengths=[9], record=False)
+    assert report.passed and {row.output for row in report.rows} == {
+        "last_hidden_state", "logits", "logits (past)", "logits (merged)", "logits (merged, past)", "greedy tokens"}
+    assert load_ort_model(old).decoder.is_merged
 
 
 def prompts(model_type, length, generator):

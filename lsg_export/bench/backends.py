@@ -24,8 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import LSGExportError
-from .failures import first_line
+from ..errors import LSGExportError, first_line
 
 CHUNK = 512  # the length the original encoders were trained at
 
@@ -208,7 +207,7 @@ def target_info(spec):
 
 
 def load_torch_lsg(spec):
-    from ..onnx.pipeline import load_torch_model
+    from ..onnx.encoder_only import load_torch_model
     from ..onnx.tasks import TaskModule
     info = target_info(spec)
     if info.family.seq2seq:
@@ -219,7 +218,7 @@ def load_torch_lsg(spec):
 
 def lsg_state_dict(info):
     """The converted weights as a state dict (any format the folder holds), without the global tokens."""
-    from ..onnx.pipeline import load_torch_model
+    from ..onnx.encoder_only import load_torch_model
     state = load_torch_model(info).state_dict()
     return {k: v for k, v in state.items() if "global_embeddings" not in k}
 
@@ -444,14 +443,17 @@ def load_ort_seq2seq(spec, folder, meta):
 def load_ort(spec):
     from pathlib import Path
 
+    from ..graph_list import find_graph, graph_list, single_graph
     from ..sources import read_export_json
     folder = Path(spec.export)
     meta = read_export_json(folder)
-    if meta.get("seq2seq"):
+    graphs = graph_list(meta)
+    if find_graph(graphs, "encoder") is not None:  # optimum's seq2seq layout
         return load_ort_seq2seq(spec, folder, meta)
     info = target_info(spec)
     device = spec.device
-    session = ort_session(folder / "model.onnx", device, meta.get("attention", "gather"), spec.threads)
+    graph = single_graph(folder, graphs, "the bench runs one graph, or the seq2seq layout")
+    session = ort_session(folder / graph.file, device, meta.get("attention", "gather"), spec.threads)
     if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
         raise LSGExportError("ONNX Runtime has no CUDAExecutionProvider here")
     feeds = [i.name for i in session.get_inputs()]

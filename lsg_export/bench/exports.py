@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 
 from ..errors import LSGExportError
+from ..graph_list import check_graph_files, graph_list, single_graph
+from ..sources import EXPORT_JSON, read_export_json
 from .backends import BACKENDS
 
 CACHE_DIR = "bench-exports"
@@ -35,7 +37,7 @@ def export_options(name, device):
 
 
 def stamp_for(name, target, device):
-    from ..onnx.pipeline import versions
+    from ..onnx.record import versions
     return {"backend": name, "options": export_options(name, device), "requantize": BACKENDS[name].requantize,
             "task": target.task, "seq": target.info.max_length,
             "weights_mtime": weights_mtime(target.model), "code": code_hash(), "versions": versions()}
@@ -49,14 +51,14 @@ def validation_lengths(info):
 
 def cached_export(name, target, device, status):
     """The folder of an up-to-date export for backend `name` (made now if missing or stale)."""
-    from ..onnx import export_onnx, seq2seq
+    from ..onnx import export_onnx
     folder = target.model / CACHE_DIR / (name if device == "cpu" or name == "ort-fp16" else f"{name}-{device}")
     stamp = stamp_for(name, target, device)
-    graphs = seq2seq.PART_FILES if target.seq2seq else ("model.onnx",)
     try:
-        if json.loads((folder / STAMP).read_text()) == stamp and all((folder / g).is_file() for g in graphs):
+        if json.loads((folder / STAMP).read_text()) == stamp:
+            check_graph_files(folder, graph_list(read_export_json(folder)))
             return folder
-    except (OSError, ValueError):
+    except (OSError, ValueError, LSGExportError):
         pass
     status(f"exporting {name} (first run: cached in {folder})")
     lengths, step = validation_lengths(target.info), lambda message: status(f"exporting {name}: {message}")
@@ -76,12 +78,16 @@ def requantize(folder, lengths, options, status):
     from ..onnx import validate_onnx
     from ..onnx.export import final_graph
     from ..onnx.optimize import quantize_int8
-    from ..onnx.pipeline import MODEL_FILE, write_json
-    from ..sources import EXPORT_JSON, read_export_json
+    from ..onnx.record import write_json
     status(f"quantizing the MatMul weights to int8 ({', '.join(f'{k}={v}' for k, v in options.items())})")
     meta = read_export_json(folder)
-    meta["quantize"] = quantize_int8(folder / MODEL_FILE, meta["graph"]["external_data"], **options)
-    meta.update(precision="int8", final_graph=final_graph(folder / MODEL_FILE))
+    graph = single_graph(folder, graph_list(meta), "requantizing takes an export of one graph")
+    meta["quantize"] = quantize_int8(folder / graph.file, graph.external_data, **options)
+    final = final_graph(folder / graph.file)
+    meta.update(precision="int8", final_graph=final)
+    for entry in meta.get("graphs") or []:
+        if isinstance(entry, dict) and entry.get("file") == graph.file:
+            entry.update(final)
     write_json(folder / EXPORT_JSON, meta)
     validate_onnx(folder, lengths=lengths, status=status)
 

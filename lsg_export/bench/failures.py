@@ -1,6 +1,6 @@
-"""How a backend's failure is told: its first line, and whether it ran out of memory. Below both the
+"""How a backend's failure is told: its first line (errors.first_line), and whether it ran out of memory. Below both the
 backends (loading errors) and the measuring processes (failed cells)."""
-from ..errors import LSGExportError
+from ..errors import LSGExportError, first_line
 
 OOM_MARKERS = ("out of memory", "can't allocate memory", "failed to allocate memory", "bad_alloc", "memoryerror")
 
@@ -8,11 +8,6 @@ OOM_MARKERS = ("out of memory", "can't allocate memory", "failed to allocate mem
 def is_oom(error):
     text = f"{type(error).__name__} {error}".lower()
     return isinstance(error, MemoryError) or any(marker in text for marker in OOM_MARKERS)
-
-
-def first_line(error):
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0][:300]}" if text else type(error).__name__
 
 
 def plain_line(error):

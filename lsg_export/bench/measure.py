@@ -24,7 +24,8 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field, replace
 
-from .failures import first_line, is_oom, plain_line
+from ..errors import first_line
+from .failures import is_oom, plain_line
 from .worker_spec import ReferenceSpec, WorkerSpec
 
 MIN_RUNS = 3  # timed runs kept even when one run is long

@@ -46,7 +46,7 @@ def memory_total_gb():
 def environment(device, threads):
     import importlib.metadata as metadata
 
-    from ..onnx.pipeline import versions
+    from ..onnx.record import versions
     found = versions()
     for name in ("numpy", "matplotlib", "nvidia-ml-py"):
         try:

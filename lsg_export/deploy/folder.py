@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import LSGExportError
+from ..graph_list import GraphEntry, graph_list, single_graph
 from ..sources import EXPORT_JSON, read_export_json
 
-MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 
 
@@ -37,10 +37,11 @@ class ExportFolder:
     outputs: list  # TensorSpec per graph output
     data_files: list = field(default_factory=list)  # external data files, relative to the folder
     domains: list = field(default_factory=list)  # op domains of the graph
+    graph: GraphEntry = None  # the graph, as export.json lists it
 
     @property
     def model_file(self):
-        return self.path / MODEL_FILE
+        return self.path / self.graph.file
 
     @property
     def seq(self):
@@ -130,23 +131,27 @@ def open_export(folder, allow_unvalidated=False):
 
     path = Path(folder)
     meta = read_export_json(path)
-    missing = [name for name in (MODEL_FILE, "config.json") if not (path / name).is_file()]
-    if missing or not isinstance(meta, dict) or "seq" not in meta:
-        raise LSGExportError(f"{path}: incomplete export, {', '.join(missing) or EXPORT_JSON + ' without seq'} "
-                             f"missing; export it again with `lsg-export onnx`")
+    if not isinstance(meta, dict) or "seq" not in meta:
+        raise LSGExportError(f"{path}: incomplete export, {EXPORT_JSON} without seq; export it again with "
+                             f"`lsg-export onnx`")
+    graph = single_graph(path, graph_list(meta), "deploy and serve take an export of one graph (an encoder's)")
+    missing = [name for name in (graph.file, "config.json") if not (path / name).is_file()]
+    if missing:
+        raise LSGExportError(f"{path}: incomplete export, {', '.join(missing)} missing; export it again with "
+                             f"`lsg-export onnx`")
     try:
-        proto = onnx.load(str(path / MODEL_FILE), load_external_data=False)
+        proto = onnx.load(str(path / graph.file), load_external_data=False)
     except Exception as error:  # protobuf DecodeError, truncated file, ...
-        raise LSGExportError(f"{path / MODEL_FILE}: not a readable ONNX model ({type(error).__name__})") from None
+        raise LSGExportError(f"{path / graph.file}: not a readable ONNX model ({type(error).__name__})") from None
     data_files = sorted(_external_files(proto.graph))
     absent = [name for name in data_files if not (path / name).is_file()]
     if absent:
         raise LSGExportError(f"{path}: the graph's external data {', '.join(absent)} is missing")
     inputs, outputs = tensor_specs(proto.graph.input), tensor_specs(proto.graph.output)
     for kind, specs in (("inputs", inputs), ("outputs", outputs)):
-        named = meta.get(kind)
+        named = getattr(graph, kind)
         if named is not None and list(named) != [s.name for s in specs]:
-            raise LSGExportError(f"{path}: {EXPORT_JSON} names the {kind} {named} but model.onnx has "
+            raise LSGExportError(f"{path}: {EXPORT_JSON} names the {kind} {list(named)} but {graph.file} has "
                                  f"{[s.name for s in specs]}; export it again")
     domains = sorted({node.domain or "" for node in proto.graph.node})
     validation = meta.get("validation") or {}
@@ -156,4 +161,4 @@ def open_export(folder, allow_unvalidated=False):
                else "has no validation result")
         raise LSGExportError(f"{path} {why} (see its {EXPORT_JSON}); rerun `lsg-export validate {path}`, or pass "
                              f"--allow-unvalidated to deploy it anyway")
-    return ExportFolder(path, meta, inputs, outputs, data_files, domains)
+    return ExportFolder(path, meta, inputs, outputs, data_files, domains, graph)

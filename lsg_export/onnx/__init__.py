@@ -6,8 +6,10 @@
 
 Modules: tasks (task inference, input / output names, dummy inputs), export (torch -> ONNX and the
 attention kinds), optimize (fusions, float16, int8), validate (comparison and tables),
-pipeline (the two entry points above), attention_kinds (gather / custom-op attention), custom_op (the
-torch op and its ONNX node), loading (optimum's ORTModel classes on an export, custom ops registered).
+pipeline (the two entry points above: one loop over the graph parts, parts.py, of a layout, encoder_only or
+seq2seq), settings (validation settings), record (export.json), attention_kinds (gather / custom-op
+attention), custom_op (the torch op and its ONNX node), loading (optimum's ORTModel classes on an export,
+custom ops registered).
 """
 from .attention_kinds import ATTENTION_KINDS, AttentionKind, register_attention_kind
 from .loading import load_ort_model

@@ -113,14 +113,26 @@ def tidy(model):
     )(model)
 
 
-def finish_graph(path, *, input_axes, output_axes, external_data, doc=""):
-    """Name the symbolic dims as optimum does, cap the IR version, check the graph; returns the proto."""
+def finish_graph(path, *, input_axes, output_axes, external_data, doc="", input_names=None):
+    """Name the inputs and the symbolic dims as optimum does, cap the IR version, check the graph; returns
+    the proto.
+
+    input_axes: the dim names of every input, or {input name: its dim names (None: keep the exporter's)};
+    input_names: {torch argument name: ONNX input name} where they differ."""
     import onnx
     model = onnx.load(str(path))
+    input_names = input_names or {}
+    for value in model.graph.input:
+        value.name = input_names.get(value.name, value.name)
+    for node in model.graph.node:
+        for k, name in enumerate(node.input):
+            if name in input_names:
+                node.input[k] = input_names[name]
     renames = {}  # each input's own symbols (torch names them apart) -> optimum's axis names
     for value in model.graph.input:
-        for dim, axis in zip(value.type.tensor_type.shape.dim, input_axes):
-            if dim.dim_param:
+        axes = input_axes.get(value.name, ()) if isinstance(input_axes, dict) else input_axes
+        for dim, axis in zip(value.type.tensor_type.shape.dim, axes):
+            if dim.dim_param and axis:
                 renames[dim.dim_param] = axis
     for value in list(model.graph.input) + list(model.graph.value_info):
         for dim in value.type.tensor_type.shape.dim:

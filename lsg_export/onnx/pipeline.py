@@ -1,25 +1,31 @@
-"""export_onnx and validate_onnx: the steps of `lsg-export onnx` and `lsg-export validate`."""
+"""export_onnx and validate_onnx: the steps of `lsg-export onnx` and `lsg-export validate`, one loop over
+the graph parts of a layout (encoder_only.EncoderOnly: model.onnx; seq2seq.Seq2Seq: encoder, decoder,
+decoder with past, then the merged decoder).
+
+Every part is exported (torch.export -> ONNX, rewritten for ONNX Runtime), finished (names, dims, checks),
+optimised, converted and quantised as asked, then recorded in export.json's graph list; the layout makes
+the graphs built from the parts (the merged decoder) and validates the folder against PyTorch."""
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from ..errors import LSGExportError
 from ..folders import atomic_folder, check_output
-from ..quiet import quiet_transformers
+from ..graph_list import MODEL_FILE, check_graph_files, graph_list
 from ..sources import EXPORT_JSON, read_export_json
+from .encoder_only import EncoderOnly, limit_positions, load_torch_model  # noqa: F401 (the Python API's names)
 from .export import (DEFAULT_OPSET, EXTERNAL_DATA_BYTES, check_opset, export_graph, final_graph, finish_graph,
                      get_attention_kind, graph_domains)
 from .optimize import check_options, optimize_graph, quantize_int8, to_float16
-from .tasks import (TASKS, TaskModule, infer_task, input_axes, input_names, make_inputs, output_names,
-                    read_model_folder)
-from .validate import DEFAULT_ATOL, compare, default_lengths, default_text, document_inputs, make_session, parse_lengths
+from .record import record_validation, versions, write_json  # noqa: F401 (bench/exports.py)
+from .seq2seq import Seq2Seq
+from .settings import ValidationSettings, check_lengths, resolve_atol, validation_settings
+from .tasks import read_model_folder
+from .validate import default_text, document_inputs
 
-MODEL_FILE = "model.onnx"
+LAYOUTS = (Seq2Seq, EncoderOnly)
 NOT_COPIED = {"config.json", "README.md", "generation_config.json", "export.json"}
 NOT_COPIED_SUFFIXES = (".safetensors", ".bin", ".py", ".index.json", ".onnx", ".data", ".pt", ".h5", ".msgpack")
 
@@ -36,57 +42,16 @@ class ExportResult:
         return self.report.passed
 
 
-def load_torch_model(info):
-    """The PyTorch model of a converted folder (the package's own LSG classes: no remote code), fp32, eval."""
-    try:
-        with quiet_transformers():
-            model = info.family.model_class(info.head).from_pretrained(str(info.path), dtype=torch.float32)
-    except (OSError, RuntimeError, ValueError, TypeError) as error:
-        raise LSGExportError(f"{info.path}: cannot load the model ({str(error).splitlines()[0][:200]})") from None
-    return model.eval()
-
-
-def limit_positions(model, rows):
-    """Keep the first `rows` rows of the position table: inputs longer than --seq then fail in the graph
-    (the position lookup) instead of running unvalidated. Results at lengths <= --seq are unchanged."""
-    for module in model.modules():
-        table = getattr(module, "position_embeddings", None)
-        if isinstance(table, torch.nn.Embedding) and table.num_embeddings > rows:
-            smaller = torch.nn.Embedding(rows, table.embedding_dim, padding_idx=table.padding_idx)
-            smaller.weight.data = table.weight.data[:rows].clone()
-            module.position_embeddings = smaller
-            for name in ("position_ids", "token_type_ids"):
-                buffer = getattr(module, name, None)
-                if isinstance(buffer, torch.Tensor) and buffer.dim() == 2 and buffer.shape[1] > rows:
-                    persistent = name not in module._non_persistent_buffers_set
-                    module.register_buffer(name, buffer[:, :rows].clone(), persistent=persistent)
-
-
-def versions():
-    import importlib.metadata as metadata
-    found = {}
-    for name in ("lsg-export", "torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript",
-                 "optimum", "optimum-onnx"):
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return found
-
-
-def example_length(block_size, seq):
-    """The traced example: more than 2 blocks and not a multiple of the block (any length is correct)."""
-    return max(1, min(seq, 2 * block_size + block_size // 2 + 1))
-
-
-def write_side_files(info, folder, seq):
-    """config.json (no auto_map: the folder holds no modeling code) and the tokenizer files."""
+def write_side_files(info, folder, seq, extra=()):
+    """config.json (no auto_map: the folder holds no modeling code), the tokenizer files and the layout's
+    `extra` files of the model folder."""
     config = dict(info.config)
     config.pop("auto_map", None)
     config["max_position_embeddings"] = seq + info.family.position_offset
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     for path in info.path.iterdir():
-        if path.is_file() and path.name not in NOT_COPIED and not path.name.endswith(NOT_COPIED_SUFFIXES):
+        if path.is_file() and (path.name in extra or path.name not in NOT_COPIED
+                               and not path.name.endswith(NOT_COPIED_SUFFIXES)):
             shutil.copy(path, folder / path.name)
     tokenizer_config = folder / "tokenizer_config.json"
     if tokenizer_config.is_file():
@@ -95,49 +60,118 @@ def write_side_files(info, folder, seq):
         tokenizer_config.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
-HISTORY = 50  # validation runs kept in export.json's "validations" (the oldest dropped first)
+def external_data(parts):
+    """{file: whether the part's weights go to external data} (above EXTERNAL_DATA_BYTES: protobuf's
+    limit is 2 GB)."""
+    return {part.file: part.weight_bytes > EXTERNAL_DATA_BYTES for part in parts}
 
 
-def record_validation(meta, report, run):
-    """Store a validation in export.json's data: `validation` is the latest run (what deploy and serve gate
-    on), `validations` the history, each with when it ran, which command (`run`) and its inputs."""
-    entry = {"run": run, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **report.to_dict()}
-    history = [*meta.get("validations", []), {k: v for k, v in entry.items() if k != "rows"}]
-    meta["validation"], meta["validations"] = entry, history[-HISTORY:]
-    return meta
+def check_external_data(layout, parts):
+    """external_data(parts), refused before exporting for a layout without external data."""
+    external = external_data(parts)
+    for part in parts:
+        if external[part.file] and not layout.external_data:
+            raise LSGExportError(f"the {part.name} weights take {part.weight_bytes / 1e9:.1f} GB: {layout.label} "
+                                 f"graphs above {EXTERNAL_DATA_BYTES / 1e9:.1f} GB (external data) are not "
+                                 f"supported yet")
+    return external
 
 
-def write_json(path, data):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+def export_parts(parts, info, folder, seq, kind, opset, status, device="cpu"):
+    """torch.export -> ONNX of each part into `folder`, finished and checked; returns {file: its record as
+    exported ("nodes", "domains", "ir_version", "external_data", "seconds")}. info and seq: the model folder
+    and --seq the parts come from (what a cache of exported graphs, the tests', keys on)."""
+    external = external_data(parts)
+    records = {}
+    for part in parts:
+        path = folder / part.file
+        status(f"exporting {part.file} (opset {opset}, {kind.name} attention)")
+        seconds = export_graph(part.module, part.example, path, output_names=part.outputs, kind=kind, opset=opset,
+                               external_data=external[part.file], dynamic_dims=part.dynamic_dims, device=device)
+        status(f"checking {part.file} (onnx.checker, symbolic shape inference)")
+        proto = finish_graph(path, input_axes=part.input_axes, output_axes=part.output_axes,
+                             external_data=external[part.file], doc=part.doc, input_names=part.input_names)
+        domains = graph_domains(proto)
+        foreign = [d for d in domains if d not in kind.domains]
+        if foreign:
+            raise LSGExportError(f"the {kind.name} attention graph uses ops outside its domains: {', '.join(foreign)}")
+        records[part.file] = {"nodes": len(proto.graph.node), "domains": domains, "ir_version": proto.ir_version,
+                              "external_data": external[part.file], "seconds": round(seconds, 2)}
+        del proto
+    return records
 
 
-def resolve_atol(atol, fp16, quantize, optimize=None):
-    """(atol, enforced): 1e-4 in float32, 1e-3 with O3's Gelu approximation, 1e-2 in float16; int8 only reports."""
-    if atol is not None and atol < 0:
-        raise LSGExportError(f"--atol must be positive, got {atol}")
-    default = DEFAULT_ATOL["fp16" if fp16 else ("O3" if optimize == "O3" else "fp32")]
-    return atol if atol is not None else default, quantize is None
+def process_parts(parts, folder, external, kind, optimize, fp16, quantize, device, status):
+    """--optimize, --fp16 and --quantize on each part; returns export.json's "optimize", "fp16" and "quantize"
+    (one part: its summaries; several: totals, with each graph's summary under "graphs")."""
+    optimized, quantized, converted = {}, {}, False
+    for part in parts:
+        path, data = folder / part.file, external[part.file]
+        if optimize != "none":
+            status(f"optimizing {part.file} ({optimize})")
+            optimized[part.file] = optimize_graph(path, optimize, part.optimizer_config, device, data,
+                                                  kind.setup_session, model_type=part.model_type)
+        if fp16:
+            status(f"converting {part.file} to float16")
+            converted = to_float16(path, data)
+        if quantize:
+            status(f"quantizing the MatMul weights of {part.file} to int8")
+            quantized[part.file] = quantize_int8(path, data)
+    steps = {"optimize": None, "fp16": converted, "quantize": None}
+    if len(parts) == 1:
+        steps.update(optimize=optimized.get(parts[0].file), quantize=quantized.get(parts[0].file))
+        return steps
+
+    def total(summaries, key):
+        return sum(summary[key] for summary in summaries.values())
+
+    if optimized:
+        steps["optimize"] = {"level": optimize, "nodes_before": total(optimized, "nodes_before"),
+                             "nodes_after": total(optimized, "nodes_after"), "graphs": optimized}
+    if quantized:
+        first = quantized[parts[0].file]
+        steps["quantize"] = {**{k: v for k, v in first.items() if k != "quantized_matmuls"},
+                             "quantized_matmuls": total(quantized, "quantized_matmuls"), "graphs": quantized}
+    return steps
 
 
-def check_lengths(info, seq, lengths, batch_size):
-    """(seq, validation lengths) of an export request: --seq within the position table (default: all of
-    it), then check_validation."""
-    seq = info.max_length if seq is None else seq
-    if not isinstance(seq, int) or not 1 <= seq <= info.max_length:
-        raise LSGExportError(f"--seq {seq} is outside 1..{info.max_length}, the lengths {info.path}'s position "
-                             f"table covers")
-    return seq, check_validation(info, seq, lengths, batch_size)
+def graph_entry(folder, name, file, exported):
+    """export.json's graph-list entry of a written graph: its names, inputs and outputs as the file has them,
+    how it was exported (`exported`: export_parts' record, None for a graph made from others) and what the
+    file holds after every step (final_graph)."""
+    import onnx
+    final = final_graph(folder / file)
+    proto = onnx.load(str(folder / file), load_external_data=False)
+    entry = {"name": name, "file": file, "inputs": [v.name for v in proto.graph.input],
+             "outputs": [v.name for v in proto.graph.output],
+             "external_data": bool(exported and exported["external_data"])}
+    if exported:
+        entry["seconds"] = exported["seconds"]
+    return {**entry, **final}
 
 
-def check_validation(info, seq, lengths, batch_size):
-    """Validation lengths of a graph valid up to seq: --lengths within 1..seq (default: around the block
-    boundaries), with a positive --batch-size."""
-    lengths = parse_lengths(lengths, seq) if lengths else default_lengths(info.config["block_size"], seq)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise LSGExportError(f"--batch-size must be positive, got {batch_size}")
-    return lengths
+def summary_keys(exported, entries):
+    """export.json's keys from before the graph list, kept for their readers: one graph: "graph" (as
+    exported) and "final_graph"; several: "graph" with the exported nodes and the final domains of all."""
+    if len(entries) == 1:
+        record = next(iter(exported.values()))
+        final = {k: v for k, v in entries[0].items() if k in ("nodes", "domains", "ir_version", "opsets")}
+        return {"graph": {k: record[k] for k in ("nodes", "domains", "ir_version", "external_data")},
+                "final_graph": final}
+    return {"graph": {"nodes": sum(record["nodes"] for record in exported.values()),
+                      "domains": sorted({d for entry in entries for d in entry["domains"]})}}
+
+
+def layout_for_model(info, task, merge_decoders):
+    layout = next(layout for layout in LAYOUTS if layout.serves(info.family))
+    return layout.for_export(info, task, merge_decoders)
+
+
+def layout_for_folder(folder, info, meta, graphs):
+    for layout in LAYOUTS:
+        if layout.reads(graphs):
+            return layout.for_folder(info, meta, graphs)
+    raise LSGExportError(f"{folder}: {EXPORT_JSON} lists graphs no layout reads: {', '.join(g.name for g in graphs)}")
 
 
 def export_onnx(model, output=None, *, seq=None, task="auto", opset=DEFAULT_OPSET, attention="gather",
@@ -154,16 +188,7 @@ def export_onnx(model, output=None, *, seq=None, task="auto", opset=DEFAULT_OPSE
     status = status or (lambda message: None)
     started = time.perf_counter()
     info = read_model_folder(model)
-    if info.family.seq2seq:  # encoder-decoders: three graphs in optimum's seq2seq layout (seq2seq.py)
-        from .seq2seq import export_seq2seq
-        return export_seq2seq(info, output, seq=seq, task=task, opset=opset, attention=attention, optimize=optimize,
-                              fp16=fp16, quantize=quantize, device=device, atol=atol, lengths=lengths,
-                              batch_size=batch_size, merge_decoders=merge_decoders, text=text, force=force, status=status,
-                              started=started)
-    if merge_decoders is not None:
-        raise LSGExportError(f"--merge-decoders is for encoder-decoders (bart, mbart, pegasus); {info.path} holds a "
-                             f"{info.family.class_name(info.head)}")
-    task = infer_task(info, task)
+    layout = layout_for_model(info, task, merge_decoders)
     kind = get_attention_kind(attention)
     check_opset(opset, kind)
     check_options(optimize, fp16, quantize, device)
@@ -171,95 +196,43 @@ def export_onnx(model, output=None, *, seq=None, task="auto", opset=DEFAULT_OPSE
         raise LSGExportError(f"the {kind.name} attention does not run on CUDA")
     seq, lengths = check_lengths(info, seq, lengths, batch_size)
     atol, enforced = resolve_atol(atol, fp16, quantize, optimize)
+    settings = ValidationSettings(info, lengths, batch_size, atol, enforced, device)
     output = check_output(Path(output) if output else info.path / "onnx", force)
     ids, label = document_inputs(info.path, text or default_text(quantize, info.path))
 
-    status(f"loading {info.path} ({info.family.class_name(info.head)}, task {task})")
-    torch_model = load_torch_model(info)
-    limit_positions(torch_model, seq + info.family.position_offset)
-    module = TaskModule(torch_model, task).eval()
-    names, outputs = input_names(info.family), output_names(task)
-    example = make_inputs(info, task, 2, example_length(info.config["block_size"], seq))
-    example = {name: example[name] for name in names}
-    weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
-    external = weight_bytes > EXTERNAL_DATA_BYTES
-
+    status(f"loading {info.path} ({info.family.class_name(info.head)}, task {layout.task})")
+    torch_model = layout.load_model(seq)
+    parts = layout.parts(torch_model, seq)
+    external = check_external_data(layout, parts)
     with atomic_folder(output, force) as tmp:
-        path = tmp / MODEL_FILE
-        status(f"exporting to ONNX (opset {opset}, {kind.name} attention)")
-        export_seconds = export_graph(module, example, path, output_names=outputs, kind=kind, opset=opset,
-                                      external_data=external, device=device)
-        status("checking the graph (onnx.checker, symbolic shape inference)")
-        proto = finish_graph(path, input_axes=input_axes(task), output_axes=TASKS[task].output_axes,
-                             external_data=external,
-                             doc=f"LSG {info.family.class_name(info.head)} ({task}) by lsg-export")
-        domains = graph_domains(proto)
-        foreign = [d for d in domains if d not in kind.domains]
-        if foreign:
-            raise LSGExportError(f"the {kind.name} attention graph uses ops outside its domains: {', '.join(foreign)}")
-        graph = {"nodes": len(proto.graph.node), "domains": domains, "ir_version": proto.ir_version,
-                 "external_data": external}
-        del proto
-        steps = {"optimize": None, "fp16": False, "quantize": None}
-        if optimize != "none":
-            status(f"optimizing ({optimize})")
-            steps["optimize"] = optimize_graph(path, optimize, info.config, device, external, kind.setup_session)
-        if fp16:
-            status("converting to float16")
-            steps["fp16"] = to_float16(path, external)
-        if quantize:
-            status("quantizing the MatMul weights to int8")
-            steps["quantize"] = quantize_int8(path, external)
-        final = final_graph(path)
-        write_side_files(info, tmp, seq)
-
-        session = make_session(path, device, kind)
-        report = compare(session, module, info, task, outputs, lengths, batch_size, atol, enforced, ids=ids,
-                         inputs_label=label, progress=status)
-        del session
+        exported = export_parts(parts, info, tmp, seq, kind, opset, status, device)
+        steps = process_parts(parts, tmp, external, kind, optimize, fp16, quantize, device, status)
+        written = [(part.name, part.file) for part in parts] + layout.combine(tmp, status)
+        entries = [graph_entry(tmp, name, file, exported.get(file)) for name, file in written]
+        write_side_files(info, tmp, seq, layout.side_files)
         meta = {
             "model": str(info.path.resolve()), "architecture": info.family.class_name(info.head),
-            "model_type": info.family.model_type, "task": task, "seq": seq, "opset": opset,
-            "attention": kind.name, "custom_ops": kind.custom_ops, "device": device, "inputs": names, "outputs": outputs,
-            "input_axes": list(input_axes(task)), "lsg": info.lsg_options, "graph": graph, **steps,
-            "final_graph": final,
-            "precision": "fp16" if fp16 else ("int8" if quantize else "fp32"),
-            "versions": versions(),
-            "seconds": {"export": round(export_seconds, 2), "total": round(time.perf_counter() - started, 2)},
-            "validation_lengths": lengths,
+            "model_type": info.family.model_type, "task": layout.task, **layout.record(), "seq": seq, "opset": opset,
+            "attention": kind.name, "custom_ops": kind.custom_ops, "device": device,
+            **summary_keys(exported, entries), "graphs": entries, **steps,
+            "precision": "fp16" if fp16 else ("int8" if quantize else "fp32"), "versions": versions(),
         }
+        write_json(tmp / EXPORT_JSON, meta)  # optimum's loading in the validation reads it
+        report = layout.validate(tmp, torch_model, settings, kind, graph_list(meta), ids=ids, inputs_label=label,
+                                 status=status)
+        meta["seconds"] = {"export": round(sum(record["seconds"] for record in exported.values()), 2),
+                           "total": round(time.perf_counter() - started, 2)}
+        meta["validation_lengths"] = lengths
         write_json(tmp / EXPORT_JSON, record_validation(meta, report, "export"))
-    return ExportResult(output, task, report, meta)
+    return ExportResult(output, layout.task, report, meta)
 
 
 def read_export_folder(folder):
+    """export.json of an export folder whose listed graphs are all there."""
     folder = Path(folder)
     meta = read_export_json(folder)
-    if not meta.get("seq2seq") and not (folder / MODEL_FILE).is_file():  # seq2seq: encoder_model.onnx, ...
-        raise LSGExportError(f"{folder}: no {MODEL_FILE}")
+    check_graph_files(folder, graph_list(meta))
     return meta
-
-
-def export_lengths(meta):
-    """The lengths an export was validated at when it was written (folders from before the history: the
-    lengths of their recorded validation)."""
-    history = meta.get("validations") or [meta.get("validation") or {}]
-    return meta.get("validation_lengths") or history[0].get("lengths")
-
-
-def validation_settings(folder, meta, model, lengths, batch_size, atol, device):
-    """What a re-validation of an export folder runs with, checked: (info of the PyTorch model, lengths,
-    atol, enforced, device), from the arguments or else from export.json (`meta`)."""
-    source = model or meta.get("model")
-    if source and model is None and not Path(source).is_dir():
-        raise LSGExportError(f"the PyTorch model {source} named in {folder / EXPORT_JSON} is gone: pass --model")
-    info = read_model_folder(source)
-    lengths = check_validation(info, int(meta["seq"]), lengths or export_lengths(meta), batch_size)
-    fp16, quantize = meta.get("fp16"), meta.get("quantize")
-    atol, enforced = resolve_atol(atol, fp16, quantize, (meta.get("optimize") or {}).get("level"))
-    device = device or meta.get("device", "cpu")
-    check_options("none", bool(fp16), quantize and "int8", device)
-    return info, lengths, atol, enforced, device
 
 
 def validate_onnx(folder, *, model=None, lengths=None, batch_size=2, text=None, atol=None, device=None,
@@ -272,22 +245,18 @@ def validate_onnx(folder, *, model=None, lengths=None, batch_size=2, text=None, 
     status = status or (lambda message: None)
     folder = Path(folder)
     meta = read_export_folder(folder)
-    if meta.get("seq2seq"):
-        from .seq2seq import validate_seq2seq
-        return validate_seq2seq(folder, meta, model=model, lengths=lengths, batch_size=batch_size, text=text,
-                                atol=atol, device=device, status=status, record=record)
-    info, lengths, atol, enforced, device = validation_settings(folder, meta, model, lengths, batch_size, atol, device)
-    task, seq = meta["task"], int(meta["seq"])
+    graphs = graph_list(meta)
+    settings = validation_settings(folder, meta, model, lengths, batch_size, atol, device)
+    layout = layout_for_folder(folder, settings.info, meta, graphs)
     ids, label = document_inputs(folder, text or default_text(meta.get("quantize"), folder))
 
-    status(f"loading {info.path}")
-    torch_model = load_torch_model(info)
-    limit_positions(torch_model, seq + info.family.position_offset)
-    module = TaskModule(torch_model, task).eval()
-    session = make_session(folder / MODEL_FILE, device, get_attention_kind(meta.get("attention", "gather")))
-    report = compare(session, module, info, task, meta["outputs"], lengths, batch_size, atol, enforced, ids=ids,
-                     inputs_label=label,
-                     progress=status)
+    status(f"loading {settings.info.path}")
+    torch_model = layout.load_model(int(meta["seq"]))
+    report = layout.validate(folder, torch_model, settings, get_attention_kind(meta.get("attention", "gather")), graphs,
+                             ids=ids, inputs_label=label, status=status)
     if record:
         write_json(folder / EXPORT_JSON, record_validation(meta, report, "validate"))
     return report
+
+
+__all__ = ["export_onnx", "validate_onnx", "ExportResult", "read_export_folder", "MODEL_FILE"]

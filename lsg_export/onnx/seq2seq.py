@@ -1,4 +1,5 @@
-"""ONNX export of the encoder-decoder LSG models (bart, mbart, pegasus) in optimum's layout.
+"""The encoder-decoder layout (bart, mbart, pegasus): optimum's seq2seq layout, its graph parts for
+pipeline.py, the merged decoder, the validation with generation, and loading with optimum.
 
 OUT holds what `optimum.onnxruntime.ORTModelForSeq2SeqLM.from_pretrained(OUT)` loads:
 
@@ -24,30 +25,25 @@ merged graph): the encoder as the encoders' graphs (model_type bert, no attentio
 decoders with onnxruntime.transformers' model_type bart.
 """
 import inspect
-import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import LSGExportError
-from ..folders import atomic_folder, check_output
+from ..graph_list import SEQ2SEQ_FILES, find_graph, graph_list
 from ..quiet import quiet_transformers
 from ..sources import read_export_json
-from .export import (DEFAULT_OPSET, EXTERNAL_DATA_BYTES, check_opset, export_graph, final_graph, finish_graph,
-                     get_attention_kind, graph_domains)
-from .optimize import check_options, optimize_graph, quantize_int8, to_float16
+from .parts import GraphPart, example_length, weight_bytes
 from .tasks import make_inputs
 from .ties import SelectionProbe
-from .validate import (Comparison, ValidationReport, compare_output, length_status, make_session, text_chunks,
-                       default_text, document_inputs)
+from .validate import Comparison, ValidationReport, compare_output, length_status, make_session, text_chunks
 
-ENCODER_FILE = "encoder_model.onnx"
-DECODER_FILE = "decoder_model.onnx"
-DECODER_WITH_PAST_FILE = "decoder_with_past_model.onnx"
+ENCODER_FILE = SEQ2SEQ_FILES["encoder"]
+DECODER_FILE = SEQ2SEQ_FILES["decoder"]
+DECODER_WITH_PAST_FILE = SEQ2SEQ_FILES["decoder_with_past"]
 PART_FILES = (ENCODER_FILE, DECODER_FILE, DECODER_WITH_PAST_FILE)
-MERGED_FILE = "decoder_model_merged.onnx"
+MERGED_FILE = SEQ2SEQ_FILES["decoder_merged"]
 
 
 class EncoderModule(torch.nn.Module):
@@ -134,30 +130,6 @@ class DecoderModule(torch.nn.Module):
         return (logits, *presents)
 
 
-def finish_part(path, names, input_axes, output_axes, doc):
-    """Give a graph optimum's input names and dim names, then export.py's finishing and checks.
-
-    names: {torch argument name: ONNX input name}; input_axes: {ONNX input name: dim names (None: keep)}."""
-    import onnx
-    model = onnx.load(str(path))
-    renames = {}
-    for value in model.graph.input:
-        value.name = names.get(value.name, value.name)
-        for dim, axis in zip(value.type.tensor_type.shape.dim, input_axes.get(value.name, ())):
-            if dim.dim_param and axis:
-                renames[dim.dim_param] = axis
-    for node in model.graph.node:
-        for k, name in enumerate(node.input):
-            if name in names:
-                node.input[k] = names[name]
-    for value in [*model.graph.input, *model.graph.value_info]:
-        for dim in value.type.tensor_type.shape.dim:
-            if dim.dim_param in renames:
-                dim.dim_param = renames[dim.dim_param]
-    onnx.save_model(model, str(path))
-    return finish_graph(path, input_axes=(), output_axes=output_axes, external_data=False, doc=doc)
-
-
 ENC_AXES = ("batch_size", "encoder_sequence_length")
 HIDDEN_AXES = ("batch_size", "encoder_hidden_length", None)  # G + t rows when the globals are passed on
 TASK = "text2text-generation"
@@ -195,54 +167,27 @@ def encoder_inputs(info, batch, length, generator=None, ids=None):
     return {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
 
 
-def weight_bytes(*modules):
-    """Bytes of the distinct tensors of `modules` (tied weights once)."""
-    tensors = {t.data_ptr(): t for m in modules for t in [*m.parameters(), *m.buffers()]}
-    return sum(t.numel() * t.element_size() for t in tensors.values())
-
-
-def check_sizes(model):
-    """Each graph is one file (no external data): refuse parts protobuf cannot hold, before exporting."""
-    for part, size in (("encoder", weight_bytes(model.get_encoder())),
-                       ("decoder", weight_bytes(model.get_decoder(), model.lm_head))):
-        if size > EXTERNAL_DATA_BYTES:
-            raise LSGExportError(f"the {part} weights take {size / 1e9:.1f} GB: encoder-decoder graphs above "
-                                 f"{EXTERNAL_DATA_BYTES / 1e9:.1f} GB (external data) are not supported yet")
-
-
-def export_parts(model, info, folder, seq, kind, opset, status, device="cpu"):
-    """Write the three graphs (rewritten for ONNX Runtime on `device`); returns {file: {"nodes", "seconds"}}."""
-    from .pipeline import example_length
-    layers = model.config.decoder_layers
+def graph_parts(model, info, seq):
+    """The encoder, the decoder and the decoder with past as graph parts of `model` (--seq `seq`): traced on
+    a 2-row example; the decoder with past on the presents of the decoder's step."""
+    config = model.config
     example = encoder_inputs(info, 2, example_length(info.config["block_size"], seq))
     with torch.no_grad():
         hidden = model.get_encoder()(**example).last_hidden_state
-        decoder_ids = torch.full((2, 3), model.config.decoder_start_token_id, dtype=torch.long)
+        decoder_ids = torch.full((2, 3), config.decoder_start_token_id, dtype=torch.long)
         first = DecoderModule(model, False)(decoder_ids, example["attention_mask"], hidden)
-    parts = {}
     doc = f"LSG {info.family.class_name(info.head)} ({TASK}) by lsg-export"
-
-    status(f"exporting the encoder (opset {opset}, {kind.name} attention)")
-    path = folder / ENCODER_FILE
-    seconds = export_graph(EncoderModule(model).eval(), example, path, output_names=["last_hidden_state"],
-                           kind=kind, opset=opset, external_data=False, device=device)
-    proto = finish_part(path, {}, {"input_ids": ENC_AXES, "attention_mask": ENC_AXES}, (HIDDEN_AXES,), doc)
-    foreign = [d for d in graph_domains(proto) if d not in kind.domains]
-    if foreign:
-        raise LSGExportError(f"the {kind.name} attention graph uses ops outside its domains: {', '.join(foreign)}")
-    parts[ENCODER_FILE] = {"nodes": len(proto.graph.node), "seconds": round(seconds, 2)}
-
-    for with_past, file in ((False, DECODER_FILE), (True, DECODER_WITH_PAST_FILE)):
-        status(f"exporting the decoder{' with past' if with_past else ''}")
-        names, outputs = decoder_names(layers, with_past)
+    decoder_bytes = weight_bytes(model.get_decoder(), model.lm_head)
+    parts = [GraphPart("encoder", ENCODER_FILE, EncoderModule(model).eval(), example, ["input_ids", "attention_mask"],
+                       ["last_hidden_state"], {"input_ids": ENC_AXES, "attention_mask": ENC_AXES}, [HIDDEN_AXES],
+                       optimizer_config={"num_attention_heads": config.encoder_attention_heads,
+                                         "hidden_size": config.d_model},
+                       weight_bytes=weight_bytes(model.get_encoder()), doc=doc)]
+    for with_past, name in ((False, "decoder"), (True, "decoder_with_past")):
+        names, outputs = decoder_names(config.decoder_layers, with_past)
         values = [decoder_ids[:, :1] if with_past else decoder_ids, example["attention_mask"]]
         values += list(first[1:]) if with_past else [hidden]  # presents of step 1: the past of step 2
-        inputs = dict(zip(map(identifier, names), values))
         past_dims = {identifier(n): (0, 2) for n in names if n.startswith("past_key_values")}
-        path = folder / file
-        seconds = export_graph(DecoderModule(model, with_past).eval(), inputs, path, output_names=outputs,
-                               kind=kind, opset=opset, external_data=False, device=device,
-                               dynamic_dims={"encoder_hidden_states": (0, 1), **past_dims})
         decoder_axis = "past_decoder_sequence_length" if with_past else "decoder_sequence_length"
         input_axes = {"input_ids": ("batch_size", "decoder_sequence_length"), "encoder_attention_mask": ENC_AXES,
                       "encoder_hidden_states": HIDDEN_AXES}
@@ -251,48 +196,13 @@ def export_parts(model, info, folder, seq, kind, opset, status, device="cpu"):
         output_axes = [("batch_size", "decoder_sequence_length", None)] + [
             ("batch_size", None, "encoder_hidden_length" if ".encoder." in n else
              (decoder_axis + " + 1" if with_past else decoder_axis), None) for n in outputs[1:]]
-        proto = finish_part(path, {identifier(n): n for n in names}, input_axes, output_axes, doc)
-        parts[file] = {"nodes": len(proto.graph.node), "seconds": round(seconds, 2)}
+        parts.append(GraphPart(name, SEQ2SEQ_FILES[name], DecoderModule(model, with_past).eval(),
+                               dict(zip(map(identifier, names), values)), names, outputs, input_axes, output_axes,
+                               optimizer_config={"num_attention_heads": config.decoder_attention_heads,
+                                                 "hidden_size": config.d_model},
+                               model_type="bart", dynamic_dims={"encoder_hidden_states": (0, 1), **past_dims},
+                               weight_bytes=decoder_bytes, doc=doc))
     return parts
-
-
-# --- --optimize, --fp16, --quantize, the merged decoder -------------------------------------------
-
-def graph_config(config, file):
-    """Heads and width of one graph for onnxruntime.transformers (the config names them d_model, ...)."""
-    side = "encoder" if file == ENCODER_FILE else "decoder"
-    return {"num_attention_heads": config[f"{side}_attention_heads"], "hidden_size": config["d_model"]}
-
-
-def _totals(per_file, key):
-    return sum(step[key] for step in per_file.values())
-
-
-def post_process(folder, config, kind, optimize, fp16, quantize, device, status):
-    """The steps of export_onnx on each of the three graphs; returns export.json's "optimize", "fp16" and
-    "quantize" (each with its per-graph summaries under "graphs")."""
-    optimized, quantized, converted = {}, {}, False
-    for file in PART_FILES:
-        path, encoder = folder / file, file == ENCODER_FILE
-        if optimize != "none":
-            status(f"optimizing {file} ({optimize})")
-            optimized[file] = optimize_graph(path, optimize, graph_config(config, file), device, False,
-                                             kind.setup_session if encoder else None,
-                                             model_type="bert" if encoder else "bart")
-        if fp16:
-            status(f"converting {file} to float16")
-            converted = to_float16(path, False)
-        if quantize:
-            status(f"quantizing the MatMul weights of {file} to int8")
-            quantized[file] = quantize_int8(path, False)
-    steps = {"optimize": None, "fp16": converted, "quantize": None}
-    if optimized:
-        steps["optimize"] = {"level": optimize, "nodes_before": _totals(optimized, "nodes_before"),
-                             "nodes_after": _totals(optimized, "nodes_after"), "graphs": optimized}
-    if quantized:
-        steps["quantize"] = {**{k: v for k, v in quantized[ENCODER_FILE].items() if k != "quantized_matmuls"},
-                             "quantized_matmuls": _totals(quantized, "quantized_matmuls"), "graphs": quantized}
-    return steps
 
 
 def merge_decoder_graphs(folder):
@@ -311,12 +221,15 @@ def merge_decoder_graphs(folder):
 
 
 class Sessions:
-    """ONNX Runtime sessions of the graphs of a folder (merged: the merged decoder's, when it is there)."""
+    """ONNX Runtime sessions of the graphs of a folder (export.json's graph list): the encoder, the decoder,
+    the decoder with past, and the merged decoder when the list has one."""
 
-    def __init__(self, folder, device, kind, merged=False):
-        self.encoder, self.decoder, self.decoder_with_past = (
-            make_session(Path(folder) / f, device, kind) for f in PART_FILES)
-        self.merged = make_session(Path(folder) / MERGED_FILE, device, kind) if merged else None
+    def __init__(self, folder, graphs, device, kind):
+        def session(name):
+            graph = find_graph(graphs, name)
+            return make_session(Path(folder) / graph.file, device, kind) if graph is not None else None
+        self.encoder, self.decoder, self.decoder_with_past, self.merged = (
+            session(name) for name in ("encoder", "decoder", "decoder_with_past", "decoder_merged"))
         self.past_names = [i.name for i in self.decoder_with_past.get_inputs() if i.name.startswith("past")]
 
     def run_merged(self, decoder_ids, mask, hidden, config):
@@ -417,7 +330,7 @@ def load_seq2seq_model(folder, provider="CPUExecutionProvider", session_options=
 
     meta = read_export_json(folder)
     if use_merged is None:  # said, not left to optimum, which logs a line when it looks for a missing file
-        use_merged = bool(meta.get("merged_decoder"))
+        use_merged = find_graph(graph_list(meta), "decoder_merged") is not None
     if meta.get("custom_ops"):
         from ..ops.session import session_options_with_ops
         session_options = session_options_with_ops(session_options)
@@ -426,100 +339,66 @@ def load_seq2seq_model(folder, provider="CPUExecutionProvider", session_options=
                                                     use_merged=use_merged, **kwargs)
 
 
-def export_seq2seq(info, output=None, *, seq=None, task="auto", opset=DEFAULT_OPSET, attention="gather",
-                   optimize="none", fp16=False, quantize=None, device="cpu", atol=None, lengths=None, batch_size=2,
-                   merge_decoders=None, text=None, force=False, status=None, started=None):
-    """export_onnx for a converted encoder-decoder folder (`info`): the three graphs (each optimised,
-    converted, quantised as asked) and the merged decoder (merge_decoders: default on), validated.
+class Seq2Seq:
+    """optimum's seq2seq layout: the graph parts encoder, decoder and decoder_with_past, then the merged decoder
+    made from the two decoders (merged: --merge-decoders); validated together, length by length, with greedy
+    generation by ORTModelForSeq2SeqLM against PyTorch's."""
+    label = "encoder-decoder"
+    external_data = False  # each graph one file: optimum's merge and loading of external data are not covered
+    side_files = ("generation_config.json",)  # generate() of ORT and PyTorch: the same settings
+    task = TASK
 
-    Returns pipeline.ExportResult (task text2text-generation)."""
-    from .pipeline import (EXPORT_JSON, ExportResult, check_lengths, record_validation, resolve_atol, versions,
-                           write_json, write_side_files)
-    status = status or (lambda message: None)
-    started = started or time.perf_counter()
-    check_head(info, task)
-    kind = get_attention_kind(attention)
-    check_opset(opset, kind)
-    check_options(optimize, fp16, quantize, device)
-    if device == "cuda" and "CUDAExecutionProvider" not in kind.providers:
-        raise LSGExportError(f"the {kind.name} attention does not run on CUDA")
-    merge_decoders = True if merge_decoders is None else bool(merge_decoders)
-    seq, lengths = check_lengths(info, seq, lengths, batch_size)
-    atol, enforced = resolve_atol(atol, fp16, quantize, optimize)
-    output = check_output(Path(output) if output else info.path / "onnx", force)
-    ids, label = document_inputs(info.path, text or default_text(quantize, info.path))
+    def __init__(self, info, merged):
+        self.info, self.merged = info, merged
 
-    status(f"loading {info.path} ({info.family.class_name(info.head)}, task {TASK})")
-    model = load_model(info, seq)
-    check_sizes(model)
-    with atomic_folder(output, force) as tmp:
-        parts = export_parts(model, info, tmp, seq, kind, opset, status, device)
-        nodes = sum(part["nodes"] for part in parts.values())
-        steps = post_process(tmp, info.config, kind, optimize, fp16, quantize, device, status)
-        files = list(PART_FILES)
-        if merge_decoders:
-            status("merging the decoders (decoder_model_merged.onnx)")
-            merge_decoder_graphs(tmp)
-            files.append(MERGED_FILE)
-        finals = {file: final_graph(tmp / file) for file in files}
-        write_side_files(info, tmp, seq)
-        if (info.path / "generation_config.json").is_file():  # generate() of ORT and PyTorch: the same settings
-            shutil.copy(info.path / "generation_config.json", tmp / "generation_config.json")
-        meta = {
-            "model": str(info.path.resolve()), "architecture": info.family.class_name(info.head),
-            "model_type": info.family.model_type, "task": TASK, "seq2seq": True, "files": files,
-            "merged_decoder": merge_decoders,
-            "seq": seq, "opset": opset, "attention": kind.name, "custom_ops": getattr(kind, "custom_ops", None),
-            "device": device, "lsg": {**info.lsg_options, "pass_global_tokens_to_decoder":
-                                      info.config.get("pass_global_tokens_to_decoder", True)},
-            "graph": {"nodes": nodes, "domains": sorted({d for f in finals.values() for d in f["domains"]})},
-            "graphs": {file: {**parts.get(file, {}), **finals[file]} for file in files},
-            **steps, "precision": "fp16" if fp16 else ("int8" if quantize else "fp32"), "versions": versions(),
-        }
-        write_json(tmp / EXPORT_JSON, meta)
-        report = validate_folder(tmp, model, info, meta, lengths, batch_size, atol, enforced, device=device, ids=ids,
-                                 inputs_label=label, status=status)
-        meta["seconds"] = {"export": round(sum(p["seconds"] for p in parts.values()), 2),
-                           "total": round(time.perf_counter() - started, 2)}
-        meta["validation_lengths"] = lengths
-        write_json(tmp / EXPORT_JSON, record_validation(meta, report, "export"))
-    return ExportResult(output, TASK, report, meta)
+    @classmethod
+    def serves(cls, family):
+        return family.seq2seq
 
+    @classmethod
+    def reads(cls, graphs):
+        return find_graph(graphs, "encoder") is not None
 
-def validate_folder(folder, model, info, meta, lengths, batch_size, atol, enforced=True, device="cpu", ids=None,
-                    inputs_label="random ids", status=None):
-    """compare_seq2seq on an export folder: its graphs' sessions, and generation by ORTModelForSeq2SeqLM as
-    optimum loads the folder (the merged decoder when there is one)."""
-    status = status or (lambda message: None)
-    kind = get_attention_kind(meta.get("attention", "gather"))
-    sessions = Sessions(folder, device, kind, merged=bool(meta.get("merged_decoder")))
-    # CPU tensors in and out, as PyTorch's side (optimum binds CUDA buffers by default)
-    ort_model = load_seq2seq_model(folder, provider="CUDAExecutionProvider" if device == "cuda" else
-                                   "CPUExecutionProvider", use_io_binding=False)
-    return compare_seq2seq(sessions, model, info, lengths, batch_size, atol, enforced, ids=ids,
-                           inputs_label=inputs_label, ort_model=ort_model,
-                           progress=status)
+    @classmethod
+    def for_export(cls, info, task, merge_decoders):
+        check_head(info, task)
+        return cls(info, True if merge_decoders is None else bool(merge_decoders))
+
+    @classmethod
+    def for_folder(cls, info, meta, graphs):
+        return cls(info, find_graph(graphs, "decoder_merged") is not None)
+
+    def load_model(self, seq):
+        return load_model(self.info, seq)
+
+    def parts(self, model, seq):
+        return graph_parts(model, self.info, seq)
+
+    def combine(self, folder, status):
+        """The merged decoder, when asked: [(graph name, file)]."""
+        if not self.merged:
+            return []
+        status(f"merging the decoders ({MERGED_FILE})")
+        merge_decoder_graphs(folder)
+        return [("decoder_merged", MERGED_FILE)]
+
+    def record(self):
+        """export.json's keys of this layout."""
+        return {"seq2seq": True, "files": [*PART_FILES, *[MERGED_FILE] * self.merged], "merged_decoder": self.merged,
+                "lsg": {**self.info.lsg_options,
+                        "pass_global_tokens_to_decoder": self.info.config.get("pass_global_tokens_to_decoder", True)}}
+
+    def validate(self, folder, model, settings, kind, graphs, ids=None, inputs_label="random ids", status=None):
+        """compare_seq2seq on the folder's graphs, and generation by ORTModelForSeq2SeqLM as optimum loads the
+        folder (the merged decoder when there is one)."""
+        sessions = Sessions(folder, graphs, settings.device, kind)
+        # CPU tensors in and out, as PyTorch's side (optimum binds CUDA buffers by default)
+        ort_model = load_seq2seq_model(folder, provider="CUDAExecutionProvider" if settings.device == "cuda" else
+                                       "CPUExecutionProvider", use_io_binding=False)
+        return compare_seq2seq(sessions, model, self.info, settings.lengths, settings.batch_size, settings.atol,
+                               settings.enforced, ids=ids, inputs_label=inputs_label, ort_model=ort_model,
+                               progress=status)
 
 
-def validate_seq2seq(folder, meta, *, model=None, lengths=None, batch_size=2, text=None, atol=None, device=None,
-                     status=None, record=True):
-    """validate_onnx for an encoder-decoder export folder (see pipeline.validate_onnx)."""
-    from .pipeline import EXPORT_JSON, record_validation, validation_settings, write_json
-    status = status or (lambda message: None)
-    folder = Path(folder)
-    missing = [f for f in meta.get("files", PART_FILES) if not (folder / f).is_file()]
-    if missing:
-        raise LSGExportError(f"{folder}: no {', '.join(missing)}")
-    info, lengths, atol, enforced, device = validation_settings(folder, meta, model, lengths, batch_size, atol, device)
-    ids, label = document_inputs(folder, text or default_text(meta.get("quantize"), folder))
-    status(f"loading {info.path}")
-    torch_model = load_model(info, int(meta["seq"]))
-    report = validate_folder(folder, torch_model, info, meta, lengths, batch_size, atol, enforced, device=device, ids=ids,
-                             inputs_label=label, status=status)
-    if record:
-        write_json(folder / EXPORT_JSON, record_validation(meta, report, "validate"))
-    return report
-
-
-__all__ = ["export_seq2seq", "validate_seq2seq", "load_seq2seq_model", "compare_seq2seq", "EncoderModule",
-           "DecoderModule", "decoder_names", "PART_FILES", "MERGED_FILE", "TASK"]
+__all__ = ["Seq2Seq", "load_seq2seq_model", "compare_seq2seq", "EncoderModule", "DecoderModule", "decoder_names",
+           "PART_FILES", "MERGED_FILE", "TASK"]

@@ -1,0 +1,99 @@
+"""The encoder layout: one graph, model.onnx, of an encoder (BERT, RoBERTa, ...) with its task's head, as
+optimum's ORTModelFor<task> loads it; validated against the PyTorch model (validate.compare)."""
+import torch
+
+from ..errors import LSGExportError
+from ..graph_list import MODEL_FILE
+from ..quiet import quiet_transformers
+from .parts import GraphPart, example_length, weight_bytes
+from .tasks import TASKS, TaskModule, infer_task, input_axes, input_names, make_inputs, output_names
+from .validate import compare, make_session
+
+
+def load_torch_model(info):
+    """The PyTorch model of a converted folder (the package's own LSG classes: no remote code), fp32, eval."""
+    try:
+        with quiet_transformers():
+            model = info.family.model_class(info.head).from_pretrained(str(info.path), dtype=torch.float32)
+    except (OSError, RuntimeError, ValueError, TypeError) as error:
+        raise LSGExportError(f"{info.path}: cannot load the model ({str(error).splitlines()[0][:200]})") from None
+    return model.eval()
+
+
+def limit_positions(model, rows):
+    """Keep the first `rows` rows of the position table: inputs longer than --seq then fail in the graph
+    (the position lookup) instead of running unvalidated. Results at lengths <= --seq are unchanged."""
+    for module in model.modules():
+        table = getattr(module, "position_embeddings", None)
+        if isinstance(table, torch.nn.Embedding) and table.num_embeddings > rows:
+            smaller = torch.nn.Embedding(rows, table.embedding_dim, padding_idx=table.padding_idx)
+            smaller.weight.data = table.weight.data[:rows].clone()
+            module.position_embeddings = smaller
+            for name in ("position_ids", "token_type_ids"):
+                buffer = getattr(module, name, None)
+                if isinstance(buffer, torch.Tensor) and buffer.dim() == 2 and buffer.shape[1] > rows:
+                    persistent = name not in module._non_persistent_buffers_set
+                    module.register_buffer(name, buffer[:, :rows].clone(), persistent=persistent)
+
+
+class EncoderOnly:
+    """One graph part, "model" (model.onnx): the task module of an encoder."""
+    label = "encoder"
+    external_data = True  # weights above 2 GB go to model.onnx.data
+    side_files = ()
+
+    def __init__(self, info, task, outputs=None):
+        self.info, self.task = info, task
+        self.outputs = list(outputs) if outputs is not None else output_names(task)
+
+    @classmethod
+    def serves(cls, family):
+        return not family.seq2seq
+
+    @classmethod
+    def reads(cls, graphs):
+        return [g.name for g in graphs] == ["model"]
+
+    @classmethod
+    def for_export(cls, info, task, merge_decoders):
+        if merge_decoders is not None:
+            raise LSGExportError(f"--merge-decoders is for encoder-decoders (bart, mbart, pegasus); {info.path} "
+                                 f"holds a {info.family.class_name(info.head)}")
+        return cls(info, infer_task(info, task))
+
+    @classmethod
+    def for_folder(cls, info, meta, graphs):
+        return cls(info, meta["task"], graphs[0].outputs or meta["outputs"])
+
+    def load_model(self, seq):
+        """The task module of the PyTorch model, its position table cut to seq."""
+        model = load_torch_model(self.info)
+        limit_positions(model, seq + self.info.family.position_offset)
+        return TaskModule(model, self.task).eval()
+
+    def parts(self, module, seq):
+        names = input_names(self.info.family)
+        example = make_inputs(self.info, self.task, 2, example_length(self.info.config["block_size"], seq))
+        return [GraphPart("model", MODEL_FILE, module, {name: example[name] for name in names}, names, self.outputs,
+                          {name: input_axes(self.task) for name in names}, list(TASKS[self.task].output_axes),
+                          optimizer_config=self.info.config, weight_bytes=weight_bytes(module),
+                          doc=f"LSG {self.info.family.class_name(self.info.head)} ({self.task}) by lsg-export")]
+
+    def combine(self, folder, status):
+        """Graphs made from the exported ones: none."""
+        return []
+
+    def record(self):
+        """export.json's keys of this layout."""
+        names = input_names(self.info.family)
+        return {"inputs": names, "outputs": self.outputs, "input_axes": list(input_axes(self.task)),
+                "lsg": self.info.lsg_options}
+
+    def validate(self, folder, module, settings, kind, graphs, ids=None, inputs_label="random ids", status=None):
+        graph = graphs[0]
+        session = make_session(folder / graph.file, settings.device, kind)
+        return compare(session, module, self.info, self.task, self.outputs, settings.lengths, settings.batch_size,
+                       settings.atol, settings.enforced, ids=ids, inputs_label=inputs_label, progress=status)
+
+
+__all__ = ["EncoderOnly", "load_torch_model", "limit_positions"]
