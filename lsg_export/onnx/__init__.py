@@ -17,5 +17,5 @@ from .pipeline import ExportResult, export_onnx, validate_onnx
 from .tasks import TASKS
 from .validate import ValidationReport
 
-__all__ = ["export_onnx", "validate_onnx", "load_ort_model", "ExportResult", "ValidationReport", "TASKS", "ATTENTION_KINDS",
-           "AttentionKind", "register_attention_kind"]
+__all__ = ["export_onnx", "validate_onnx", "load_ort_model", "ExportResult", "ValidationReport", "TASKS",
+           "ATTENTION_KINDS", "AttentionKind", "register_attention_kind"]

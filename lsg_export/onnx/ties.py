@@ -21,8 +21,6 @@ until every output is within the tolerance."""
 from dataclasses import dataclass
 from functools import partial
 
-import torch
-
 from ..modeling.lsg_attention import norm_top_positions
 
 TIE_RTOL = 2.0 ** -16
