@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
+from .compat import config_errors
 from .errors import LSGExportError
 from .families import ALL_FAMILIES, AUTO_CLASSES
 from .folders import atomic_folder, check_output
@@ -203,13 +204,13 @@ def convert(model=None, output=None, *, max_sequence_length=4096, architecture=N
     config_dict.update(options, **extra)
     try:
         config = family.config_class()(**config_dict)
-    except (ValueError, TypeError) as error:
+    except config_errors() as error:
         raise LSGExportError(f"invalid configuration: {error}") from None
     lsg_class = family.model_class(head)
     try:
         with quiet_transformers():
             lsg_model = lsg_class.from_pretrained(source, config=config)
-    except (OSError, RuntimeError, ValueError, TypeError, SafetensorError) as error:  # corrupt file, bad kwargs
+    except (OSError, RuntimeError, SafetensorError, *config_errors()) as error:  # corrupt file, bad kwargs
         raise LSGExportError(f"{source}: cannot load the weights ({str(error).splitlines()[0][:200]})") from None
     tokenizer = _load_tokenizer(source)
 

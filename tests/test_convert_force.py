@@ -78,7 +78,8 @@ def test_force_over_a_folder_of_convert_files_only(tiny_bert, tmp_path):
     convert(str(tiny_bert), out, **SMALL, force=True, notice=messages.append)
     assert len(messages) == 1 and "keeping" not in messages[0]
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["config.json", "model.safetensors", "README.md", "lsg_attention.py", "lsg_base.py", "modeling_lsg_bert.py"])
+        ["config.json", "model.safetensors", "README.md", "lsg_attention.py", "lsg_base.py", "lsg_compat.py",
+         "modeling_lsg_bert.py"])
 
 
 def test_existing_empty_folder_is_no_replacement(tiny_bert, tmp_path):

@@ -132,7 +132,7 @@ def test_converted_folder(families, tiny_checkpoint, model_type):
         assert config["architectures"] == [family.class_name(head)]
         assert config["max_position_embeddings"] == LENGTH
         assert config["auto_map"][AUTO_CLASSES[head]] == f"{family.module}.{family.class_name(head)}"
-        for name in ("lsg_attention.py", "lsg_base.py", "lsg_seq2seq.py", family.module + ".py"):
+        for name in ("lsg_attention.py", "lsg_base.py", "lsg_compat.py", "lsg_seq2seq.py", family.module + ".py"):
             assert (result.path / name).is_file()
     result = families[model_type].results["ForConditionalGeneration"]
     config = json.loads((result.path / "config.json").read_text())

@@ -226,8 +226,8 @@ def lsg_state_dict(info):
 def family_model(info, positions, state):
     """The family's own transformers class (same head) with `positions` position rows, loaded from `state`."""
     import transformers
-    from transformers.modeling_utils import no_init_weights
 
+    from ..compat import no_init_weights
     from ..quiet import quiet_transformers
     from ..modeling.lsg_base import LSG_DEFAULTS
     config_dict = {k: v for k, v in info.config.items() if k not in (*LSG_DEFAULTS, "auto_map", "architectures")}
