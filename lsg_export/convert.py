@@ -140,9 +140,11 @@ def _load_tokenizer(source):
     from transformers import AutoTokenizer
     try:
         with quiet_transformers():
-            return AutoTokenizer.from_pretrained(source)
+            tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError, TypeError, AttributeError):  # camembert / xlm-roberta without files: AttributeError
         return None
+    # transformers 5 gives a folder without tokenizer files an empty one (its special tokens alone): none
+    return tokenizer if len(tokenizer) > len(tokenizer.all_special_tokens) else None
 
 
 def convert(model=None, output=None, *, max_sequence_length=4096, architecture=None, block_size=None,
@@ -244,7 +246,8 @@ def convert(model=None, output=None, *, max_sequence_length=4096, architecture=N
 
     status(f"writing {output}")
     with atomic_folder(output, force, keep_foreign_entries(notice)) as tmp:
-        lsg_model.save_pretrained(tmp, safe_serialization=True)
+        with quiet_transformers():  # transformers 5: a 'Writing model shards' bar on stderr
+            lsg_model.save_pretrained(tmp, safe_serialization=True)
         for path in family.modeling_files():
             shutil.copy(path, tmp / path.name)
         if tokenizer is not None:
