@@ -59,6 +59,7 @@ CONVERT_FILES = ("config.json", "generation_config.json", "README.md", "model.sa
                  "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                  "added_tokens.json", "chat_template.jinja", "vocab.txt", "vocab.json", "merges.txt", "spiece.model",
                  "sentencepiece.bpe.model")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "*.model")
 
 
 def written_by_convert(entry, new_names=()):
@@ -138,13 +139,17 @@ def _global_token_ids(tokenizer, config, rows, random_init):
 
 def _load_tokenizer(source):
     from transformers import AutoTokenizer
+    # transformers 5 builds a folder without tokenizer files a tokenizer of special tokens alone (mbart: its
+    # language codes too), whose ids would then seed the global tokens: such a folder has none
+    if Path(source).is_dir() and not any(fnmatch(p.name, pattern) for p in Path(source).iterdir()
+                                         for pattern in TOKENIZER_FILES):
+        return None
     try:
         with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError, TypeError, AttributeError):  # camembert / xlm-roberta without files: AttributeError
         return None
-    # transformers 5 gives a folder without tokenizer files an empty one (its special tokens alone): none
-    return tokenizer if len(tokenizer) > len(tokenizer.all_special_tokens) else None
+    return tokenizer if len(tokenizer) > len(tokenizer.all_special_tokens) else None  # the same from the hub
 
 
 def convert(model=None, output=None, *, max_sequence_length=4096, architecture=None, block_size=None,
