@@ -24,6 +24,8 @@ def seq2seq_config_init(config, parent, kwargs):
     """__init__ of an LSG seq2seq config: the encoder families' LSG keys + pass_global_tokens_to_decoder."""
     options = pop_lsg_options(kwargs)
     options.update({key: kwargs.pop(key, default) for key, default in SEQ2SEQ_DEFAULTS.items()})
+    if "id2label" in kwargs and "num_labels" not in kwargs:  # 4.x BartConfig's num_labels=3 default would
+        kwargs["num_labels"] = len(kwargs["id2label"])        # contradict a saved 2-label map (QA) and warn
     parent.__init__(config, **kwargs)
     apply_lsg_options(config, options)
 
