@@ -212,7 +212,7 @@ def convert(model=None, output=None, *, max_sequence_length=4096, architecture=N
     try:
         config = family.config_class()(**config_dict)
     except config_errors() as error:
-        raise LSGExportError(f"invalid configuration: {error}") from None
+        raise LSGExportError(f"invalid configuration: {' '.join(str(error).split())[:300]}") from None
     lsg_class = family.model_class(head)
     try:
         with quiet_transformers():

@@ -94,7 +94,7 @@ def test_failed_load_with_force_leaves_the_old_folder(tiny_bert, converted_with_
     out = converted_with_extras
     before = snapshot(out)
     result = CliRunner().invoke(main, ["convert", str(tiny_bert), "-o", str(out), *SMALL_ARGS, "--force",
-                                       "--model-kwargs", '{"hidden_size": "x"}'])
+                                       "--model-kwargs", '{"num_attention_heads": 5}'])
     assert result.exit_code == 2 and "cannot load the weights" in result.stderr
     assert snapshot(out) == before
     assert sorted(p.name for p in out.parent.iterdir()) == ["out"]
