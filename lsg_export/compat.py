@@ -46,3 +46,32 @@ def config_errors():
     except ImportError:
         return errors
     return errors + (StrictDataclassError,)
+
+
+def cache_from_layers(layers):
+    """An EncoderDecoderCache from per-layer (self key, self value, cross key, cross value): 4.x's
+    from_legacy_cache where it exists (5.x removed it), else filled layer by layer."""
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+    if hasattr(EncoderDecoderCache, "from_legacy_cache"):
+        return EncoderDecoderCache.from_legacy_cache(layers)
+    own, cross = DynamicCache(), DynamicCache()
+    for i, (key, value, cross_key, cross_value) in enumerate(layers):
+        own.update(key, value, i)
+        cross.update(cross_key, cross_value, i)
+    return EncoderDecoderCache(own, cross)
+
+
+def cache_layers(cache):
+    """Per-layer (self key, self value, cross key, cross value) of an EncoderDecoderCache (4.x's
+    to_legacy_cache; 5.x: read from its layers)."""
+    if hasattr(cache, "to_legacy_cache"):
+        return cache.to_legacy_cache()
+    return tuple((own.keys, own.values, cross.keys, cross.values) for own, cross in
+                 zip(cache.self_attention_cache.layers, cache.cross_attention_cache.layers))
+
+
+def cache_argument(module):
+    """The name under which `module.forward` takes its key / value cache: `cache` from transformers 5.2x
+    (`past_key_values` still accepted there, with a deprecation warning), `past_key_values` before."""
+    import inspect
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
