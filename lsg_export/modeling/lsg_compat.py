@@ -15,14 +15,14 @@ def return_dict_of(config, return_dict):
 def init_family_encoder(encoder, family_class, config, embed_tokens):
     """family_class.__init__ (BartEncoder, ...) on `encoder`, sharing the model's token table `embed_tokens`.
 
-    4.x takes the table as an argument; 5.x builds its own and ties it by name (_tied_weights_keys), so the
-    shared table is put in its place here, as 4.x does."""
+    4.x takes the table as an argument and shares its weight; 5.x builds its own and ties it by name
+    (_tied_weights_keys), so the weight is shared here as 4.x does."""
     if "embed_tokens" in inspect.signature(family_class.__init__).parameters:
         family_class.__init__(encoder, config, embed_tokens)
     else:
         family_class.__init__(encoder, config)
         if embed_tokens is not None:
-            encoder.embed_tokens = embed_tokens
+            encoder.embed_tokens.weight = embed_tokens.weight
 
 
 def layer_hidden(output):
