@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _cli import assert_user_error, invoke  # noqa: E402
 
 SEQ = 64
-LENGTHS = [1, 9, 17, SEQ]
+LENGTHS = [1, 17, SEQ]  # within, across and at the end of the blocks
 
 
 def tiny(checkpoint, output, architecture=None):
@@ -58,7 +58,7 @@ def test_export_and_validate(exports, model_type):
     if model_type == "bart":  # optimum's merge is the [optimum] extra's
         assert meta["merged_decoder"] is has_optimum()
         assert ((result.path / MERGED_FILE).is_file()) is has_optimum()
-    report = validate_onnx(result.path, lengths=[9, 33], record=False)
+    report = validate_onnx(result.path, lengths=[33], record=False)
     assert report.passed
 
 
