@@ -23,5 +23,5 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONPATH=$PWD
 exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
     tests/test_families.py::test_heads_load_without_lsg_export \
     tests/test_seq2seq.py::test_heads_and_generation_without_lsg_export \
-    tests/test_cli_convert.py -k bad \
+    tests/test_cli_convert.py::test_bad_options tests/test_cli_convert.py::test_bad_sources \
     tests/test_transformers_versions.py "$@"
