@@ -132,7 +132,7 @@ def _print_ties(console, report):
               "[default: random ids; int8: /usr/share/common-licenses/GPL-3 where present].")
 @click.option("--merge-decoders/--no-merge-decoders", default=None, help="Encoder-decoders: also write "
               "decoder_model_merged.onnx (both decoders in one graph, as optimum exports; optimum loads it) "
-              "[default: on].")
+              "[default: on where the [optimum] extra is installed, which the merge needs].")
 @click.option("--force", is_flag=True, help="Replace a non-empty output folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result (export.json) as JSON.")
 @user_errors

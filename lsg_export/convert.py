@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
+from .compat import config_errors
 from .errors import LSGExportError
 from .families import ALL_FAMILIES, AUTO_CLASSES
 from .folders import atomic_folder, check_output
@@ -58,6 +59,7 @@ CONVERT_FILES = ("config.json", "generation_config.json", "README.md", "model.sa
                  "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                  "added_tokens.json", "chat_template.jinja", "vocab.txt", "vocab.json", "merges.txt", "spiece.model",
                  "sentencepiece.bpe.model")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "*.model")
 
 
 def written_by_convert(entry, new_names=()):
@@ -137,11 +139,17 @@ def _global_token_ids(tokenizer, config, rows, random_init):
 
 def _load_tokenizer(source):
     from transformers import AutoTokenizer
+    # transformers 5 builds a folder without tokenizer files a tokenizer of special tokens alone (mbart: its
+    # language codes too), whose ids would then seed the global tokens: such a folder has none
+    if Path(source).is_dir() and not any(fnmatch(p.name, pattern) for p in Path(source).iterdir()
+                                         for pattern in TOKENIZER_FILES):
+        return None
     try:
         with quiet_transformers():
-            return AutoTokenizer.from_pretrained(source)
+            tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError, TypeError, AttributeError):  # camembert / xlm-roberta without files: AttributeError
         return None
+    return tokenizer if len(tokenizer) > len(tokenizer.all_special_tokens) else None  # the same from the hub
 
 
 def convert(model=None, output=None, *, max_sequence_length=4096, architecture=None, block_size=None,
@@ -203,13 +211,13 @@ def convert(model=None, output=None, *, max_sequence_length=4096, architecture=N
     config_dict.update(options, **extra)
     try:
         config = family.config_class()(**config_dict)
-    except (ValueError, TypeError) as error:
-        raise LSGExportError(f"invalid configuration: {error}") from None
+    except config_errors() as error:
+        raise LSGExportError(f"invalid configuration: {' '.join(str(error).split())[:300]}") from None
     lsg_class = family.model_class(head)
     try:
         with quiet_transformers():
             lsg_model = lsg_class.from_pretrained(source, config=config)
-    except (OSError, RuntimeError, ValueError, TypeError, SafetensorError) as error:  # corrupt file, bad kwargs
+    except (OSError, RuntimeError, SafetensorError, *config_errors()) as error:  # corrupt file, bad kwargs
         raise LSGExportError(f"{source}: cannot load the weights ({str(error).splitlines()[0][:200]})") from None
     tokenizer = _load_tokenizer(source)
 
@@ -243,7 +251,8 @@ def convert(model=None, output=None, *, max_sequence_length=4096, architecture=N
 
     status(f"writing {output}")
     with atomic_folder(output, force, keep_foreign_entries(notice)) as tmp:
-        lsg_model.save_pretrained(tmp, safe_serialization=True)
+        with quiet_transformers():  # transformers 5: a 'Writing model shards' bar on stderr
+            lsg_model.save_pretrained(tmp, safe_serialization=True)
         for path in family.modeling_files():
             shutil.copy(path, tmp / path.name)
         if tokenizer is not None:

@@ -20,7 +20,8 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except LSGExportError as error:
-            print(f"error: {error}", file=sys.stderr)
+            # one line whatever the message (transformers 5's config validation spans several)
+            print("error: " + " ".join(str(error).split()), file=sys.stderr)
             sys.exit(2)
 
     return wrapper

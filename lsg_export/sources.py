@@ -71,8 +71,11 @@ def read_config_dict(source):
         raise LSGExportError(
             f"cannot fetch '{source}' from the Hugging Face hub (offline, or no such model): download it where "
             f"there is network ({hub_download_command()} {source} --local-dir DIR) and pass DIR") from None
-    except (ValueError, TypeError, json.JSONDecodeError) as error:  # TypeError: JSON that is not an object
+    except (ValueError, TypeError, AttributeError, json.JSONDecodeError) as error:
+        # TypeError (4.x), AttributeError (5.x): JSON that is not an object
         raise LSGExportError(f"{source}: corrupt config.json ({error})") from None
+    if not isinstance(config, dict):
+        raise LSGExportError(f"{source}: corrupt config.json (not a JSON object)")
     return config
 
 

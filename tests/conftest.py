@@ -88,7 +88,7 @@ def pad_row(input_ids, row, real_length, pad_id):
 
 def lsg_variant(model, **options):
     """A copy of an LSG model (same class, same weights) with other LSG options, e.g. sparsity_type."""
-    from transformers.modeling_utils import no_init_weights
+    from lsg_export.compat import no_init_weights
     config = type(model.config).from_dict({**model.config.to_dict(), **options})
     with no_init_weights():  # the weights are loaded just below: skip the (slow) random init
         variant = type(model)(config)

@@ -79,7 +79,8 @@ def test_force_over_a_folder_of_convert_files_only(tiny_bert, tmp_path):
     convert(str(tiny_bert), out, **SMALL, force=True, notice=messages.append)
     assert len(messages) == 1 and "keeping" not in messages[0]
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["config.json", "model.safetensors", "README.md", "lsg_attention.py", "lsg_base.py", "modeling_lsg_bert.py"])
+        ["config.json", "model.safetensors", "README.md", "lsg_attention.py", "lsg_base.py", "lsg_compat.py",
+         "modeling_lsg_bert.py"])
 
 
 def test_existing_empty_folder_is_no_replacement(tiny_bert, tmp_path):
@@ -94,7 +95,7 @@ def test_failed_load_with_force_leaves_the_old_folder(tiny_bert, converted_with_
     out = converted_with_extras
     before = snapshot(out)
     result = CliRunner().invoke(main, ["convert", str(tiny_bert), "-o", str(out), *SMALL_ARGS, "--force",
-                                       "--model-kwargs", '{"hidden_size": "x"}'])
+                                       "--model-kwargs", '{"num_attention_heads": 5}'])
     assert result.exit_code == 2 and "cannot load the weights" in result.stderr
     assert snapshot(out) == before
     assert sorted(p.name for p in out.parent.iterdir()) == ["out"]

@@ -226,8 +226,8 @@ def lsg_state_dict(info):
 def family_model(info, positions, state):
     """The family's own transformers class (same head) with `positions` position rows, loaded from `state`."""
     import transformers
-    from transformers.modeling_utils import no_init_weights
 
+    from ..compat import no_init_weights
     from ..quiet import quiet_transformers
     from ..modeling.lsg_base import LSG_DEFAULTS
     config_dict = {k: v for k, v in info.config.items() if k not in (*LSG_DEFAULTS, "auto_map", "architectures")}
@@ -418,19 +418,24 @@ def torch_seq2seq_runner(model, spec, info, note=None):
 def load_ort_seq2seq(spec, folder, meta):
     """optimum's ORTModelForSeq2SeqLM on the export's graphs (encoder_model.onnx and the merged decoder, or
     the decoder and decoder with past when the export has no merged one), as optimum loads the folder."""
+    from ..compat import has_optimum
     from ..onnx.seq2seq import load_seq2seq_model
     info = target_info(spec)
     device = spec.device
     provider = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
+    merged = bool(meta.get("merged_decoder"))
     try:
-        model = load_seq2seq_model(folder, provider=provider, session_options=ort_options(spec.threads))
+        if has_optimum():
+            model = load_seq2seq_model(folder, provider=provider, session_options=ort_options(spec.threads))
+        else:  # without optimum: the same graphs under transformers' generate()
+            model = load_ort_generator(folder, meta, spec, merged)
     except LSGExportError:
         raise
     except Exception as error:
         raise LSGExportError(f"ONNX Runtime cannot load {folder} ({first_line(error)})") from None
     if device == "cuda" and "CUDAExecutionProvider" not in model.encoder.session.get_providers():
         raise LSGExportError("ONNX Runtime has no CUDAExecutionProvider here")
-    decoders = "merged decoder" if model.decoder.is_merged else "decoder and decoder with past"
+    decoders = "merged decoder" if merged else "decoder and decoder with past"
     return seq2seq_runner(lambda inputs: model.encoder(**inputs),
                           lambda inputs, encoded, settings: model.generate(**inputs, encoder_outputs=encoded, **settings),
                           info, torch.device(device),
@@ -438,6 +443,16 @@ def load_ort_seq2seq(spec, folder, meta):
                           note=f"{folder} (encoder, {decoders}; {meta.get('precision', 'fp32')}, optimize "
                                f"{(meta.get('optimize') or {}).get('level', 'none')}, attention {meta.get('attention')})",
                           sync=torch.cuda.synchronize if device == "cuda" else None)
+
+
+def load_ort_generator(folder, meta, spec, merged):
+    """lsg_export.onnx.generation's generator on the export's graphs, each session opened as ort_session."""
+    from ..onnx.generation import load_generator
+    from ..onnx.seq2seq import MERGED_FILE, PART_FILES
+    files = dict(zip(("encoder", "decoder", "decoder_with_past"), PART_FILES), **({"merged": MERGED_FILE} if merged else {}))
+    sessions = {part: ort_session(folder / file, spec.device, meta.get("attention", "gather"), spec.threads)
+                for part, file in files.items()}
+    return load_generator(folder, sessions, use_merged=merged)
 
 
 def load_ort(spec):

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from transformers.modeling_outputs import BaseModelOutput
 
 from .lsg_attention import LSGAttention
+from .lsg_compat import layer_hidden, return_dict_of
 from .lsg_base import apply_lsg_options, lsg_encode, lsg_heads, pop_lsg_options
 
 SEQ2SEQ_DEFAULTS = {"pass_global_tokens_to_decoder": True}
@@ -23,6 +24,8 @@ def seq2seq_config_init(config, parent, kwargs):
     """__init__ of an LSG seq2seq config: the encoder families' LSG keys + pass_global_tokens_to_decoder."""
     options = pop_lsg_options(kwargs)
     options.update({key: kwargs.pop(key, default) for key, default in SEQ2SEQ_DEFAULTS.items()})
+    if "id2label" in kwargs and "num_labels" not in kwargs:  # 4.x BartConfig's num_labels=3 default would
+        kwargs["num_labels"] = len(kwargs["id2label"])        # contradict a saved 2-label map (QA) and warn
     parent.__init__(config, **kwargs)
     apply_lsg_options(config, options)
 
@@ -77,7 +80,7 @@ class LSGEncoderMixin:
     def run_layers(self, hidden, key_mask, output_hidden_states):
         all_hidden = (hidden,) if output_hidden_states else None
         for layer in self.layers:
-            hidden = layer(hidden, key_mask, layer_head_mask=None)[0]
+            hidden = layer_hidden(layer(hidden, key_mask, layer_head_mask=None))
             if output_hidden_states:
                 all_hidden = all_hidden + (hidden,)
         if getattr(self, "layer_norm", None) is not None:  # mbart, pegasus: pre-norm layers, final LayerNorm
@@ -87,7 +90,7 @@ class LSGEncoderMixin:
     def forward(self, input_ids=None, attention_mask=None, head_mask=None, inputs_embeds=None,
                 output_attentions=None, output_hidden_states=None, return_dict=None, **unused):
         config = self.config
-        return_dict = config.use_return_dict if return_dict is None else return_dict
+        return_dict = return_dict_of(config, return_dict)
         inputs = input_ids if input_ids is not None else inputs_embeds[:, :, -1]
         n, t = inputs.shape[0], inputs.shape[1]
         block = config.block_size
@@ -134,7 +137,7 @@ class LSGSeq2SeqModelMixin:
 
     def forward(self, input_ids=None, attention_mask=None, encoder_outputs=None, inputs_embeds=None,
                 output_hidden_states=None, return_dict=None, **kwargs):
-        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        return_dict = return_dict_of(self.config, return_dict)
         if encoder_outputs is None:
             encoder_outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
                                            inputs_embeds=inputs_embeds, output_hidden_states=output_hidden_states,

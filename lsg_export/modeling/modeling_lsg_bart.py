@@ -9,6 +9,7 @@ from transformers.models.bart.modeling_bart import (
 
 from .lsg_attention import LSGAttention  # noqa: F401  (transformers copies only direct relative imports)
 from .lsg_base import LSG_DEFAULTS  # noqa: F401  (imported by lsg_seq2seq: it must be copied too)
+from .lsg_compat import init_family_encoder
 from .lsg_seq2seq import LSGEncoderMixin, LSGSeq2SeqModelMixin, build_lsg_model, seq2seq_config_init, seq2seq_heads
 
 
@@ -19,7 +20,7 @@ class LSGBartConfig(BartConfig):
 
 class LSGBartEncoder(LSGEncoderMixin, BartEncoder):
     def __init__(self, config, embed_tokens=None):
-        BartEncoder.__init__(self, config, embed_tokens)
+        init_family_encoder(self, BartEncoder, config, embed_tokens)
         self.setup_lsg(config)
 
 

@@ -9,6 +9,7 @@ from transformers.models.bert.modeling_bert import (
     BertOutput, BertPooler, BertPreTrainedModel, BertSelfOutput)
 
 from .lsg_attention import LSGAttention  # noqa: F401  (transformers copies only direct relative imports)
+from .lsg_compat import return_dict_of
 from .lsg_base import (LSGEmbeddingsMixin, LSGSelfAttention, apply_lsg_options, init_global_embeddings,
                        lsg_encode, lsg_heads, model_output, pop_lsg_options)
 
@@ -76,7 +77,7 @@ class LSGBertModel(BertModel):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, output_hidden_states=None, return_dict=None, **unused):
-        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        return_dict = return_dict_of(self.config, return_dict)
         embedded = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids,
                                    position_ids=position_ids, inputs_embeds=inputs_embeds)
         sequence_output, all_hidden = lsg_encode(

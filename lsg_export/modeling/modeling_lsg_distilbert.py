@@ -7,6 +7,7 @@ from transformers.models.distilbert.modeling_distilbert import (
     DistilBertPreTrainedModel, Embeddings)
 
 from .lsg_attention import LSGAttention
+from .lsg_compat import return_dict_of
 from .lsg_base import (LSGEmbeddingsMixin, apply_lsg_options, init_global_embeddings, lsg_encode, lsg_heads,
                        model_output, pop_lsg_options)
 
@@ -77,7 +78,7 @@ class LSGDistilBertModel(DistilBertModel):
 
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, output_hidden_states=None,
                 return_dict=None, **unused):
-        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        return_dict = return_dict_of(self.config, return_dict)
         embedded = self.embeddings(input_ids=input_ids, inputs_embeds=inputs_embeds)
         sequence_output, all_hidden = lsg_encode(
             self.config, embedded, attention_mask, lambda h, m: self.transformer(h, m, bool(output_hidden_states)))

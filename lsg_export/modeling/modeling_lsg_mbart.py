@@ -10,6 +10,7 @@ from transformers.models.mbart.modeling_mbart import (
 
 from .lsg_attention import LSGAttention  # noqa: F401  (transformers copies only direct relative imports)
 from .lsg_base import LSG_DEFAULTS  # noqa: F401  (imported by lsg_seq2seq: it must be copied too)
+from .lsg_compat import init_family_encoder
 from .lsg_seq2seq import LSGEncoderMixin, LSGSeq2SeqModelMixin, build_lsg_model, seq2seq_config_init, seq2seq_heads
 
 
@@ -20,7 +21,7 @@ class LSGMBartConfig(MBartConfig):
 
 class LSGMBartEncoder(LSGEncoderMixin, MBartEncoder):
     def __init__(self, config, embed_tokens=None):
-        MBartEncoder.__init__(self, config, embed_tokens)
+        init_family_encoder(self, MBartEncoder, config, embed_tokens)
         self.setup_lsg(config)
 
 

@@ -11,6 +11,7 @@ from transformers.models.xlm_roberta import modeling_xlm_roberta as xlm_roberta
 from transformers.models.xlm_roberta.configuration_xlm_roberta import XLMRobertaConfig
 
 from .lsg_attention import LSGAttention  # noqa: F401  (transformers copies only direct relative imports)
+from .lsg_compat import return_dict_of  # noqa: F401  (imported by modeling_lsg_bert: it must be copied too)
 from .lsg_base import apply_lsg_options, lsg_heads, pop_lsg_options
 from .modeling_lsg_bert import LSGBertEmbeddings, LSGBertModel
 

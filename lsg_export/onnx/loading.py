@@ -6,6 +6,7 @@
 
 The same by hand: `ORTModelFor<Task>.from_pretrained(OUT, session_options=lsg_export.ops.session_options_with_ops())`.
 """
+from ..compat import require_optimum
 from ..errors import LSGExportError
 from ..graph_list import find_graph, graph_list, single_graph
 from ..ops.session import explain_missing_ops, session_options_with_ops
@@ -18,6 +19,7 @@ def load_ort_model(folder, provider="CPUExecutionProvider", session_options=None
 
     A graph with the custom op (export.json "custom_ops") gets the library registered in its session
     options (built first if missing). kwargs go to from_pretrained."""
+    require_optimum("load_ort_model")
     import optimum.onnxruntime
 
     meta = read_export_folder(folder)

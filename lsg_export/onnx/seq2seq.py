@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..compat import has_optimum, require_optimum
 from ..errors import LSGExportError
 from ..graph_list import SEQ2SEQ_FILES, find_graph, graph_list
 from ..quiet import quiet_transformers
@@ -106,9 +107,11 @@ class DecoderModule(torch.nn.Module):
 
     def step(self, input_ids, encoder_attention_mask, *rest):
         from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+        from ..compat import cache_argument, cache_from_layers, cache_layers
         if self.with_past:
             layers = tuple(tuple(rest[i:i + 4]) for i in range(0, len(rest), 4))
-            cache = EncoderDecoderCache.from_legacy_cache(layers)
+            cache = cache_from_layers(layers)
             key = layers[0][2]  # cross keys are cached: the decoder reads only the shape of the states
             encoder_hidden_states = key.transpose(1, 2).reshape(key.shape[0], key.shape[2], -1)
         else:
@@ -118,14 +121,14 @@ class DecoderModule(torch.nn.Module):
         # the decoder's own mask, explicit: without one, bart's causal mask gets a column too many when traced
         seen = rest[0].shape[2] + input_ids.shape[1] if self.with_past else input_ids.shape[1]
         own_mask = torch.ones(input_ids.shape[0], seen, dtype=torch.long, device=input_ids.device)
-        out = self.model.get_decoder()(input_ids=input_ids, attention_mask=own_mask,
-                                       encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=mask,
-                                       past_key_values=cache, use_cache=True, return_dict=True)
+        decoder = self.model.get_decoder()
+        out = decoder(input_ids=input_ids, attention_mask=own_mask, encoder_hidden_states=encoder_hidden_states,
+                      encoder_attention_mask=mask, use_cache=True, return_dict=True, **{cache_argument(decoder): cache})
         # the ForConditionalGeneration head of bart, mbart and pegasus
         hidden = out.last_hidden_state
         logits = self.model.lm_head(hidden) + self.model.final_logits_bias.to(hidden.dtype)
         presents = []
-        for layer in out.past_key_values.to_legacy_cache():
+        for layer in cache_layers(out[cache_argument(decoder)]):
             presents += list(layer[:2] if self.with_past else layer)
         return (logits, *presents)
 
@@ -208,6 +211,7 @@ def graph_parts(model, info, seq):
 def merge_decoder_graphs(folder):
     """decoder_model_merged.onnx from the two decoders, by optimum's merge (strict=False: the decoder with
     past has no encoder presents; the merge gives its branch placeholders, which optimum never reads)."""
+    require_optimum("the merged decoder (--merge-decoders)")
     from optimum.onnx import merge_decoders
 
     from .export import quiet_exporter
@@ -231,6 +235,10 @@ class Sessions:
         self.encoder, self.decoder, self.decoder_with_past, self.merged = (
             session(name) for name in ("encoder", "decoder", "decoder_with_past", "decoder_merged"))
         self.past_names = [i.name for i in self.decoder_with_past.get_inputs() if i.name.startswith("past")]
+
+    def parts(self):
+        return {"encoder": self.encoder, "decoder": self.decoder, "decoder_with_past": self.decoder_with_past,
+                "merged": self.merged}
 
     def run_merged(self, decoder_ids, mask, hidden, config):
         """The merged graph's two branches: (logits of decoder_ids[:, :-1] without past, logits of the last
@@ -308,7 +316,7 @@ def generation_settings(new_tokens, num_beams=1):
 
 
 def generate(model, inputs, new_tokens):
-    """Greedy tokens of a PyTorch model or an ORTModelForSeq2SeqLM."""
+    """Greedy tokens of a PyTorch model, an ORTModelForSeq2SeqLM or an OrtSeq2SeqGenerator."""
     with torch.no_grad(), quiet_transformers():
         return model.generate(**inputs, **generation_settings(new_tokens))
 
@@ -326,6 +334,7 @@ def load_seq2seq_model(folder, provider="CPUExecutionProvider", session_options=
     """optimum's ORTModelForSeq2SeqLM of an export folder, the custom-op library registered when the
     encoder graph needs it (export.json "custom_ops"). use_merged: optimum's (None: the merged decoder
     when export.json says the folder has one). kwargs go to from_pretrained."""
+    require_optimum("ORTModelForSeq2SeqLM (load_ort_model)")
     from optimum.onnxruntime import ORTModelForSeq2SeqLM
 
     meta = read_export_json(folder)
@@ -362,7 +371,10 @@ class Seq2Seq:
     @classmethod
     def for_export(cls, info, task, merge_decoders):
         check_head(info, task)
-        return cls(info, True if merge_decoders is None else bool(merge_decoders))
+        merged = has_optimum() if merge_decoders is None else bool(merge_decoders)  # the merge is optimum's
+        if merged:
+            require_optimum("the merged decoder (--merge-decoders)")
+        return cls(info, merged)
 
     @classmethod
     def for_folder(cls, info, meta, graphs):
@@ -390,11 +402,15 @@ class Seq2Seq:
 
     def validate(self, folder, model, settings, kind, graphs, ids=None, inputs_label="random ids", status=None):
         """compare_seq2seq on the folder's graphs, and generation by ORTModelForSeq2SeqLM as optimum loads the
-        folder (the merged decoder when there is one)."""
+        folder (the merged decoder when there is one), or without optimum by transformers' generate() on the
+        same graphs (generation.py)."""
         sessions = Sessions(folder, graphs, settings.device, kind)
-        # CPU tensors in and out, as PyTorch's side (optimum binds CUDA buffers by default)
-        ort_model = load_seq2seq_model(folder, provider="CUDAExecutionProvider" if settings.device == "cuda" else
-                                       "CPUExecutionProvider", use_io_binding=False)
+        if has_optimum():  # CPU tensors in and out, as PyTorch's side (optimum binds CUDA buffers by default)
+            ort_model = load_seq2seq_model(folder, provider="CUDAExecutionProvider" if settings.device == "cuda" else
+                                           "CPUExecutionProvider", use_io_binding=False)
+        else:  # the same graphs under transformers' generate()
+            from .generation import load_generator
+            ort_model = load_generator(folder, sessions.parts(), use_merged=sessions.merged is not None)
         return compare_seq2seq(sessions, model, self.info, settings.lengths, settings.batch_size, settings.atol,
                                settings.enforced, ids=ids, inputs_label=inputs_label, ort_model=ort_model,
                                progress=status)
