@@ -45,7 +45,8 @@ def prepare(folder, originals=None):
             for name, beams in (("greedy", 1), ("beam", 3)):
                 jobs[f"{model_type}/generate-{name}"] = {
                     "auto_class": "AutoModelForSeq2SeqLM", "folder": str(folder / model_type / family.default_head),
-                    "inputs": {"input_ids": ids, "attention_mask": mask}, "generate": dict(s2s.GENERATE, num_beams=beams)}
+                    "inputs": {"input_ids": ids, "attention_mask": mask},
+                    "generate": dict(s2s.GENERATE, num_beams=beams)}
     torch.save(jobs, folder / "jobs.pt")
     print(f"{len(jobs)} jobs in {folder / 'jobs.pt'}")
 

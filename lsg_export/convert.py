@@ -19,7 +19,8 @@ from .quiet import quiet_transformers
 from .sources import read_config_dict, resolve_source
 from .weights import embedding_targets, initial_global_embeddings, tile_positions
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
 MAX_LENGTH = 1 << 20  # a longer position table is a typo, not a model
 
 

@@ -48,7 +48,8 @@ class Family:
         return f"LSG{self.prefix}{head}"
 
     def modeling_files(self):
-        return [MODELING_DIR / name for name in ("lsg_attention.py", "lsg_base.py", "lsg_compat.py", *self.needs, self.module + ".py")]
+        shared = ("lsg_attention.py", "lsg_base.py", "lsg_compat.py")
+        return [MODELING_DIR / name for name in (*shared, *self.needs, self.module + ".py")]
 
     def auto_map(self):
         mapping = {"AutoConfig": f"{self.module}.LSG{self.prefix}Config"}

@@ -10,16 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 from conftest import TINY_BLOCK_SIZE
 from lsg_export import convert
-from lsg_export.cli import main
 from lsg_export.compat import has_optimum
 from lsg_export.errors import LSGExportError
 from lsg_export.onnx import export_onnx, load_ort_model, validate_onnx
 from lsg_export.onnx.generation import load_generator
-from lsg_export.onnx.seq2seq import MERGED_FILE, PART_FILES, Sessions
+from lsg_export.onnx.seq2seq import MERGED_FILE, Sessions
 from lsg_export.onnx.attention_kinds import get_attention_kind
 
 sys.path.insert(0, str(Path(__file__).parent))

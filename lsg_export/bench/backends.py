@@ -16,9 +16,10 @@ Encoder-decoders (bart, mbart, pegasus: task text2text-generation) run on the ba
 Runner times the encoder and, through `runner.generate`, generation of a fixed number of new tokens (greedy,
 or beam search with num_beams > 1).
 
-A loader takes a worker_spec.WorkerSpec and returns a Runner; the measuring loop (measure.py) calls `runner.prepare(batch, length)` and
-times the zero-argument function it returns; `runner.output(length, ids)` gives the first output on a
-document's tokens as an array (the quality columns compare it with float32 PyTorch's).
+A loader takes a worker_spec.WorkerSpec and returns a Runner; the measuring loop (measure.py) calls
+`runner.prepare(batch, length)` and times the zero-argument function it returns; `runner.output(length, ids)`
+gives the first output on a document's tokens as an array (the quality columns compare it with float32
+PyTorch's).
 """
 from dataclasses import dataclass, field
 
@@ -329,7 +330,8 @@ def load_torch_longformer(spec):
             attention_window=window, max_position_embeddings=longest + window + 2, pad_token_id=1, type_vocab_size=1)
         torch.manual_seed(0)
         model = LongformerModel(longformer, add_pooling_layer=False)
-    ids_only = lambda inputs: {"input_ids": inputs["input_ids"].clamp(min=2), "attention_mask": inputs["attention_mask"]}
+    ids_only = lambda inputs: {"input_ids": inputs["input_ids"].clamp(min=2),
+                               "attention_mask": inputs["attention_mask"]}
     return torch_runner(LongformerModule(model), spec, info, spec.task, transform=ids_only,
                         note=f"random weights, attention window {window}, first token global")
 
@@ -436,12 +438,14 @@ def load_ort_seq2seq(spec, folder, meta):
     if device == "cuda" and "CUDAExecutionProvider" not in model.encoder.session.get_providers():
         raise LSGExportError("ONNX Runtime has no CUDAExecutionProvider here")
     decoders = "merged decoder" if merged else "decoder and decoder with past"
+    level = (meta.get("optimize") or {}).get("level", "none")
     return seq2seq_runner(lambda inputs: model.encoder(**inputs),
-                          lambda inputs, encoded, settings: model.generate(**inputs, encoder_outputs=encoded, **settings),
+                          lambda inputs, encoded, settings: model.generate(**inputs, encoder_outputs=encoded,
+                                                                           **settings),
                           info, torch.device(device),
                           int(meta["seq"]),
                           note=f"{folder} (encoder, {decoders}; {meta.get('precision', 'fp32')}, optimize "
-                               f"{(meta.get('optimize') or {}).get('level', 'none')}, attention {meta.get('attention')})",
+                               f"{level}, attention {meta.get('attention')})",
                           sync=torch.cuda.synchronize if device == "cuda" else None)
 
 
@@ -449,7 +453,8 @@ def load_ort_generator(folder, meta, spec, merged):
     """lsg_export.onnx.generation's generator on the export's graphs, each session opened as ort_session."""
     from ..onnx.generation import load_generator
     from ..onnx.seq2seq import MERGED_FILE, PART_FILES
-    files = dict(zip(("encoder", "decoder", "decoder_with_past"), PART_FILES), **({"merged": MERGED_FILE} if merged else {}))
+    files = dict(zip(("encoder", "decoder", "decoder_with_past"), PART_FILES),
+                 **({"merged": MERGED_FILE} if merged else {}))
     sessions = {part: ort_session(folder / file, spec.device, meta.get("attention", "gather"), spec.threads)
                 for part, file in files.items()}
     return load_generator(folder, sessions, use_merged=merged)
