@@ -15,6 +15,7 @@ from conftest import TINY_BLOCK_SIZE
 from lsg_export import convert
 from lsg_export.compat import has_optimum
 from lsg_export.errors import LSGExportError
+from lsg_export.graph_list import graph_list
 from lsg_export.onnx import export_onnx, load_ort_model, validate_onnx
 from lsg_export.onnx.generation import load_generator
 from lsg_export.onnx.seq2seq import MERGED_FILE, Sessions
@@ -75,8 +76,9 @@ def test_generate_drives_the_graphs(exports, merged):
     converted, result = exports["bart"]
     if merged and not (result.path / MERGED_FILE).is_file():
         pytest.skip("no merged decoder without optimum")
-    sessions = Sessions(result.path, "cpu", get_attention_kind("gather"), merged=merged)
-    model = load_generator(result.path, sessions.parts(), use_merged=merged)
+    graphs = graph_list(json.loads((result.path / "export.json").read_text()))
+    sessions = Sessions(result.path, graphs, "cpu", get_attention_kind("gather"))
+    model = load_generator(result.path, sessions.parts(), use_merged=merged)  # without it: the two decoders
     reference = converted.model.eval()
     generator = torch.Generator().manual_seed(5)
     for length, beams in ((6, 1), (17, 3), (SEQ, 2)):
