@@ -421,16 +421,18 @@ def load_ort_seq2seq(spec, folder, meta):
     """optimum's ORTModelForSeq2SeqLM on the export's graphs (encoder_model.onnx and the merged decoder, or
     the decoder and decoder with past when the export has no merged one), as optimum loads the folder."""
     from ..compat import has_optimum
+    from ..graph_list import find_graph, graph_list
     from ..onnx.seq2seq import load_seq2seq_model
     info = target_info(spec)
     device = spec.device
     provider = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
-    merged = bool(meta.get("merged_decoder"))
+    graphs = graph_list(meta)
+    merged = find_graph(graphs, "decoder_merged") is not None
     try:
         if has_optimum():
             model = load_seq2seq_model(folder, provider=provider, session_options=ort_options(spec.threads))
         else:  # without optimum: the same graphs under transformers' generate()
-            model = load_ort_generator(folder, meta, spec, merged)
+            model = load_ort_generator(folder, meta, graphs, spec)
     except LSGExportError:
         raise
     except Exception as error:
@@ -449,15 +451,15 @@ def load_ort_seq2seq(spec, folder, meta):
                           sync=torch.cuda.synchronize if device == "cuda" else None)
 
 
-def load_ort_generator(folder, meta, spec, merged):
-    """lsg_export.onnx.generation's generator on the export's graphs, each session opened as ort_session."""
+def load_ort_generator(folder, meta, graphs, spec):
+    """lsg_export.onnx.generation's generator on the export's listed graphs (the merged decoder's when there is
+    one), each session opened as ort_session."""
     from ..onnx.generation import load_generator
-    from ..onnx.seq2seq import MERGED_FILE, PART_FILES
-    files = dict(zip(("encoder", "decoder", "decoder_with_past"), PART_FILES),
-                 **({"merged": MERGED_FILE} if merged else {}))
-    sessions = {part: ort_session(folder / file, spec.device, meta.get("attention", "gather"), spec.threads)
-                for part, file in files.items()}
-    return load_generator(folder, sessions, use_merged=merged)
+    parts = {"encoder": "encoder", "decoder": "decoder", "decoder_with_past": "decoder_with_past",
+             "decoder_merged": "merged"}  # graph name -> the generator's part name
+    sessions = {parts[g.name]: ort_session(folder / g.file, spec.device, meta.get("attention", "gather"), spec.threads)
+                for g in graphs if g.name in parts}
+    return load_generator(folder, sessions, use_merged="merged" in sessions)
 
 
 def load_ort(spec):

@@ -3,7 +3,7 @@ optimum: a PreTrainedModel whose forward runs ONNX Runtime sessions and keeps th
 states in transformers' EncoderDecoderCache, so that generate's cache handling (beam reordering included)
 is transformers'. Works on transformers 4.5x (`past_key_values`) and 5.x (`cache`).
 
-    model = OrtSeq2SeqGenerator(folder)          # encoder_model.onnx + the merged decoder, or the two decoders
+    model = load_generator(folder, sessions, use_merged=True)  # sessions: {encoder, decoder, decoder_with_past, merged}
     tokens = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=64, num_beams=4)
 """
 from pathlib import Path
@@ -13,11 +13,6 @@ import torch
 
 from ..errors import LSGExportError
 from ..quiet import quiet_transformers
-
-ENCODER_FILE = "encoder_model.onnx"
-DECODER_FILE = "decoder_model.onnx"
-DECODER_WITH_PAST_FILE = "decoder_with_past_model.onnx"
-MERGED_FILE = "decoder_model_merged.onnx"
 
 
 def _generator_class():
