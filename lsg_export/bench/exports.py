@@ -1,13 +1,12 @@
 """The ONNX exports the ort-* backends run: the target export for its own kind, the others made with
-lsg_export.onnx.export_onnx into <model>/bench-exports/<backend> and reused while up to date. A backend
+lsg_export.onnx.export_onnx into <model>/bench-exports/<backend> and reused while up to date (the
+backends of one attention kind share one torch.export: <model>/bench-exports/graphs). A backend
 with `requantize` (an int8 method `lsg-export onnx` does not offer) gets the float32 export quantised
 in place with those quantize_int8 options, then validated again.
 
 Up to date: same export options, task, weights (modification time) and exporter code (a hash of
 lsg_export/onnx and lsg_export/modeling), same library versions; recorded in bench-stamp.json."""
-import hashlib
 import json
-from pathlib import Path
 
 from ..errors import LSGExportError
 from ..graph_list import check_graph_files, graph_list, single_graph
@@ -15,20 +14,8 @@ from ..sources import EXPORT_JSON, read_export_json
 from .backends import BACKENDS
 
 CACHE_DIR = "bench-exports"
+GRAPHS_DIR = "graphs"  # under CACHE_DIR: the exported graphs the backends' exports share (onnx/graph_cache.py)
 STAMP = "bench-stamp.json"
-
-
-def code_hash():
-    root = Path(__file__).resolve().parents[1]
-    digest = hashlib.sha256()
-    for path in sorted([*(root / "onnx").glob("*.py"), *(root / "modeling").glob("*.py")]):
-        digest.update(path.name.encode() + path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def weights_mtime(folder):
-    return max((p.stat().st_mtime for p in Path(folder).iterdir() if p.suffix in (".safetensors", ".bin")),
-               default=0.0)
 
 
 def export_options(name, device):
@@ -37,6 +24,7 @@ def export_options(name, device):
 
 
 def stamp_for(name, target, device):
+    from ..onnx.graph_cache import code_hash, weights_mtime
     from ..onnx.record import versions
     return {"backend": name, "options": export_options(name, device), "requantize": BACKENDS[name].requantize,
             "task": target.task, "seq": target.info.max_length,
@@ -63,7 +51,8 @@ def cached_export(name, target, device, status):
     status(f"exporting {name} (first run: cached in {folder})")
     lengths, step = validation_lengths(target.info), lambda message: status(f"exporting {name}: {message}")
     result = export_onnx(target.model, folder, seq=target.info.max_length, task=target.task, force=True,
-                         lengths=lengths, status=step, **export_options(name, device))
+                         lengths=lengths, status=step, graph_cache=target.model / CACHE_DIR / GRAPHS_DIR,
+                         **export_options(name, device))
     if not result.passed:
         raise LSGExportError(f"its export failed validation: {result.report.failure_message()}")
     if BACKENDS[name].requantize:

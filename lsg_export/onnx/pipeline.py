@@ -18,6 +18,7 @@ from ..sources import EXPORT_JSON, read_export_json
 from .encoder_only import EncoderOnly, limit_positions, load_torch_model  # noqa: F401 (the Python API's names)
 from .export import (DEFAULT_OPSET, EXTERNAL_DATA_BYTES, check_opset, export_graph, final_graph, finish_graph,
                      get_attention_kind, graph_domains)
+from .graph_cache import GraphCache
 from .optimize import check_options, optimize_graph, quantize_int8, to_float16
 from .record import record_validation, versions, write_json  # noqa: F401 (bench/exports.py)
 from .seq2seq import Seq2Seq
@@ -101,6 +102,20 @@ def export_parts(parts, info, folder, seq, kind, opset, status, device="cpu"):
     return records
 
 
+def exported_parts(parts, info, folder, seq, kind, opset, status, device, task, cache):
+    """export_parts, or copies of the same graphs from `cache` (a GraphCache) when it keeps them."""
+    if cache is None:
+        return export_parts(parts, info, folder, seq, kind, opset, status, device)
+    stamp = cache.stamp(info, task, [part.file for part in parts], kind, device, opset, seq)
+    records = cache.restore(stamp, folder)
+    if records is not None:
+        status(f"reusing the {kind.name} graphs exported earlier ({cache.folder})")
+        return records
+    records = export_parts(parts, info, folder, seq, kind, opset, status, device)
+    cache.store(stamp, folder, records)
+    return records
+
+
 def process_parts(parts, folder, external, kind, optimize, fp16, quantize, device, status):
     """--optimize, --fp16 and --quantize on each part; returns export.json's "optimize", "fp16" and "quantize"
     (one part: its summaries; several: totals, with each graph's summary under "graphs")."""
@@ -176,13 +191,15 @@ def layout_for_folder(folder, info, meta, graphs):
 
 def export_onnx(model, output=None, *, seq=None, task="auto", opset=DEFAULT_OPSET, attention="gather",
                 optimize="none", fp16=False, quantize=None, device="cpu", atol=None, lengths=None, batch_size=2,
-                merge_decoders=None, text=None, force=False, status=None):
+                merge_decoders=None, text=None, force=False, graph_cache=None, status=None):
     """Export a converted LSG folder to ONNX, validate it against PyTorch, write OUT.
 
     model: the converted folder.
     output: OUT (default MODEL/onnx). seq: the longest input (default: the model's maximum).
     merge_decoders: encoder-decoders only, also write decoder_model_merged.onnx (default: yes).
     text: a text file whose tokens the validation runs on (default: GPL-3 for int8, else random ids).
+    graph_cache: a folder keeping the exported graphs for the next export of this model that differs only
+    in optimisation, precision or validation (graph_cache.GraphCache; the bench's exports share one).
     Returns an ExportResult; `result.passed` is False when validation found a difference above atol
     (OUT is written all the same, with the failure in export.json). LSGExportError for bad input."""
     status = status or (lambda message: None)
@@ -205,7 +222,8 @@ def export_onnx(model, output=None, *, seq=None, task="auto", opset=DEFAULT_OPSE
     parts = layout.parts(torch_model, seq)
     external = check_external_data(layout, parts)
     with atomic_folder(output, force) as tmp:
-        exported = export_parts(parts, info, tmp, seq, kind, opset, status, device)
+        cache = GraphCache(graph_cache) if graph_cache else None
+        exported = exported_parts(parts, info, tmp, seq, kind, opset, status, device, layout.task, cache)
         steps = process_parts(parts, tmp, external, kind, optimize, fp16, quantize, device, status)
         written = [(part.name, part.file) for part in parts] + layout.combine(tmp, status)
         entries = [graph_entry(tmp, name, file, exported.get(file)) for name, file in written]
