@@ -29,9 +29,10 @@ class SentencePipeline:
     normalize: bool  # a Normalize module (L2) after the pooling
 
     def graph_pooling(self):
-        """The checkpoint's pooling as the graph computes it ("mean", "cls" or "max"), or why it cannot."""
+        """(the checkpoint's pooling as the graph computes it: "mean", "cls" or "max", None without a Pooling
+        module; why the graph cannot compute the pipeline, or None)."""
         if not self.pooling:
-            return None, "has no Pooling module"
+            return None, None
         if len(self.pooling) != 1 or self.pooling[0] not in GRAPH_MODES:
             return None, f"pools with {' + '.join(self.pooling)}, which the graph does not compute"
         if self.modules not in (("Transformer", "Pooling"), ("Transformer", "Pooling", "Normalize")):
