@@ -27,7 +27,8 @@ class SentencePooling(torch.nn.Module):
             # each real token weighted 1/count before the sum: the mean, and no float16 overflow of a long sum
             pooled = (hidden * (mask / mask.sum(1, keepdim=True).clamp(min=1e-9))).sum(1)
         elif self.mode == "max":
-            pooled = hidden.masked_fill(mask == 0, torch.finfo(hidden.dtype).min).amax(1)
+            # TopK, not ReduceMax: ONNX Runtime's symbolic shape inference loses ReduceMax's shape (axes an input)
+            pooled = hidden.masked_fill(mask == 0, torch.finfo(hidden.dtype).min).topk(1, dim=1).values.squeeze(1)
         else:  # cls: the first real token, as sentence-transformers picks it (position 0 with right padding)
             first = attention_mask.argmax(1).view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
             pooled = hidden.gather(1, first).squeeze(1)
