@@ -178,3 +178,42 @@ def test_other_poolings(exported, case):
     data = result(exported, case.name)
     assert data["info"]["pooling"] == {"mode": case.export.get("pooling") or case.sentence["pooling"],
                                        "normalize": False}
+
+
+@in_group("pool-max-O2")
+@pytest.mark.parametrize("case", cases.params([POOLING["pool-max-O2"]]))
+def test_float16_keeps_the_pooled_output(exported, case, tmp_path):
+    """--fp16 is for CUDA (none here): the O2 graph's float16 conversion keeps sentence_embedding float32, and
+    ONNX Runtime's CPU provider gives it within 1e-2 of the float32 graph, still of unit norm."""
+    import shutil
+
+    from lsg_export.onnx.optimize import to_float16
+    data = result(exported, case.name)
+    copy = tmp_path / "fp16"
+    shutil.copytree(data["onnx"], copy)
+    to_float16(copy / "model.onnx", False)
+    graph = onnx.load(str(copy / "model.onnx")).graph
+    assert [(v.name, v.type.tensor_type.elem_type) for v in graph.output] == \
+        [("last_hidden_state", onnx.TensorProto.FLOAT), ("sentence_embedding", onnx.TensorProto.FLOAT)]
+    _, expected, _ = run_graph(data)
+    _, got, _ = run_graph({**data, "onnx": str(copy)})
+    assert got.dtype == np.float32 and np.abs(got - expected).max() <= 1e-2
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-2)
+
+
+def _has_cuda():
+    import onnxruntime
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _has_cuda(), reason="--fp16 needs CUDA (onnxruntime-gpu and a GPU)")
+def test_fp16_on_cuda(exported, tmp_path):
+    """--optimize O2 --fp16 --device cuda with the pipeline's max + Normalize: sentence_embedding within 1e-2."""
+    from lsg_export.onnx import export_onnx
+    folder = result(exported, "pool-max-O2")["folder"]
+    done = export_onnx(folder, tmp_path / "fp16", seq=cases.SEQ, optimize="O2", fp16=True, device="cuda",
+                       lengths=[1, cases.BLOCK + 1, cases.SEQ])
+    assert done.passed and done.info["precision"] == "fp16" and done.info["pooling"]["mode"] == "max"
+    rows = [row for row in done.report.rows if row.output == "sentence_embedding"]
+    assert len(rows) == 3 and all(row.ok and row.max_abs_diff <= 1e-2 for row in rows)
