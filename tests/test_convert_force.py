@@ -135,3 +135,25 @@ def test_failed_swap_puts_the_old_folder_back(tiny_bert, converted_with_extras, 
         convert(str(tiny_bert), out, **SMALL, force=True, seed=7, notice=lambda message: None)
     assert snapshot(out) == before
     assert sorted(p.name for p in out.parent.iterdir()) == ["out"]
+
+
+def test_force_replaces_the_sentence_transformers_files(tiny_bert, tmp_path):
+    """A sentence-transformers checkpoint: its modules.json, settings and 1_Pooling/ are convert's, replaced by
+    the next conversion (max_seq_length its length), not kept as the user's."""
+    import shutil
+
+    from _onnx_cases import write_sentence_pipeline
+    source = tmp_path / "st-bert"
+    shutil.copytree(tiny_bert, source)
+    write_sentence_pipeline(source, "cls", True)
+    out = tmp_path / "out"
+    convert(str(source), out, **SMALL)
+    assert json.loads((out / "sentence_bert_config.json").read_text())["max_seq_length"] == 128
+    (out / "1_Pooling" / "stale.json").write_text("{}")
+    notices = []
+    convert(str(source), out, **{**SMALL, "max_sequence_length": 96}, force=True, notice=notices.append)
+    assert "keeping" not in notices[0] and "1_Pooling/" in notices[0] and "modules.json" in notices[0]
+    assert not (out / "1_Pooling" / "stale.json").exists()
+    assert json.loads((out / "1_Pooling" / "config.json").read_text())["pooling_mode_cls_token"]
+    assert json.loads((out / "sentence_bert_config.json").read_text())["max_seq_length"] == 96
+    assert "library_name: sentence-transformers" in (out / "README.md").read_text()

@@ -6,6 +6,8 @@ from types import SimpleNamespace
 
 from lsg_export.onnx.graph_cache import GraphCache
 
+FEATURES = {"task": "feature-extraction", "outputs": ["last_hidden_state"], "pooling": None}
+
 
 def model_folder(tmp_path):
     folder = tmp_path / "model"
@@ -18,7 +20,7 @@ def model_folder(tmp_path):
 def test_kept_graphs_come_back_while_the_stamp_matches(tmp_path):
     info, gather = model_folder(tmp_path), SimpleNamespace(name="gather")
     cache = GraphCache(tmp_path / "graphs")
-    stamp = cache.stamp(info, "feature-extraction", ["model.onnx"], gather, "cpu", 18, 128)
+    stamp = cache.stamp(info, FEATURES, ["model.onnx"], gather, "cpu", 18, 128)
     exported = tmp_path / "first"
     exported.mkdir()
     (exported / "model.onnx").write_bytes(b"graph as exported")
@@ -33,14 +35,16 @@ def test_kept_graphs_come_back_while_the_stamp_matches(tmp_path):
     assert (second / "model.onnx").read_bytes() == b"graph as exported"
 
     # anything the graphs depend on changes the stamp: no reuse
-    other = [cache.stamp(info, "fill-mask", ["model.onnx"], gather, "cpu", 18, 128),
-             cache.stamp(info, "feature-extraction", ["model.onnx"], SimpleNamespace(name="custom-op"), "cpu", 18, 128),
-             cache.stamp(info, "feature-extraction", ["model.onnx"], gather, "cpu", 18, 256)]
+    pooled = {**FEATURES, "outputs": ["last_hidden_state", "sentence_embedding"], "pooling": {"mode": "mean"}}
+    other = [cache.stamp(info, {"task": "fill-mask"}, ["model.onnx"], gather, "cpu", 18, 128),
+             cache.stamp(info, pooled, ["model.onnx"], gather, "cpu", 18, 128),
+             cache.stamp(info, FEATURES, ["model.onnx"], SimpleNamespace(name="custom-op"), "cpu", 18, 128),
+             cache.stamp(info, FEATURES, ["model.onnx"], gather, "cpu", 18, 256)]
     (info.path / "config.json").write_text('{"model_type": "lsg-bert", "hidden_size": 64}')
-    other.append(cache.stamp(info, "feature-extraction", ["model.onnx"], gather, "cpu", 18, 128))
+    other.append(cache.stamp(info, FEATURES, ["model.onnx"], gather, "cpu", 18, 128))
     (info.path / "config.json").write_text('{"model_type": "lsg-bert", "hidden_size": 32}')
     os.utime(info.path / "model.safetensors", (1, 1))
-    other.append(cache.stamp(info, "feature-extraction", ["model.onnx"], gather, "cpu", 18, 128))
+    other.append(cache.stamp(info, FEATURES, ["model.onnx"], gather, "cpu", 18, 128))
     third = tmp_path / "third"
     third.mkdir()
     for changed in other:
@@ -51,7 +55,7 @@ def test_kept_graphs_come_back_while_the_stamp_matches(tmp_path):
 def test_graphs_with_external_data_are_not_kept(tmp_path):
     info = model_folder(tmp_path)
     cache = GraphCache(tmp_path / "graphs")
-    stamp = cache.stamp(info, "feature-extraction", ["model.onnx"], SimpleNamespace(name="gather"), "cpu", 18, 128)
+    stamp = cache.stamp(info, FEATURES, ["model.onnx"], SimpleNamespace(name="gather"), "cpu", 18, 128)
     (tmp_path / "model.onnx").write_bytes(b"graph")
     cache.store(stamp, tmp_path, {"model.onnx": {"nodes": 3, "external_data": True, "seconds": 1.0}})
     assert cache.restore(stamp, tmp_path / "model") is None and not (tmp_path / "graphs").exists()

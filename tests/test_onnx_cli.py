@@ -100,6 +100,7 @@ def test_failed_validation_exits_1_and_keeps_the_folder(converted, tmp_path, mon
     (["--lengths", "a,b"], "comma-separated integers"),
     (["--atol", "-1"], "--atol must be positive"),
     (["--batch-size", "0"], "--batch-size must be positive"),
+    (["--pooling", "mean"], "--pooling mean pools the last hidden state: it needs --task feature-extraction"),
 ])
 @pytest.mark.quick
 def test_bad_options(converted, tmp_path, options, fragment):

@@ -55,7 +55,8 @@ def test_default_tier_covers_the_matrix():
     assert {c.lsg["mask_first_token"] for c in default} == {False, True}
     assert {c.lsg["sparsity_factor"] for c in default} == {2, 4}
     assert {c.export.get("optimize") for c in default} == {None, "O1", "O2"}
-    assert set(cases.DEFAULT_TIER) <= {c.name for c in MATRIX + cases.extra_cases() + cases.custom_op_cases()}
+    assert set(cases.DEFAULT_TIER) <= {c.name for c in MATRIX + cases.extra_cases() + cases.custom_op_cases()
+                                       + cases.pooling_cases()}
 
 
 @pytest.mark.parametrize("case", cases.params([c for c in MATRIX if not c.export]))
@@ -311,3 +312,32 @@ def test_api_errors_write_nothing(tmp_path):
     with pytest.raises(LSGExportError, match="unknown attention kind"):
         export_onnx(folder, tmp_path / "out", attention="flash")
     assert not (tmp_path / "out").exists()
+
+
+@in_group("minilm")
+def test_minilm_sentence_embedding(exported):
+    """MiniLM's pipeline (mean, Normalize) in the graph: sentence_embedding within 1e-4 of PyTorch at every
+    validation length, and sentence-transformers' ONNX backend loads both layouts (the export folder, and the
+    converted folder with its onnx/ export), giving the graph's own sentence_embedding on a long text."""
+    from sentence_transformers import SentenceTransformer
+    from lsg_export.onnx.validate import make_session
+    data = result(exported, "minilm")
+    meta = data["info"]
+    assert meta["pooling"] == {"mode": "mean", "normalize": True}
+    assert meta["outputs"] == ["last_hidden_state", "sentence_embedding"]
+    rows = [row for row in data["report"]["rows"] if row["output"] == "sentence_embedding"]
+    assert [row["length"] for row in rows] == cases.MINILM_LENGTHS
+    assert all(row["ok"] and row["max_abs_diff"] <= 1e-4 for row in rows)
+
+    text = Path(__file__).read_text()
+    onnx_folder = Path(data["onnx"])
+    session = make_session(onnx_folder / "model.onnx", "cpu")
+    from transformers import AutoTokenizer
+    encoded = AutoTokenizer.from_pretrained(onnx_folder)([text], truncation=True, max_length=4096, return_tensors="np")
+    assert encoded["input_ids"].shape[1] > 2000
+    (direct,) = session.run(["sentence_embedding"], dict(encoded))
+    for folder, options in ((onnx_folder, {}), (Path(data["folder"]), {"trust_remote_code": True})):
+        model = SentenceTransformer(str(folder), backend="onnx", device="cpu", **options)
+        assert model.max_seq_length == 4096
+        got = model.encode([text])
+        assert got.shape == (1, 384) and np.abs(got - direct).max() <= 1e-5, folder

@@ -4,8 +4,9 @@ one model that differ only in those (the bench's ort-gather, ort-gather-optimize
 copies of the graphs the first one exported; each then does its own steps and validation on the copy.
 
 An entry is a folder per attention kind, device, opset and --seq, valid while its stamp.json matches:
-same task, graph files, config.json, weights (modification time), exporter code (a hash of
-lsg_export/onnx and lsg_export/modeling) and library versions. Graphs with external data are not kept."""
+same task and outputs (the layout's record), graph files, config.json, weights (modification time),
+exporter code (a hash of lsg_export/onnx and lsg_export/modeling) and library versions. Graphs with
+external data are not kept."""
 import hashlib
 import json
 import shutil
@@ -32,12 +33,14 @@ class GraphCache:
         self.folder = Path(folder)
 
     @staticmethod
-    def stamp(info, task, files, kind, device, opset, seq):
+    def stamp(info, graphs, files, kind, device, opset, seq):
+        """graphs: what the layout says of its graphs (task, outputs, pooling...: export.json's keys)."""
         from .record import versions
         config = (Path(info.path) / "config.json").read_bytes()
-        return {"task": task, "files": list(files), "attention": kind.name, "device": device, "opset": opset,
-                "seq": seq, "config": hashlib.sha256(config).hexdigest()[:16],
-                "weights_mtime": weights_mtime(info.path), "code": code_hash(), "versions": versions()}
+        stamp = {"graphs": graphs, "files": list(files), "attention": kind.name, "device": device, "opset": opset,
+                 "seq": seq, "config": hashlib.sha256(config).hexdigest()[:16],
+                 "weights_mtime": weights_mtime(info.path), "code": code_hash(), "versions": versions()}
+        return json.loads(json.dumps(stamp))  # as stamp.json gives it back (lists, not tuples)
 
     def restore(self, stamp, folder):
         """Copy the kept graphs of `stamp` into `folder`; their export records, or None when none are kept."""
