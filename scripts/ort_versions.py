@@ -12,7 +12,6 @@ table are checked against) and are printed as a Markdown table.
     python scripts/ort_versions.py --run MODEL LIBRARY FEEDS OUT   (inside a venv: numpy + onnxruntime only)
 """
 import json
-import os
 import subprocess
 import sys
 import time
