@@ -16,16 +16,13 @@ from tritonclient.utils import triton_to_np_dtype
 from ..errors import LSGExportError
 from .folder import open_export
 from .kserve import import_kserve
-from .text_tokens import COLUMNS, TextError, encode, load_tokenizer, texts_of
+from .text_tokens import TEXT_INPUT, TextError, encode, fills, load_tokenizer, texts_of
 
 kserve = import_kserve()
 from kserve.errors import InvalidInput  # noqa: E402
 from kserve.protocol.grpc.server import GRPCServer  # noqa: E402
 from kserve.protocol.infer_type import InferOutput, InferResponse  # noqa: E402
 from kserve.protocol.rest.server import RESTServer  # noqa: E402
-
-TEXT_INPUT = "text"
-
 
 class LSGModel(kserve.Model):
     """An exported LSG model: one ONNX Runtime session (custom ops registered when the graph needs them)."""
@@ -38,8 +35,7 @@ class LSGModel(kserve.Model):
         # id ranges, checked so that an out-of-range id is a 400, not an ONNX Runtime Gather failure
         self.limits = {"input_ids": config.get("vocab_size"), "token_type_ids": config.get("type_vocab_size"),
                        "attention_mask": 2}
-        self.has_text = (export.tokenizer_file is not None and "input_ids" in self._names()
-                         and all(name in COLUMNS for name in self._names()))
+        self.has_text = export.tokenizer_file is not None and fills(self._names())
         self.load()
 
     def load(self):

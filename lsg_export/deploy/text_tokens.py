@@ -12,10 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
+TEXT_INPUT = "text"  # the BYTES input of serve and of the Triton ensemble: one string per row
 TOKENIZER_FILE = "tokenizer.json"
 # the files load_tokenizer reads (the deploy copies them beside the tokenizer model)
 TOKENIZER_FILES = (TOKENIZER_FILE, "tokenizer_config.json", "special_tokens_map.json", "config.json")
 COLUMNS = ("input_ids", "attention_mask", "token_type_ids")  # the graph inputs text can fill
+
+
+def fills(names):
+    """Whether text can fill the graph inputs `names` (input_ids, plus attention_mask / token_type_ids)."""
+    return "input_ids" in names and all(name in COLUMNS for name in names)
 
 
 class TextError(ValueError):
