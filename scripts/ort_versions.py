@@ -145,7 +145,7 @@ def markdown(data):
              f"{data['reference']} (max abs diff) | opens the export as written (IR {data['export_ir_version']}) |",
              "|---|---|---|---|---|"]
     for row in data["rows"]:
-        loads = "yes" if row["loads"] else "no: " + (row["error"] or "")[:90]
+        loads = "yes" if row["loads"] else "no: " + (row["error"] or "").split(" : ")[-1]
         same = "-" if row["max_abs_diff"] is None else (
             f"{'yes' if row['same_outputs'] else 'NO'} ({row['max_abs_diff']:.1e})")
         opens = {None: "-", True: "yes", False: "no"}[row["export_loads"]]

@@ -81,9 +81,10 @@ def deploy(export, output=None, *, name=None, max_batch_size=8, instances=1, dev
             f"KServe InferenceService for the Triton repository written by lsg-export deploy.\n"
             f"Copy the repository folder to the volume storageUri names (or change storageUri), then:\n"
             f"  kubectl apply -f {MANIFEST}")))
-        (tmp / "README.md").write_text(repository_readme(folder, config, output.name, op_library, MANIFEST))
+        text_model = next((m for m, c in text_configs.items() if c.platform == "ensemble"), None)
+        (tmp / "README.md").write_text(repository_readme(folder, config, output.name, op_library, MANIFEST,
+                                                         text_model))
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
-    text_model = next((m for m, c in text_configs.items() if c.platform == "ensemble"), None)
     return DeployResult(output, name, config, files, op_library, text_model, text_configs)
 
 
