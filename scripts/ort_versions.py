@@ -12,6 +12,7 @@ table are checked against) and are printed as a Markdown table.
     python scripts/ort_versions.py --run MODEL LIBRARY FEEDS OUT   (inside a venv: numpy + onnxruntime only)
 """
 import json
+import os
 import subprocess
 import sys
 import time
@@ -20,6 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / ".ci" / "ort-versions"
 RESULTS = ROOT / "custom_ops" / "ort-versions.json"
+DOCS = ROOT / "docs" / "deployment.md"  # keeps the table between these markers
+TABLE_START, TABLE_END = "<!-- ort-versions: scripts/ort_versions.py writes this table -->", "<!-- /ort-versions -->"
 ATOL = 1e-4  # float32: what the export's own validation allows between ONNX Runtime and PyTorch
 SEQ = 64
 # One wheel per ONNX Runtime minor version that a Triton release of 24.01-26.07 ships (the Triton server's
@@ -43,7 +46,8 @@ def minor(version):
 
 
 def first_line(error):
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+    """The error's first line, paths inside this checkout made relative (the JSON is committed)."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0].replace(str(ROOT) + os.sep, "")
 
 
 def run_model(model, library, feeds, out):
@@ -153,6 +157,12 @@ def markdown(data):
     return "\n".join(lines)
 
 
+def write_docs_table(data):
+    text = DOCS.read_text()
+    start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
+    DOCS.write_text(text[:start] + "\n" + markdown(data) + "\n" + text[end:])
+
+
 def main(versions):
     import onnxruntime
 
@@ -191,6 +201,7 @@ def main(versions):
             "rows": rows}
     if versions == VERSIONS:  # a partial run does not replace the recorded matrix
         RESULTS.write_text(json.dumps(data, indent=1) + "\n")
+        write_docs_table(data)
     print(markdown(data))
     if problems:
         raise SystemExit("error: " + "; ".join(problems))

@@ -7,8 +7,9 @@ Checks: the ensemble `<name>-text` answers `text` with the logits that ONNX Runt
 with the tokenizer's one line while the server keeps serving.
 
     python scripts/triton_text_check.py EXPORT [--tritonserver PATH]
-(PATH default: $TRITONSERVER, else the tritonserver of nvidia-pytriton in /work/venvs/pytriton, whose
-site-packages must hold numpy < 2, tokenizers and onnxruntime for the python-backend models). Exit 0 = all held.
+(PATH default: $TRITONSERVER, else `tritonserver` on PATH, else the one of nvidia-pytriton in /work/venvs/pytriton).
+Exit 0 = all held. With nvidia-pytriton 0.x's tritonserver 2.51 and numpy 2 the python-backend stub crashes reading
+the BYTES input (deserialize_bytes_tensor reads a wrong length): see docs/deployment.md, "How it is tested".
 """
 import argparse
 import os
@@ -91,14 +92,9 @@ def main():
     env = dict(os.environ)
     wheel_libs = server.parents[3] / "nvidia_pytriton.libs"
     if wheel_libs.is_dir():
-        # nvidia-pytriton's tritonserver: its python-backend stub embeds Python and takes its packages as a venv
-        # does, from a pyvenv.cfg beside it (home: this Python) and lib/python3.X/site-packages there, here the
-        # wheel's environment (which needs numpy < 2, tokenizers and onnxruntime); its libcudart is in the wheel
-        stub_dir = backend_dir / "python"
-        (stub_dir / "pyvenv.cfg").write_text(f"home = {Path(sys.base_prefix) / 'bin'}\n")
-        version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-        (stub_dir / "lib" / version).mkdir(parents=True)
-        (stub_dir / "lib" / version / "site-packages").symlink_to(server.parents[3])
+        # nvidia-pytriton's tritonserver: its python-backend stub embeds the Python whose libpython it finds (this
+        # one's, first on the library path; it ignores PYTHONPATH) and needs the wheel's own libcudart. The
+        # python-backend models import numpy, tokenizers and onnxruntime from this Python.
         env["LD_LIBRARY_PATH"] = os.pathsep.join([str(Path(sys.base_prefix) / "lib"), str(wheel_libs),
                                                   os.environ.get("LD_LIBRARY_PATH", "")])
     log = open(work / "tritonserver.log", "w")

@@ -162,7 +162,8 @@ def test_tokenizer_model_refuses_long_text(tokenizer_model):
     long_text = " ".join(["w7"] * 70)
     bad, good = tokenizer_model.execute([text_request(["w1", long_text]), text_request(["w1 w2"])])
     assert bad.output_tensors == [] and bad.error.code == StandIn.TritonError.INVALID_ARG
-    assert bad.error.message() == "input text: text 1 is 72 tokens long, longer than 64, the longest this export accepts"
+    assert bad.error.message() == \
+        "input text: text 1 is 72 tokens long, longer than 64, the longest this export accepts"
     assert good.error is None and good.output_tensors[0].as_numpy().shape == (1, 4)  # [CLS] w1 w2 [SEP]
     bad, = tokenizer_model.execute([[StandIn.Tensor("text", np.array([[b"a", b"b"]], dtype=np.object_))]])
     assert bad.error.message() == "input text: shape [1, 2], expected [batch]: one string per row"
