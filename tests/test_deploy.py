@@ -52,8 +52,12 @@ def test_repository_agrees_with_the_graph(export, tmp_path):
     info = json.loads(result.stdout)
     name = info["name"]
     assert name == "bert-cls-onnx" and info["op_library"] is None
+    text_files = [f"{name}-tokenizer/config.pbtxt", f"{name}-text/config.pbtxt"] + [  # the export has a tokenizer
+        f"{name}-tokenizer/1/{f}" for f in ("model.py", "text_tokens.py", "tokenizer.json", "tokenizer_config.json",
+                                             "special_tokens_map.json", "config.json")]
     assert sorted(info["files"]) == sorted(["README.md", "inferenceservice.yaml", f"{name}/config.pbtxt",
-                                            f"{name}/1/model.onnx"])
+                                            f"{name}/1/model.onnx", *text_files])
+    assert info["text_model"] == f"{name}-text"
     assert (repo / name / "1" / "model.onnx").read_bytes() == (export / "model.onnx").read_bytes()
 
     config = read_config(repo, name)

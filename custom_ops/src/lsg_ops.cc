@@ -33,7 +33,21 @@ namespace {
 constexpr const char* kDomain = "ai.lsg";
 constexpr const char* kOpName = "BlockSparseAttention";
 constexpr const char* kLSGOpName = "LSGAttention";
-constexpr int kMinOrtMinor = 29;  // ORT_API_VERSION of the headers we build against
+// The C API version the library asks ONNX Runtime for (API version N ships in ONNX Runtime 1.N), not the
+// headers' ORT_API_VERSION: the highest "End of Version" block of OrtApi (onnxruntime_c_api.cc) that holds a
+// function called here or through the Ort:: wrappers used here, and of the OrtCustomOp fields set.
+//   OrtApi: KernelContext_ParallelFor (17); KernelContext_GetGPUComputeStream (10); CreateStatus,
+//   ReleaseStatus, GetErrorCode, GetErrorMessage, CreateCustomOpDomain, CustomOpDomain_Add,
+//   AddCustomOpDomain, ReleaseCustomOpDomain, KernelInfoGetAttribute_int64/_float, KernelContext_GetInputCount,
+//   KernelContext_GetInput, KernelContext_GetOutput, GetTensorTypeAndShape, GetDimensionsCount,
+//   GetDimensions, GetTensorShapeElementCount, ReleaseTensorTypeAndShapeInfo, GetTensorMutableData (1).
+//   Not Ort::ConstValue::GetTensorRawData: it calls GetTensorData (23).
+//   OrtCustomOp: CreateKernelV2 / KernelComputeV2 (16), GetInputMemoryType (13), GetInputCharacteristic (8);
+//   GetStartVersion / GetEndVersion (17) are the wrapper's defaults (opset 1 on).
+// ONNX Runtime refuses a custom op whose `version` is above its own API version, and reads the OrtCustomOp
+// fields by that version, so the ops carry this one too. scripts/test-ort-versions.sh checks it on the wheels.
+constexpr uint32_t kOrtApiVersion = 17;
+static_assert(kOrtApiVersion <= ORT_API_VERSION, "the headers are older than the C API version asked for");
 
 // Slots of every input of both ops; LSGAttention has no global_k / global_v (its globals are the
 // first rows of k and v), so its inputs fill slots q, k, v, key_mask, sparse_k, sparse_v, sparse_mask.
@@ -104,6 +118,13 @@ Attributes read_attributes(const OrtApi& api, const OrtKernelInfo* info, Op op) 
   }
   check_attributes(a, op);
   return a;
+}
+
+const void* tensor_data(const Ort::ConstValue& value) {
+  void* data = nullptr;
+  Ort::ThrowOnError(Ort::GetApi().GetTensorMutableData(const_cast<OrtValue*>(static_cast<const OrtValue*>(value)),
+                                                       &data));
+  return data;
 }
 
 struct InputView {
@@ -278,7 +299,8 @@ struct BlockSparseAttentionKernel {
       view.shape = info.GetShape();
       view.count = info.GetElementCount();
       view.present = view.count > 0;
-      view.data = view.present ? value.GetTensorRawData() : nullptr;
+      // GetTensorMutableData (API 1) rather than GetTensorRawData (GetTensorData, API 23); only read
+      view.data = view.present ? tensor_data(value) : nullptr;
     }
     const lsg::BlockSparseShape s = resolve_op_shape(kOp, attrs_, in);
     auto output = context.GetOutput(0, in[kQ].shape);
@@ -355,6 +377,8 @@ template <typename Element, Device kDevice, Op kOp>
 struct BlockSparseAttentionOp : Ort::CustomOpBase<BlockSparseAttentionOp<Element, kDevice, kOp>,
                                                   BlockSparseAttentionKernel<Element, kDevice, kOp>,
                                                   /*WithStatus=*/true> {
+  BlockSparseAttentionOp() { OrtCustomOp::version = kOrtApiVersion; }  // not the headers' ORT_API_VERSION
+
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
     try {
       *kernel = new BlockSparseAttentionKernel<Element, kDevice, kOp>(api, info);
@@ -399,27 +423,26 @@ struct OpSet {  // every kernel of one op
 OpSet<Op::kBlockSparse> g_block_sparse_ops;
 OpSet<Op::kLSG> g_lsg_ops;
 
-// "1.31.1" -> 31 when the major is 1; a newer major counts as new enough
-bool version_at_least(const char* version, int min_minor) {
+// "1.31.1" -> true for min_minor <= 31; a newer major counts as new enough
+bool version_at_least(const char* version, uint32_t min_minor) {
   if (version == nullptr) return false;
   int major = 0, minor = 0;
   if (std::sscanf(version, "%d.%d", &major, &minor) != 2) return false;
-  return major > 1 || (major == 1 && minor >= min_minor);
+  return major > 1 || (major == 1 && minor >= static_cast<int>(min_minor));
 }
 
 }  // namespace
 
 extern "C" LSG_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
+  // The version string first: GetApi() of a version the runtime lacks prints a line of its own
   const char* version = api_base->GetVersionString();
-  const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
-  if (api == nullptr || !version_at_least(version, kMinOrtMinor)) {
-    // the oldest API table every runtime has is enough to report the error
-    const OrtApi* old_api = api_base->GetApi(1);
-    std::string message = std::string("the LSG custom-op library (") + kDomain + "." + kOpName +
-                          ") needs ONNX Runtime >= 1." + std::to_string(kMinOrtMinor) + " (C API version " +
-                          std::to_string(ORT_API_VERSION) + "), this runtime is " + (version ? version : "unknown") +
-                          ": upgrade onnxruntime";
-    std::fprintf(stderr, "%s\n", message.c_str());
+  const OrtApi* api = version_at_least(version, kOrtApiVersion) ? api_base->GetApi(kOrtApiVersion) : nullptr;
+  if (api == nullptr) {
+    const OrtApi* old_api = api_base->GetApi(1);  // every runtime has it: enough to return the error
+    const std::string message = std::string("the LSG custom-op library (") + kDomain + ") needs ONNX Runtime >= 1." +
+                                std::to_string(kOrtApiVersion) + " (C API version " + std::to_string(kOrtApiVersion) +
+                                "), this runtime is " + (version ? version : "of unknown version") +
+                                ": upgrade onnxruntime";
     return old_api ? old_api->CreateStatus(ORT_FAIL, message.c_str()) : nullptr;
   }
   Ort::InitApi(api);

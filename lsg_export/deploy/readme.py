@@ -1,9 +1,13 @@
 """REPO/README.md: the exact commands to serve a repository with Triton and with KServe."""
 from tritonclient.utils import triton_to_np_dtype
 
+from ..ops.session import MIN_ONNXRUNTIME
 from .triton import CONTAINER_REPOSITORY
 
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:25.01-py3"
+# what that release ships (the Triton server's build.py at tag v2.54.0); custom_ops/ort-versions.json has this
+# onnxruntime loading the op library, giving today's outputs and opening an IR 10 export
+TRITON_IMAGE_ONNXRUNTIME = "1.20.1"
 
 
 def _tensor_lines(specs):
@@ -19,7 +23,31 @@ def _example_shape(spec):
     return [1] + [5 if d == -1 else d for d in spec.shape[1:]]
 
 
-def repository_readme(export, config, repo_name, op_library, manifest):
+def _text_section(export, name, text_model):
+    if not text_model:
+        return ""
+    return f"""
+## Text in
+
+`{text_model}` is an ensemble taking `text` (BYTES, one string per row) as `lsg-export serve` does: the python-backend
+model `{name}-tokenizer` tokenizes it with the export's tokenizer.json (`text_tokens.py`, the functions `serve` runs),
+then `{name}` runs the ids. A text longer than {export.seq} tokens fails its request with one line (never
+truncated). The python backend needs `tokenizers` in the image: the `docker run` above installs it at start; for
+KServe, build an image `FROM {TRITON_IMAGE}` with `RUN pip install tokenizers` and name it in the runtime.
+
+```python
+import numpy as np
+from tritonclient.http import InferenceServerClient, InferInput
+
+client = InferenceServerClient("localhost:8000")
+text = InferInput("text", [2], "BYTES")
+text.set_data_from_numpy(np.array([b"a first document", b"a second one"], dtype=np.object_))
+print(client.infer("{text_model}", [text]).as_numpy("{export.outputs[0].name}").shape)
+```
+"""
+
+
+def repository_readme(export, config, repo_name, op_library, manifest, text_model=None):
     name = config.name
     gpu = config.instance_group[0].kind == config.instance_group[0].KIND_GPU
     graph = export.meta.get("final_graph") or export.meta.get("graph") or {}
@@ -33,8 +61,13 @@ def repository_readme(export, config, repo_name, op_library, manifest):
 The graph uses the LSG custom op: `{name}/{op_library}` (built on the machine that ran `lsg-export deploy`,
 for its CPU; rebuild it with `lsg-export build-ops` on a machine like the servers' if they differ) is named in
 config.pbtxt as `{CONTAINER_REPOSITORY}/{name}/{op_library}`, so mount the repository at `{CONTAINER_REPOSITORY}`
-as below (KServe mounts it there). The Triton image's ONNX Runtime must be 1.29 or newer.
+as below (KServe mounts it there). The library needs ONNX Runtime {MIN_ONNXRUNTIME} or newer (Triton 24.03 on;
+{TRITON_IMAGE} ships {TRITON_IMAGE_ONNXRUNTIME}); lsg-export's docs/deployment.md has the tested matrix.
 """ if op_library else "")
+    text_files = (f"\n{name}-tokenizer/1/model.py  python-backend tokenizer (+ text_tokens.py, the tokenizer files)"
+                  f"\n{text_model}/config.pbtxt   ensemble: text -> {name}-tokenizer -> {name}" if text_model else "")
+    start = (f'bash -c "pip install -q tokenizers && tritonserver --model-repository={CONTAINER_REPOSITORY}"'
+             if text_model else f"tritonserver --model-repository={CONTAINER_REPOSITORY}")
     return f"""# Triton / KServe deployment of `{name}`
 
 Written by `lsg-export deploy` from `{export.path}` ({export.meta.get("task")}, inputs up to {export.seq} tokens,
@@ -42,7 +75,7 @@ Written by `lsg-export deploy` from `{export.path}` ({export.meta.get("task")}, 
 
 ```
 {name}/config.pbtxt      Triton model configuration (onnxruntime backend, max_batch_size {config.max_batch_size})
-{name}/1/model.onnx      the graph{" + its external data" if export.data_files else ""}
+{name}/1/model.onnx      the graph{" + its external data" if export.data_files else ""}{text_files}
 {manifest}   KServe InferenceService (runtime kserve-tritonserver, model format onnx, protocol v2)
 ```
 
@@ -59,11 +92,12 @@ same length only.
 ```bash
 docker run --rm {"--gpus all " if gpu else ""}-p 8000:8000 -p 8001:8001 -p 8002:8002 \\
   -v "$PWD/{repo_name}:{CONTAINER_REPOSITORY}" {TRITON_IMAGE} \\
-  tritonserver --model-repository={CONTAINER_REPOSITORY}
+  {start}
 curl -s localhost:8000/v2/health/ready && curl -s localhost:8000/v2/models/{name}
 ```
 
-(any Triton release whose ONNX Runtime loads IR version {graph.get("ir_version", "?")} works: change the tag.)
+(any Triton release whose ONNX Runtime loads IR version {graph.get("ir_version", "?")} works{
+" and the op library" if op_library else ""}: change the tag.)
 A client (`pip install tritonclient[http]`); the same code works against `lsg-export serve`:
 
 ```python
@@ -78,8 +112,8 @@ print(result.as_numpy("{export.outputs[0].name}").shape)
 ```
 
 Here `{first.name}` has shape {example_shape}: batch 1, 5 tokens; real ids come from the tokenizer files of the
-export folder.
-
+export folder{f" (or send text to `{text_model}`, below)" if text_model else ""}.
+{_text_section(export, name, text_model)}
 ## KServe
 
 Copy this folder into the volume that `storageUri` in `{manifest}` names (the PVC `lsg-models`, so that

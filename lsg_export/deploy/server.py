@@ -11,20 +11,18 @@ import socket
 import threading
 import uuid
 
-import numpy as np
+from tritonclient.utils import triton_to_np_dtype
 
 from ..errors import LSGExportError
 from .folder import open_export
 from .kserve import import_kserve
+from .text_tokens import TEXT_INPUT, TextError, encode, fills, load_tokenizer, texts_of
 
 kserve = import_kserve()
 from kserve.errors import InvalidInput  # noqa: E402
 from kserve.protocol.grpc.server import GRPCServer  # noqa: E402
 from kserve.protocol.infer_type import InferOutput, InferResponse  # noqa: E402
 from kserve.protocol.rest.server import RESTServer  # noqa: E402
-
-TEXT_INPUT = "text"
-
 
 class LSGModel(kserve.Model):
     """An exported LSG model: one ONNX Runtime session (custom ops registered when the graph needs them)."""
@@ -37,7 +35,7 @@ class LSGModel(kserve.Model):
         # id ranges, checked so that an out-of-range id is a 400, not an ONNX Runtime Gather failure
         self.limits = {"input_ids": config.get("vocab_size"), "token_type_ids": config.get("type_vocab_size"),
                        "attention_mask": 2}
-        self.has_text = export.tokenizer_file is not None and "input_ids" in self._names()
+        self.has_text = export.tokenizer_file is not None and fills(self._names())
         self.load()
 
     def load(self):
@@ -57,29 +55,8 @@ class LSGModel(kserve.Model):
         return self.ready
 
     def _load_tokenizer(self):
-        """tokenizer.json through `tokenizers` (no torch / transformers import), padding to the longest row."""
-        import json
-
-        from tokenizers import Tokenizer
-
-        if not self.has_text:
-            return None
-        tokenizer = Tokenizer.from_file(str(self.export.tokenizer_file))
-        tokenizer.no_truncation()
-        special = {}
-        for name in ("tokenizer_config.json", "special_tokens_map.json"):
-            try:
-                special.update(json.loads((self.export.path / name).read_text()))
-            except (OSError, ValueError):
-                pass
-        pad = special.get("pad_token")
-        pad = pad.get("content") if isinstance(pad, dict) else pad
-        pad_id = tokenizer.token_to_id(pad) if pad else None
-        if pad_id is None:
-            pad_id = self.export.config.get("pad_token_id") or 0
-            pad = tokenizer.id_to_token(pad_id)
-        tokenizer.enable_padding(pad_id=pad_id, pad_token=pad)
-        return tokenizer
+        """tokenizer.json through `tokenizers` (text_tokens.load_tokenizer: the Triton tokenizer model's too)."""
+        return load_tokenizer(self.export.path) if self.has_text else None
 
     # pickled into `--workers` processes: the session is re-created there
     def __getstate__(self):
@@ -178,6 +155,7 @@ class LSGModel(kserve.Model):
         return feeds
 
     def _tokenize(self, tensor):
+        """The feeds of a text input, by text_tokens.encode: what the Triton repository's tokenizer model runs."""
         if tensor.datatype != "BYTES":
             raise InvalidInput(f"input {TEXT_INPUT} has datatype {tensor.datatype}, "
                                f"expected BYTES (one string per row)")
@@ -185,20 +163,15 @@ class LSGModel(kserve.Model):
             raise InvalidInput(f"input {TEXT_INPUT} has shape {list(tensor.shape)}, expected [batch]: one string "
                                f"per row")
         try:
-            texts = [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in tensor.as_numpy().reshape(-1)]
-        except (ValueError, TypeError, UnicodeDecodeError) as error:
-            raise InvalidInput(f"input {TEXT_INPUT}: not {tensor.shape[0]} UTF-8 strings ({error})") from None
-        if not texts:
-            raise InvalidInput(f"empty input {TEXT_INPUT}: send at least one string")
-        with self._tokenizer_lock:
-            encodings = self._tokenizer.encode_batch(texts)
-        too_long = [(i, sum(e.attention_mask)) for i, e in enumerate(encodings) if sum(e.attention_mask) > self.seq]
-        if too_long:
-            i, n = too_long[0]
-            raise InvalidInput(f"text {i} is {n} tokens long, longer than {self.seq}, the longest this export accepts")
-        columns = {"input_ids": [e.ids for e in encodings], "attention_mask": [e.attention_mask for e in encodings],
-                   "token_type_ids": [e.type_ids for e in encodings]}
-        return {name: np.asarray(columns[name], dtype=np.int64) for name in self._names()}
+            texts = texts_of(tensor.as_numpy().reshape(-1))
+        except (ValueError, TypeError) as error:  # TextError is a ValueError
+            raise InvalidInput(f"input {TEXT_INPUT}: {error}") from None
+        dtypes = {spec.name: triton_to_np_dtype(spec.datatype) for spec in self.export.inputs}
+        try:
+            with self._tokenizer_lock:
+                return encode(self._tokenizer, texts, self.seq, self._names(), dtypes)
+        except TextError as error:
+            raise InvalidInput(str(error)) from None
 
     def _requested(self, request):
         outputs = [spec.name for spec in self.export.outputs]

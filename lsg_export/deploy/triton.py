@@ -10,6 +10,7 @@ from pathlib import Path
 from google.protobuf import text_format
 
 from ..errors import LSGExportError
+from .text_tokens import TEXT_INPUT
 
 CONTAINER_REPOSITORY = "/mnt/models"  # where KServe mounts the repository (and the README's docker run)
 
@@ -84,6 +85,43 @@ def model_config(export, name, *, max_batch_size=8, instances=1, device="cpu", d
     if op_library:
         # the onnxruntime backend dlopen()s the name as given: the path inside the serving container
         config.model_operations.op_library_filename.append(f"{CONTAINER_REPOSITORY}/{name}/{op_library}")
+    return config
+
+
+def tokenizer_config(export, name, max_length):
+    """The ModelConfig of `name`, the python-backend tokenizer model of an encoder's export: BYTES `text` [batch]
+    -> the graph's token inputs [batch, tokens]. Not batched by Triton (one request is already a batch of rows,
+    tokenized together); the graph model behind it batches."""
+    pb = model_config_pb2()
+    token_inputs = [pb.ModelOutput(name=spec.name, data_type=_data_type(pb, spec.datatype), dims=[-1, -1])
+                    for spec in export.inputs]
+    config = pb.ModelConfig(
+        name=name, backend="python", max_batch_size=0,
+        input=[pb.ModelInput(name=TEXT_INPUT, data_type=pb.TYPE_STRING, dims=[-1])], output=token_inputs,
+        instance_group=[pb.ModelInstanceGroup(count=1, kind=pb.ModelInstanceGroup.KIND_CPU)],
+        version_policy=pb.ModelVersionPolicy(latest=pb.ModelVersionPolicy.Latest(num_versions=1)),
+    )
+    config.parameters["max_length"].string_value = str(max_length)
+    return config
+
+
+def ensemble_config(export, name, tokenizer, graph):
+    """The ModelConfig of `name`, the ensemble that takes `text` like `lsg-export serve`: the tokenizer model,
+    then the graph model `graph`, whose outputs it returns. Not batched itself (max_batch_size 0: its tensors
+    carry the batch dim, as the tokenizer's do; Triton accepts a non-batching model's [-1, d...] tensor into a
+    batching model of dims [d...])."""
+    pb = model_config_pb2()
+    config = pb.ModelConfig(
+        name=name, platform="ensemble", max_batch_size=0,
+        input=[pb.ModelInput(name=TEXT_INPUT, data_type=pb.TYPE_STRING, dims=[-1])],
+        output=[pb.ModelOutput(name=spec.name, data_type=_data_type(pb, spec.datatype), dims=list(spec.shape))
+                for spec in export.outputs],
+    )
+    steps = config.ensemble_scheduling.step
+    steps.add(model_name=tokenizer, model_version=-1, input_map={TEXT_INPUT: TEXT_INPUT},
+              output_map={spec.name: spec.name for spec in export.inputs})
+    steps.add(model_name=graph, model_version=-1, input_map={spec.name: spec.name for spec in export.inputs},
+              output_map={spec.name: spec.name for spec in export.outputs})
     return config
 
 

@@ -13,6 +13,9 @@ DOMAIN = "ai.lsg"
 OP_TYPE = "BlockSparseAttention"  # the block part of LSG attention, operands (n, h, rows, d)
 LSG_OP_TYPE = "LSGAttention"  # the whole LSG attention in the projections' (n, G + T, h * d) layout
 OP_VERSION = 1
+# the oldest onnxruntime that loads the library: it asks for C API version 17 (kOrtApiVersion in
+# custom_ops/src/lsg_ops.cc), which ONNX Runtime 1.17 brought; custom_ops/ort-versions.json has the tested wheels
+MIN_ONNXRUNTIME = "1.17"
 
 
 def session_options_with_ops(options=None):
