@@ -350,6 +350,8 @@ def check_texts(texts):
     """A request's texts as a list of str; DecodingError for an empty batch or non-text."""
     if isinstance(texts, (str, bytes)):
         texts = [texts]
+    if not isinstance(texts, (list, tuple)):
+        raise DecodingError(f"{TEXT_INPUT} must be a string or a list of strings, got {type(texts).__name__}")
     out = []
     for text in texts:
         if isinstance(text, bytes):
