@@ -155,7 +155,8 @@ def open_export(folder, allow_unvalidated=False):
     disagree, or validation failed / never ran (unless allow_unvalidated)."""
     path = Path(folder)
     meta = read_meta(path)
-    graph = single_graph(path, graph_list(meta), "deploy and serve take an export of one graph (an encoder's)")
+    graph = single_graph(path, graph_list(meta),
+                         "deploy and serve take an export of one graph (an encoder's) or an encoder-decoder's")
     missing = [name for name in (graph.file, "config.json") if not (path / name).is_file()]
     if missing:
         raise LSGExportError(f"{path}: incomplete export, {', '.join(missing)} missing; export it again with "
