@@ -34,9 +34,8 @@ import triton_python_backend_utils as pb_utils
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        self.session = ort.InferenceSession(str(Path(__file__).parent / config["default_model_filename"]),
-                                            providers=["CPUExecutionProvider"])
+        file = json.loads(args["model_config"])["parameters"]["onnx_file"]["string_value"]
+        self.session = ort.InferenceSession(str(Path(__file__).parent / file), providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
 
     def execute(self, requests):
@@ -74,6 +73,8 @@ def stand_in_repository(repo, out):
         config = triton.parse(config_file.read_text())
         if config.backend == "onnxruntime":
             config.backend = "python"
+            config.parameters["onnx_file"].string_value = config.default_model_filename
+            config.ClearField("default_model_filename")
             (config_file.parent / "1" / "model.py").write_text(STAND_IN)
             config_file.write_text(triton.to_text(config))
     return out
@@ -87,7 +88,8 @@ def start_triton(venv, repo, http, grpc, metrics, log):
     shutil.copytree(server / "backends", backends, dirs_exist_ok=True)
     shutil.copy2(server / "python_backend_stubs" / version / "triton_python_backend_stub", backends / "python")
     libs = site / "nvidia_pytriton.libs"
-    env = dict(os.environ, PYTHONPATH=str(site), OMP_NUM_THREADS="1",
+    # the python backend's stub takes its Python (and site-packages) from the first python3 on PATH, as pytriton sets
+    env = dict(os.environ, PATH=f"{Path(venv) / 'bin'}:{os.environ['PATH']}", OMP_NUM_THREADS="1",
                LD_LIBRARY_PATH=f"{libs}:{os.environ.get('LD_LIBRARY_PATH', '')}")
     command = [str(server / "bin" / "tritonserver"), f"--model-repository={repo}", f"--backend-directory={backends}",
                "--http-address=127.0.0.1", f"--http-port={http}", "--grpc-address=127.0.0.1", f"--grpc-port={grpc}",

@@ -266,3 +266,35 @@ def test_deploy_and_serve_refuse_what_they_cannot_serve(summariser_export, tmp_p
         assert_user_error(invoke("deploy", folder, "-o", out), fragment)
         assert not out.exists()
         assert_user_error(invoke("serve", folder, "--port", 1), fragment)
+
+
+def test_an_export_without_the_merged_decoder(summariser_export, tmp_path):
+    """--no-merge-decoders exports: deploy writes the decoder and the decoder with past as two graph models, and
+    serve's model (in this process) generates the PyTorch model's summaries on them."""
+    import shutil
+
+    from _cli import invoke
+
+    from lsg_export.deploy import triton
+    from lsg_export.deploy.server import make_model
+    converted, export = summariser_export
+    folder = shutil.copytree(export, tmp_path / "unmerged")
+    meta = json.loads((folder / "export.json").read_text())
+    meta.update(graphs=[g for g in meta["graphs"] if g["name"] != "decoder_merged"], merged_decoder=False,
+                files=[f for f in meta["files"] if f != "decoder_model_merged.onnx"])
+    (folder / "export.json").write_text(json.dumps(meta))
+    (folder / "decoder_model_merged.onnx").unlink()
+    result = invoke("deploy", folder, "-o", tmp_path / "repo", "--name", "summ")
+    assert result.exit_code == 0, result.output
+    parameters = triton.parse((tmp_path / "repo/summ/config.pbtxt").read_text()).parameters
+    assert json.loads(parameters["graph_models"].string_value) == {
+        "encoder": "summ-encoder", "decoder": "summ-decoder", "decoder_with_past": "summ-decoder-with-past"}
+    for model, file in (("summ-decoder", "decoder_model.onnx"), ("summ-decoder-with-past",
+                                                                 "decoder_with_past_model.onnx")):
+        assert triton.parse((tmp_path / "repo" / model / "config.pbtxt").read_text()).default_model_filename == file
+        assert (tmp_path / "repo" / model / "1" / file).is_file()
+    model = make_model(folder, "summ")
+    assert not model.export.merged and sorted(model._sessions) == ["decoder", "decoder_with_past", "encoder"]
+    batch = texts(2, seed=11)
+    for parameters in ({"num_beams": 1}, {"num_beams": 3, "max_new_tokens": 8}):
+        assert model.summarise(batch, parameters) == reference(converted, folder, batch, **parameters)[1]

@@ -55,8 +55,9 @@ class TritonPythonModel:
         return self._run("encoder", feeds, ["last_hidden_state"])["last_hidden_state"]
 
     def _summarise(self, request):
-        tensor = pb_utils.get_input_tensor_by_name(request, TEXT_INPUT) or pb_utils.get_input_tensor_by_name(
-            request, TEXT)
+        tensor = pb_utils.get_input_tensor_by_name(request, TEXT_INPUT)
+        if tensor is None:
+            tensor = pb_utils.get_input_tensor_by_name(request, TEXT)
         if tensor is None:
             raise DecodingError(f"no input: send {TEXT_INPUT} (or {TEXT}), BYTES, one string per row")
         texts = [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in tensor.as_numpy().reshape(-1)]
