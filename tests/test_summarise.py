@@ -62,7 +62,6 @@ LOOP_CASES = [  # (request overrides, generation config changes)
 ]
 
 
-@pytest.mark.quick
 @pytest.mark.parametrize("merged", [True, False], ids=["merged", "split"])
 def test_loop_generates_pytorch_tokens(summariser_export, merged, tmp_path):
     """The numpy loop on the graphs gives generate()'s tokens and text for texts across the block boundaries (a
@@ -121,7 +120,7 @@ def server(summariser_export, tmp_path_factory):
     server.stop()
 
 
-@pytest.mark.quick
+@pytest.mark.quick  # the quick tier's one seq2seq export (~35 s of torch.export)
 def test_served_summaries_equal_pytorch(server, summariser_export):
     """The generate extension (one text, then a list) and v2 infer with a `text` input answer the PyTorch model's
     generate() summary, with the export's generation config and with a request's max_new_tokens / num_beams."""
@@ -164,7 +163,6 @@ def bad_requests():
     ]
 
 
-@pytest.mark.quick
 def test_bad_requests_get_4xx_and_the_server_keeps_serving(server, summariser_export):
     converted, export = summariser_export
     good = {"text_input": "w5 w6 w7 w8", "parameters": {"num_beams": 2, "max_new_tokens": 6}}
