@@ -53,6 +53,35 @@ def ort_loop(folder, merged):
     return encode, decoder, TextCodec(folder, settings.pad_token_id, 64), settings
 
 
+def test_generation_settings_read_as_transformers_reads_them(tmp_path):
+    """generation_config.json alone when it is there (config.json's generation keys only without it), the
+    new-token budget from max_new_tokens or max_length, a request's overrides checked, unsupported keys named."""
+    from transformers import GenerationConfig
+
+    from lsg_export.deploy.decoding import DecodingError, GenerationSettings
+    config = {"decoder_start_token_id": 2, "eos_token_id": 2, "pad_token_id": 1, "forced_eos_token_id": 2,
+              "num_beams": 4, "max_length": 30, "no_repeat_ngram_size": 3}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    settings = GenerationSettings.from_folder(tmp_path)
+    assert (settings.num_beams, settings.new_tokens, settings.no_repeat_ngram_size, settings.forced_eos_token_ids) \
+        == (4, 29, 3, (2,))
+    generation = {"decoder_start_token_id": 0, "eos_token_id": [1, 2], "max_new_tokens": 7, "length_penalty": 0.5}
+    (tmp_path / "generation_config.json").write_text(json.dumps(generation))
+    settings = GenerationSettings.from_folder(tmp_path)
+    expected = GenerationConfig.from_pretrained(str(tmp_path))  # what generate() would use
+    assert settings.num_beams == expected.num_beams == 1 and settings.forced_eos_token_ids == ()
+    assert expected.forced_eos_token_id is None and expected.no_repeat_ngram_size == settings.no_repeat_ngram_size
+    assert (settings.decoder_start_token_id, settings.eos_token_ids, settings.new_tokens) == (0, (1, 2), 7)
+    assert settings.override(num_beams=3, max_new_tokens=2).new_tokens == 2
+    for bad in ({"num_beams": 0}, {"max_new_tokens": -1}, {"num_beams": 2.5}, {"num_beams": True}):
+        with pytest.raises(DecodingError, match="must be an integer >= 1"):
+            settings.override(**bad)
+    (tmp_path / "generation_config.json").write_text(json.dumps(dict(generation, do_sample=True,
+                                                                    repetition_penalty=1.2)))
+    with pytest.raises(DecodingError, match=r"sets do_sample=True, repetition_penalty=1\.2, which"):
+        GenerationSettings.from_folder(tmp_path).check()
+
+
 LOOP_CASES = [  # (request overrides, generation config changes)
     ({"num_beams": 1}, {}),
     ({"num_beams": 1, "max_new_tokens": 9}, {"no_repeat_ngram_size": 0, "forced_bos_token_id": None}),

@@ -60,13 +60,11 @@ class GenerationSettings:
     unsupported: dict = field(default_factory=dict)  # set keys the loop does not implement: {key: value}
 
     @classmethod
-    def from_dict(cls, generation, config=None):
-        """From generation_config.json's content, with config.json's values where it has none (as transformers)."""
-        config = config or {}
-
+    def from_dict(cls, generation):
+        """From generation_config.json's content (or config.json's, whose generation keys have the same names)."""
         def get(key, default=None):
             value = generation.get(key)
-            return config.get(key, default) if value is None else value
+            return default if value is None else value
 
         eos = _ids(get("eos_token_id"))
         start = get("decoder_start_token_id", get("bos_token_id"))
@@ -87,11 +85,13 @@ class GenerationSettings:
 
     @classmethod
     def from_folder(cls, folder):
-        """From an export folder's generation_config.json and config.json."""
+        """From an export folder's generation_config.json, else its config.json: transformers reads only the
+        first when it is there (keys it lacks take generate()'s defaults, not config.json's values)."""
         folder = Path(folder)
-        files = [folder / "generation_config.json", folder / "config.json"]
-        generation, config = (json.loads(f.read_text()) if f.is_file() else {} for f in files)
-        return cls.from_dict(generation, config)
+        for name in ("generation_config.json", "config.json"):
+            if (folder / name).is_file():
+                return cls.from_dict(json.loads((folder / name).read_text()))
+        raise DecodingError(f"{folder}: no generation_config.json nor config.json")
 
     def check(self):
         if self.unsupported:
