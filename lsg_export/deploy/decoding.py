@@ -5,9 +5,11 @@ Triton repository `lsg-export deploy` writes copies this file next to its python
 on BLS requests to the graph models (Triton's python backend has neither torch nor transformers). It is a
 standalone module on purpose: no import from lsg_export, so that the copy works alone.
 
-    settings = GenerationSettings.from_folder(export)            # generation_config.json (+ config.json)
-    decoder = GraphDecoder(run_graph, merged=True, heads=16, head_dim=64)
-    ids = generate(encode, decoder, input_ids, attention_mask, settings.override(num_beams=4))
+    settings = GenerationSettings.from_folder(export).check()    # generation_config.json (else config.json)
+    decoder = GraphDecoder(run_graph, layers, heads, head_dim, merged=True)   # run_graph(graph, feeds) -> {name: array}
+    codec = TextCodec(export, settings.pad_token_id, max_tokens=4096)
+    ids, mask = codec.encode(["a long report ..."])
+    summaries = codec.decode(generate(encode, decoder, ids, mask, settings.override(num_beams=4)))
 
 `generate` gives transformers' `generate()` tokens (greedy and beam search, with the generation config's
 min / max lengths, forced BOS / EOS, no-repeat n-grams, length penalty and early stopping), as a
@@ -20,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 SCORE_FLOOR = -1.0e9  # transformers' beam search fills impossible beams with this score
+PROMPT = 1  # the decoder's prompt: its start token
 TEXT_INPUT, TEXT_OUTPUT = "text_input", "text_output"  # the generate extension's field names
 REQUEST_PARAMETERS = ("max_new_tokens", "num_beams")
 # generation_config.json keys the loop does not implement: an export that sets them is refused, not misserved
@@ -116,11 +119,6 @@ class GenerationSettings:
             changes[name] = int(value)
         return replace(self, **changes)
 
-    def to_dict(self):
-        return {"max_new_tokens": self.new_tokens, "num_beams": self.num_beams,
-                "length_penalty": self.length_penalty, "early_stopping": self.early_stopping,
-                "no_repeat_ngram_size": self.no_repeat_ngram_size, "min_length": self.min_length}
-
 
 # --- the graphs -------------------------------------------------------------------------------
 
@@ -202,14 +200,14 @@ def generate(encode, decoder, input_ids, attention_mask, settings):
 
 def _greedy(decoder, hidden, mask, settings):
     batch = hidden.shape[0]
-    max_length = 1 + settings.new_tokens
+    max_length = PROMPT + settings.new_tokens
     pad = settings.pad_token_id if settings.pad_token_id is not None else (settings.eos_token_ids or (0,))[0]
     sequences = np.full((batch, 1), settings.decoder_start_token_id, dtype=np.int64)
     unfinished = np.ones(batch, dtype=bool)
     past = None
     while True:
         logits, past = decoder(sequences[:, -1:], mask, hidden, past)
-        scores = _process(logits[:, -1, :].astype(np.float32), sequences, settings, max_length, 1)
+        scores = _process(logits[:, -1, :].astype(np.float32), sequences, settings, max_length, PROMPT)
         tokens = np.where(unfinished, scores.argmax(axis=-1), pad)
         sequences = np.concatenate([sequences, tokens[:, None]], axis=1)
         unfinished &= ~np.isin(tokens, settings.eos_token_ids)
@@ -220,7 +218,7 @@ def _greedy(decoder, hidden, mask, settings):
 def _beam_search(decoder, hidden, mask, settings):
     """transformers' (4.5x / 5.x) vectorised beam search, step for step."""
     beams, batch = settings.num_beams, hidden.shape[0]
-    max_length = 1 + settings.new_tokens
+    max_length = PROMPT + settings.new_tokens
     eos = np.asarray(settings.eos_token_ids, dtype=np.int64)
     keep = max(2, 1 + len(eos)) * beams  # candidates per row: enough to keep `beams` that did not finish
     top_beams = np.arange(keep) < beams
@@ -243,7 +241,7 @@ def _beam_search(decoder, hidden, mask, settings):
         flat = running[:, :, :length].reshape(batch * beams, length)
         logits, past = decoder(flat[:, -1:], mask, hidden, past)
         log_probs = _log_softmax(logits[:, -1, :].astype(np.float32))
-        log_probs = _process(log_probs, flat, settings, max_length, 1)
+        log_probs = _process(log_probs, flat, settings, max_length, PROMPT)
         vocab = log_probs.shape[-1]
         totals = (log_probs.reshape(batch, beams, vocab) + running_scores[:, :, None]).reshape(batch, beams * vocab)
         order = np.argsort(-totals, axis=1, kind="stable")[:, :keep]
@@ -261,7 +259,7 @@ def _beam_search(decoder, hidden, mask, settings):
         running_scores = np.take_along_axis(open_scores, pick, axis=1)
         # the finished ones: a stopped candidate among the top `beams` enters if it beats a kept one
         just_finished = hits & top_beams[None, :]
-        scored = top_scores / np.float32((length + 1 - 1) ** settings.length_penalty)
+        scored = top_scores / np.float32((length + 1 - PROMPT) ** settings.length_penalty)
         full = is_finished.all(axis=1, keepdims=True) & (settings.early_stopping is True)
         scored = scored + full.astype(np.float32) * np.float32(SCORE_FLOOR)
         scored = scored + (~improvable).astype(np.float32) * np.float32(SCORE_FLOOR)
@@ -281,7 +279,7 @@ def _beam_search(decoder, hidden, mask, settings):
                                  settings)
         if not improvable.any() or (is_finished.all() and settings.early_stopping is True) or hits.all():
             break
-    out_length = 1 + int(lengths_generated[:, 0].max())
+    out_length = PROMPT + int(lengths_generated[:, 0].max())
     return finished[:, 0, :out_length]
 
 
@@ -289,9 +287,9 @@ def _improvable(improvable, running_scores, finished_scores, is_finished, length
     """transformers' early-stop heuristic: whether a running beam can still beat the worst finished one."""
     penalty = settings.length_penalty
     if settings.early_stopping == "never" and penalty > 0.0:
-        best_length = max_length - 1
+        best_length = max_length - PROMPT
     else:
-        best_length = length - 1
+        best_length = length - PROMPT
     best_running = running_scores[:, :1] / np.float32(best_length ** penalty)
     worst = np.where(is_finished, finished_scores.min(axis=1, keepdims=True), np.float32(SCORE_FLOOR))
     return improvable & (best_running > worst).any(axis=-1, keepdims=True)
@@ -365,9 +363,3 @@ def check_texts(texts):
     if not out:
         raise DecodingError("no text: send at least one string")
     return out
-
-
-def summarise(codec, encode, decoder, texts, settings):
-    """The summaries of `texts` (a list of str) with these settings."""
-    ids, mask = codec.encode(check_texts(texts))
-    return codec.decode(generate(encode, decoder, ids, mask, settings))
