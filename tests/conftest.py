@@ -8,6 +8,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from _seq2seq_exports import graph_store, summariser_export, tiny_bart_export  # noqa: E402,F401  (fixtures)
 from _tiny import (CLS_ID, MASK_ID, TINY_BLOCK_SIZE, TINY_VOCAB, original_class,  # noqa: E402,F401  (re-exported)
                    save_tiny_checkpoint, tiny_config, tiny_seq2seq_config)
 
@@ -22,7 +23,8 @@ if "OMP_NUM_THREADS" not in os.environ:
 # the rest of its file, so that module and session fixtures (exports, converted folders) are built in
 # one worker; the export cases group by case (_onnx_cases.params), and files sharing a session
 # fixture share a group.
-SHARED_GROUPS = {"test_deploy.py": "deploy-cases", "test_serve.py": "deploy-cases"}
+SHARED_GROUPS = {"test_deploy.py": "deploy-cases", "test_serve.py": "deploy-cases",
+                 "test_summarise.py": "test_seq2seq_onnx.py"}  # the session's tiny bart export
 
 
 @pytest.hookimpl(tryfirst=True)

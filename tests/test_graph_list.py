@@ -63,9 +63,16 @@ def test_missing_files_and_single_graph(tmp_path):
 
 
 def test_deploy_and_serve_refuse_an_export_of_several_graphs(tmp_path):
-    folder = tmp_path / "bart-onnx"
+    """Several graphs that are not an encoder-decoder's are refused; an encoder-decoder's (served as a summariser:
+    test_summarise.py) are read from the list, and its missing files named."""
+    folder = tmp_path / "two-onnx"
     folder.mkdir()
-    (folder / "export.json").write_text(json.dumps({"seq": 64, **LISTED, "validation": {"passed": True}}))
+    two = {"graphs": [{"name": "model", "file": "model.onnx"}, {"name": "other", "file": "other.onnx"}]}
+    (folder / "export.json").write_text(json.dumps({"seq": 64, **two, "validation": {"passed": True}}))
+    bart = tmp_path / "bart-onnx"
+    bart.mkdir()
+    (bart / "export.json").write_text(json.dumps({"seq": 64, **LISTED, "validation": {"passed": True}}))
     for command in ("deploy", "serve"):
         assert_user_error(invoke(command, folder), "holds 2 graphs", "deploy and serve take an export of one graph")
-    assert not (tmp_path / "bart-onnx-deploy").exists()
+        assert_user_error(invoke(command, bart), "no encoder_model.onnx, decoder_model_merged.onnx")
+    assert not (tmp_path / "two-onnx-deploy").exists() and not (tmp_path / "bart-onnx-deploy").exists()

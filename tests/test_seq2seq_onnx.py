@@ -10,7 +10,6 @@ copies of torch.export's graphs (`reuse_graphs`): only the steps after it differ
 import csv
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,55 +20,24 @@ from lsg_export import convert
 from lsg_export.bench.backends import BACKENDS
 from lsg_export.bench.worker_spec import WorkerSpec
 from lsg_export.cli import main
-from lsg_export.families import SEQ2SEQ_FAMILIES
 from lsg_export.onnx import export_onnx
 from lsg_export.onnx.seq2seq import MERGED_FILE, PART_FILES, decoder_names
 
 from _cli import assert_user_error, invoke
-
-SEQ = 40  # 5 blocks of 8
-BART_SEQ = 64  # the tiny bart's whole table: the bench's cache exports (at the maximum) share its torch.export graphs
-LENGTHS = [1, 7, 8, 9, 16, 17, 25, SEQ]  # both sides of the 1- and 2-block boundaries
-
-
-def convert_tiny(checkpoint, output, model_type, head="ForConditionalGeneration", **options):
-    return convert(str(checkpoint), output, architecture=SEQ2SEQ_FAMILIES[model_type].architecture(head),
-                   max_sequence_length=64, block_size=TINY_BLOCK_SIZE, sparse_block_size=TINY_BLOCK_SIZE, **options)
+from _seq2seq_exports import BART_SEQ, LENGTHS, SEQ, convert_tiny, reusing_graphs
 
 
 @pytest.fixture(scope="module")
-def reuse_graphs(tmp_path_factory):
-    """pipeline.export_parts (torch.export of the three graphs, ~10 s each time) run once per model, --seq,
-    attention, opset and device while this module runs; a later export with the same five gets copies of its graphs,
-    then does its own optimisation, quantisation, merge and validation. Yields the keys exported for real."""
-    from lsg_export.onnx import pipeline
-    store, real, made = tmp_path_factory.mktemp("graphs"), pipeline.export_parts, {}
-
-    def export_parts(parts, info, folder, seq, kind, opset, status, device="cpu"):
-        key = (str(Path(info.path).resolve()), seq, kind.name, opset, device)
-        files = [part.file for part in parts]
-        if key not in made:
-            records = real(parts, info, folder, seq, kind, opset, status, device)
-            keep = store / str(len(made))
-            keep.mkdir()
-            for file in files:
-                shutil.copy(folder / file, keep / file)
-            made[key] = (keep, records)
-        keep, records = made[key]
-        for file in files:
-            shutil.copy(keep / file, folder / file)
-        return dict(records)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(pipeline, "export_parts", export_parts)
+def reuse_graphs(graph_store):
+    """torch.export's graphs reused while this module runs (_seq2seq_exports.reusing_graphs)."""
+    with reusing_graphs(graph_store) as made:
         yield made
 
 
 @pytest.fixture(scope="module")
-def exports(tiny_checkpoint, tmp_path_factory, reuse_graphs):
+def exports(tiny_checkpoint, tmp_path_factory, reuse_graphs, tiny_bart_export):
     work = tmp_path_factory.mktemp("seq2seq-onnx")
-    bart = convert_tiny(tiny_checkpoint("bart"), work / "lsg-bart", "bart")
-    bart_export = export_onnx(str(bart.path), work / "bart-onnx", seq=BART_SEQ, lengths=LENGTHS)
+    bart, bart_path, bart_info = tiny_bart_export
     # pegasus with 1 encoder and 1 decoder layer: the export time is per layer
     settings = tiny_config("pegasus").to_dict()
     settings.update(encoder_layers=1, decoder_layers=1)
@@ -80,7 +48,7 @@ def exports(tiny_checkpoint, tmp_path_factory, reuse_graphs):
                            sparsity_type="pooling", model_kwargs={"pass_global_tokens_to_decoder": False})
     run = CliRunner().invoke(main, ["onnx", str(pegasus.path), "-o", str(work / "pegasus-onnx"), "--seq", str(SEQ),
                                     "--lengths", ",".join(map(str, LENGTHS)), "--json"])
-    return {"bart": (bart, bart_export.path, bart_export.info), "pegasus": (pegasus, work / "pegasus-onnx", run)}
+    return {"bart": (bart, bart_path, bart_info), "pegasus": (pegasus, work / "pegasus-onnx", run)}
 
 
 def test_cli_export_json(exports):

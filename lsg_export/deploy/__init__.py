@@ -8,7 +8,10 @@
 
 Modules: folder (check and read an export: the graph's inputs / outputs), triton (config.pbtxt as
 Triton's ModelConfig message), kserve (the InferenceService manifest from the KServe SDK's models),
-readme (REPO/README.md), repository (deploy), server (the kserve.Model running ONNX Runtime), cli.
+readme (REPO/README.md), repository (deploy), server (the kserve.Model running ONNX Runtime), cli;
+for encoder-decoder exports (summarisers): seq2seq_export (check and read one), decoding (the numpy decoding
+loop and the tokenizer, shared by serve and the Triton python model), summariser (serve's model),
+generate_route (the generate extension), summariser_repository (deploy), triton_model (the Triton model.py).
 Needs the `serve` extra: pip install 'lsg-export[serve]'.
 """
 from .folder import ExportFolder, TensorSpec, open_export

@@ -27,7 +27,9 @@ _NAME = click.option("--name", help="Model name (Triton, KServe, the v2 URLs) [d
 @user_errors
 def deploy_command(export, output, as_json, **options):
     """Write a Triton model repository (onnxruntime backend) for EXPORT, a folder `lsg-export onnx`
-    wrote (default: the last one from here), with a KServe InferenceService manifest and a README.
+    wrote (default: the last one from here), with a KServe InferenceService manifest and a README. An
+    encoder-decoder export becomes a summariser: its graph models behind a python-backend model that takes
+    text and returns the summary (greedy or beam search, as its generation_config.json says).
 
     \b
     Examples:
@@ -65,7 +67,9 @@ def serve_command(export, name, allow_unvalidated, **options):
     """Serve EXPORT (default: the last `lsg-export onnx` output from here) with ONNX Runtime behind
     KServe's ModelServer: Open Inference Protocol v2 over HTTP and gRPC, the same model name, inputs
     and outputs as the `lsg-export deploy` repository, plus a `text` input (BYTES) tokenized by the
-    server. Stops on Ctrl-C / SIGTERM.
+    server. An encoder-decoder export is served as a summariser: the generate extension
+    (POST /v2/models/NAME/generate, {"text_input": ..., "parameters": {"max_new_tokens": .., "num_beams": ..}})
+    and infer with a `text` input, both returning `text_output`. Stops on Ctrl-C / SIGTERM.
 
     \b
     Examples:
@@ -74,6 +78,9 @@ def serve_command(export, name, allow_unvalidated, **options):
       curl -d '{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a long report"]}]}' \\
         localhost:8080/v2/models/minilm-onnx/infer
       lsg-export serve minilm-onnx --host 0.0.0.0 --port 9000 --grpc-port 9001 --workers 2
+      lsg-export serve bart-onnx
+      curl -d '{"text_input": "a long report", "parameters": {"num_beams": 4}}' \\
+        localhost:8080/v2/models/bart-onnx/generate
     """
     from rich.console import Console
 
@@ -86,8 +93,9 @@ def serve_command(export, name, allow_unvalidated, **options):
         model = make_model(export, name, allow_unvalidated)
     host = f"[{options['host']}]" if ":" in options["host"] else options["host"]
     text = ", or text" if model.has_text else ""
+    generate = f", generate: POST .../v2/models/{model.name}/generate" if hasattr(model, "summarise") else ""
     console.print(f"serving [bold]{model.name}[/bold] ({model.export.meta.get('task')}, up to {model.seq} tokens"
                   f"{text}): http://{host}:{options['port']}/v2/models/{model.name}, "
-                  f"gRPC {host}:{options['grpc_port']}",
+                  f"gRPC {host}:{options['grpc_port']}{generate}",
                   soft_wrap=True)
     serve(model, **options)

@@ -124,36 +124,55 @@ def validation_run_label(validation):
     return f" ({', '.join(parts)})" if parts else ""
 
 
-def open_export(folder, allow_unvalidated=False):
-    """ExportFolder of `folder`; LSGExportError when a file is missing, export.json and the graph
-    disagree, or validation failed / never ran (unless allow_unvalidated)."""
-    import onnx
-
-    path = Path(folder)
+def read_meta(path):
+    """export.json of an export folder, with its seq."""
     meta = read_export_json(path)
     if not isinstance(meta, dict) or "seq" not in meta:
         raise LSGExportError(f"{path}: incomplete export, {EXPORT_JSON} without seq; export it again with "
                              f"`lsg-export onnx`")
-    graph = single_graph(path, graph_list(meta), "deploy and serve take an export of one graph (an encoder's)")
-    missing = [name for name in (graph.file, "config.json") if not (path / name).is_file()]
-    if missing:
-        raise LSGExportError(f"{path}: incomplete export, {', '.join(missing)} missing; export it again with "
-                             f"`lsg-export onnx`")
+    return meta
+
+
+def read_graph(path, file):
+    """(inputs, outputs, external data files, op domains) of the ONNX file `file` of the folder `path`, read
+    without its weights; LSGExportError for an unreadable file or missing external data."""
+    import onnx
+
     try:
-        proto = onnx.load(str(path / graph.file), load_external_data=False)
+        proto = onnx.load(str(path / file), load_external_data=False)
     except Exception as error:  # protobuf DecodeError, truncated file, ...
-        raise LSGExportError(f"{path / graph.file}: not a readable ONNX model ({type(error).__name__})") from None
+        raise LSGExportError(f"{path / file}: not a readable ONNX model ({type(error).__name__})") from None
     data_files = sorted(_external_files(proto.graph))
     absent = [name for name in data_files if not (path / name).is_file()]
     if absent:
         raise LSGExportError(f"{path}: the graph's external data {', '.join(absent)} is missing")
-    inputs, outputs = tensor_specs(proto.graph.input), tensor_specs(proto.graph.output)
+    domains = sorted({node.domain or "" for node in proto.graph.node})
+    return tensor_specs(proto.graph.input), tensor_specs(proto.graph.output), data_files, domains
+
+
+def open_export(folder, allow_unvalidated=False):
+    """ExportFolder of `folder`; LSGExportError when a file is missing, export.json and the graph
+    disagree, or validation failed / never ran (unless allow_unvalidated)."""
+    path = Path(folder)
+    meta = read_meta(path)
+    graph = single_graph(path, graph_list(meta),
+                         "deploy and serve take an export of one graph (an encoder's) or an encoder-decoder's")
+    missing = [name for name in (graph.file, "config.json") if not (path / name).is_file()]
+    if missing:
+        raise LSGExportError(f"{path}: incomplete export, {', '.join(missing)} missing; export it again with "
+                             f"`lsg-export onnx`")
+    inputs, outputs, data_files, domains = read_graph(path, graph.file)
     for kind, specs in (("inputs", inputs), ("outputs", outputs)):
         named = getattr(graph, kind)
         if named is not None and list(named) != [s.name for s in specs]:
             raise LSGExportError(f"{path}: {EXPORT_JSON} names the {kind} {list(named)} but {graph.file} has "
                                  f"{[s.name for s in specs]}; export it again")
-    domains = sorted({node.domain or "" for node in proto.graph.node})
+    check_validated(path, meta, allow_unvalidated)
+    return ExportFolder(path, meta, inputs, outputs, data_files, domains, graph)
+
+
+def check_validated(path, meta, allow_unvalidated):
+    """The validation gate: LSGExportError when export.json's latest validation failed or never ran."""
     validation = meta.get("validation") or {}
     if validation.get("passed") is not True and not allow_unvalidated:
         why = (f"failed validation at lengths {validation.get('failed_lengths')} in its latest run"
@@ -161,4 +180,3 @@ def open_export(folder, allow_unvalidated=False):
                else "has no validation result")
         raise LSGExportError(f"{path} {why} (see its {EXPORT_JSON}); rerun `lsg-export validate {path}`, or pass "
                              f"--allow-unvalidated to deploy it anyway")
-    return ExportFolder(path, meta, inputs, outputs, data_files, domains, graph)

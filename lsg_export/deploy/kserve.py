@@ -45,8 +45,10 @@ def resources(model_bytes, instances, device):
     return V1ResourceRequirements(requests=requests, limits=limits)
 
 
-def inference_service(name, *, storage_uri, model_bytes, instances=1, device="cpu", max_batch_size=8):
-    """A V1beta1InferenceService: Triton runtime, onnx model format, Open Inference Protocol v2,
+def inference_service(name, *, storage_uri, model_bytes, instances=1, device="cpu", max_batch_size=8,
+                      model_format="onnx"):
+    """A V1beta1InferenceService: Triton runtime, `model_format` ("onnx", or "triton" for a repository of
+    several models and backends), Open Inference Protocol v2,
     autoscaled between MIN_REPLICAS and MAX_REPLICAS on concurrency (target: what one replica runs at once)."""
     kserve = import_kserve()
     from kubernetes.client import V1ObjectMeta
@@ -55,7 +57,7 @@ def inference_service(name, *, storage_uri, model_bytes, instances=1, device="cp
         min_replicas=MIN_REPLICAS, max_replicas=MAX_REPLICAS, scale_metric="concurrency",
         scale_target=instances * max(1, max_batch_size),
         model=kserve.V1beta1ModelSpec(
-            name="kserve-container", model_format=kserve.V1beta1ModelFormat(name="onnx"), runtime=RUNTIME,
+            name="kserve-container", model_format=kserve.V1beta1ModelFormat(name=model_format), runtime=RUNTIME,
             protocol_version="v2",
             storage_uri=storage_uri, resources=resources(model_bytes, instances, device)))
     return kserve.V1beta1InferenceService(

@@ -15,7 +15,9 @@ from pathlib import Path
 
 from ..folders import atomic_folder, check_output
 from . import kserve, text_tokens, triton
-from .folder import check_name, open_export
+from .folder import check_name, open_export, read_meta
+from .seq2seq_export import is_seq2seq, open_seq2seq_export
+from .summariser_repository import deploy_summariser
 from .readme import repository_readme
 
 MANIFEST = "inferenceservice.yaml"
@@ -38,8 +40,17 @@ class DeployResult:
 
 def deploy(export, output=None, *, name=None, max_batch_size=8, instances=1, device="cpu",
            dynamic_batching=True, max_queue_delay_us=100, allow_unvalidated=False, force=False):
-    """Write the deployment of the export folder `export` to `output` (default: <export>-deploy).
-    Returns a DeployResult; LSGExportError for bad input."""
+    """Write the deployment of the export folder `export` to `output` (default: <export>-deploy): the graph's
+    model, or for an encoder-decoder export the summariser's models (summariser_repository.py; its graph models
+    take whole batches, so max_batch_size and dynamic batching do not apply). Returns a DeployResult;
+    LSGExportError for bad input."""
+    if is_seq2seq(read_meta(export)):
+        folder = open_seq2seq_export(export, allow_unvalidated)
+        name = check_name(name) if name else folder.default_name()
+        output = Path(output) if output else folder.path.resolve().with_name(folder.path.resolve().name + "-deploy")
+        config, files, op_library = deploy_summariser(folder, output, name, instances=instances, device=device,
+                                                      force=force)
+        return DeployResult(output, name, config, files, op_library)
     folder = open_export(export, allow_unvalidated)
     name = check_name(name) if name else folder.default_name()
     output = Path(output) if output else folder.path.resolve().with_name(folder.path.resolve().name + "-deploy")

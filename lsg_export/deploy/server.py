@@ -252,6 +252,11 @@ class _RESTServer(RESTServer):
         super()._add_middlewares(app)
         app.add_middleware(JSONBodyByDefault)
 
+    def _register_endpoints(self, app):
+        from .generate_route import register_generate_route
+        super()._register_endpoints(app)
+        register_generate_route(app, self.dataplane)
+
 
 class JSONBodyByDefault:
     """ASGI middleware: an infer request without Inference-Header-Content-Length is JSON.
@@ -314,9 +319,14 @@ def check_port(host, port, what):
 
 
 def make_model(export, name=None, allow_unvalidated=False):
-    """The LSGModel of the export folder `export`."""
-    from .folder import check_name
+    """The LSGModel of the export folder `export`, or its SummariserModel for an encoder-decoder export."""
+    from .folder import check_name, read_meta
+    from .seq2seq_export import is_seq2seq, open_seq2seq_export
 
+    if is_seq2seq(read_meta(export)):
+        from .summariser import SummariserModel
+        folder = open_seq2seq_export(export, allow_unvalidated)
+        return SummariserModel(check_name(name) if name else folder.default_name(), folder)
     folder = open_export(export, allow_unvalidated)
     return LSGModel(check_name(name) if name else folder.default_name(), folder)
 
