@@ -58,14 +58,25 @@ def deploy_command(export, output, as_json, **options):
 @click.option("--port", default=8080, type=int, help="HTTP port.")
 @click.option("--grpc-port", default=8081, type=int, help="gRPC port.")
 @click.option("--workers", default=1, type=int, help="HTTP server processes (each with its own session).")
+@click.option("--max-batch-tokens", default=16384, type=int,
+              help="Embeddings: pack concurrent requests into ONNX Runtime runs of at most this many padded tokens "
+                   "(0: each request alone).")
+@click.option("--max-concurrent-requests", default=512, type=int,
+              help="POST requests in progress beyond which a request gets HTTP 429 (0: no limit).")
+@click.option("--truncate", is_flag=True, help="Embeddings: cut a text longer than the export's length instead of "
+                                               "refusing it.")
+@click.option("--max-request-bytes", default=16 * 2 ** 20, type=int, help="Larger request bodies get HTTP 413.")
 @_NAME
 @_UNVALIDATED
 @user_errors
-def serve_command(export, name, allow_unvalidated, **options):
+def serve_command(export, name, allow_unvalidated, max_batch_tokens, max_concurrent_requests, truncate,
+                  max_request_bytes, **options):
     """Serve EXPORT (default: the last `lsg-export onnx` output from here) with ONNX Runtime behind
     KServe's ModelServer: Open Inference Protocol v2 over HTTP and gRPC, the same model name, inputs
     and outputs as the `lsg-export deploy` repository, plus a `text` input (BYTES) tokenized by the
-    server. Stops on Ctrl-C / SIGTERM.
+    server. An export with a sentence_embedding output (`lsg-export onnx --pooling`) is also an
+    OpenAI-compatible embedding server: POST /v1/embeddings, GET /v1/models, batched by a token budget.
+    Prometheus metrics on /metrics. Stops on Ctrl-C / SIGTERM.
 
     \b
     Examples:
@@ -74,12 +85,16 @@ def serve_command(export, name, allow_unvalidated, **options):
       curl -d '{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a long report"]}]}' \\
         localhost:8080/v2/models/minilm-onnx/infer
       lsg-export serve minilm-onnx --host 0.0.0.0 --port 9000 --grpc-port 9001 --workers 2
+      curl -d '{"model": "minilm-onnx", "input": ["a long report"]}' localhost:8080/v1/embeddings
+      lsg-export serve minilm-onnx --max-batch-tokens 32768 --max-concurrent-requests 64 --truncate
     """
     from rich.console import Console
 
     from ..cli_state import given_or_last
+    from .embeddings import EMBEDDING_OUTPUT, ServingOptions
     from .server import make_model, serve
 
+    serving = ServingOptions(max_batch_tokens, max_concurrent_requests, truncate, max_request_bytes).check()
     console = Console(stderr=True)
     export = given_or_last(export, "onnx", console)
     with console.status("loading the model"):
@@ -90,4 +105,8 @@ def serve_command(export, name, allow_unvalidated, **options):
                   f"{text}): http://{host}:{options['port']}/v2/models/{model.name}, "
                   f"gRPC {host}:{options['grpc_port']}",
                   soft_wrap=True)
-    serve(model, **options)
+    if EMBEDDING_OUTPUT in [spec.name for spec in model.export.outputs]:
+        batching = f"batches of up to {max_batch_tokens} tokens" if max_batch_tokens else "no batching"
+        console.print(f"embeddings (OpenAI API): http://{host}:{options['port']}/v1/embeddings, {batching}",
+                      soft_wrap=True)
+    serve(model, serving=serving, **options)
