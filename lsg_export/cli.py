@@ -133,6 +133,10 @@ def _print_ties(console, report):
 @click.option("--merge-decoders/--no-merge-decoders", default=None, help="Encoder-decoders: also write "
               "decoder_model_merged.onnx (both decoders in one graph, as optimum exports; optimum loads it) "
               "[default: on where the [optimum] extra is installed, which the merge needs].")
+@click.option("--pooling", type=click.Choice(["mean", "cls", "max", "none"]), help="feature-extraction: also "
+              "output sentence_embedding (batch, hidden), the last hidden state pooled over the real tokens, then "
+              "L2-normalised when the checkpoint's sentence-transformers pipeline normalises [default: the "
+              "checkpoint's sentence-transformers pooling, else none].")
 @click.option("--force", is_flag=True, help="Replace a non-empty output folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result (export.json) as JSON.")
 @user_errors
@@ -148,6 +152,7 @@ def onnx(model, output, as_json, **options):
       lsg-export onnx lsg-bart-base-4096 -o bart-onnx  # encoder_model.onnx, decoder(_with_past)_model.onnx, merged
       lsg-export onnx lsg-bart-base-4096 --optimize O2 --quantize int8 -o bart-int8
       lsg-export onnx lsg-all-MiniLM-L6-v2-4096 --attention custom-op -o minilm-onnx-op
+      lsg-export onnx lsg-my-bert --task feature-extraction --pooling cls   # + sentence_embedding
     """
     from rich.console import Console
 
@@ -166,8 +171,10 @@ def onnx(model, output, as_json, **options):
         optimized = info.get("optimize")
         nodes = f"{info['graph']['nodes']} nodes" + (
             f", {optimized['nodes_after']} after {optimized['level']}" if optimized else "")
-        console.print(f"[green]wrote[/green] {result.path} ({result.task}, {info['precision']}, opset {info['opset']}, "
-                      f"{nodes}, {info['seconds']['total']:.0f} s)", soft_wrap=True)
+        pooling = info.get("pooling")
+        pooled = f", sentence_embedding: {pooling['mode']}{' + L2' * pooling['normalize']}" if pooling else ""
+        console.print(f"[green]wrote[/green] {result.path} ({result.task}{pooled}, {info['precision']}, opset "
+                      f"{info['opset']}, {nodes}, {info['seconds']['total']:.0f} s)", soft_wrap=True)
     if not result.passed:
         console.print(f"[red]validation failed:[/red] {result.report.failure_message()}; {result.path} is kept, "
                       f"the failure is recorded in its export.json", soft_wrap=True)

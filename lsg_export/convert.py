@@ -16,6 +16,8 @@ from .folders import atomic_folder, check_output
 from .modeling.lsg_attention import validate_lsg_options
 from .modeling.lsg_base import LSG_DEFAULTS, LSG_OPTION_NAMES
 from .quiet import quiet_transformers
+from .sentence_pipeline import TOP_FILES as PIPELINE_FILES
+from .sentence_pipeline import copy_pipeline, pipeline_folder, read_pipeline
 from .sources import read_config_dict, resolve_source
 from .weights import embedding_targets, initial_global_embeddings, tile_positions
 
@@ -59,13 +61,14 @@ def default_output(display_name, max_sequence_length):
 CONVERT_FILES = ("config.json", "generation_config.json", "README.md", "model.safetensors", "model-*-of-*.safetensors",
                  "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                  "added_tokens.json", "chat_template.jinja", "vocab.txt", "vocab.json", "merges.txt", "spiece.model",
-                 "sentencepiece.bpe.model")
+                 "sentencepiece.bpe.model", *PIPELINE_FILES)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "*.model")
 
 
-def written_by_convert(entry, new_names=()):
-    """Whether `entry` of an output folder is a conversion's: a name written now, or a file any conversion writes."""
-    if entry.name in new_names:
+def written_by_convert(entry, new_names=(), module_folders=()):
+    """Whether `entry` of an output folder is a conversion's: a name written now, a file any conversion writes,
+    or a module subfolder of the sentence-transformers pipeline there (`module_folders`, e.g. 1_Pooling)."""
+    if entry.name in new_names or entry.is_dir() and entry.name in module_folders:
         return True
     modeling = {path.name for family in ALL_FAMILIES.values() for path in family.modeling_files()}
     return entry.is_file() and (entry.name in modeling or any(fnmatch(entry.name, p) for p in CONVERT_FILES))
@@ -92,7 +95,12 @@ def keep_foreign_entries(notice):
         if not entries:  # an empty folder, allowed without --force: nothing to say
             return []
         new_names = {path.name for path in tmp.iterdir()}
-        kept = [entry for entry in entries if not written_by_convert(entry, new_names)]
+        try:
+            pipeline = read_pipeline(output)
+        except LSGExportError:  # a corrupt modules.json: replaced, its subfolders kept
+            pipeline = None
+        module_folders = pipeline.folders if pipeline else ()
+        kept = [entry for entry in entries if not written_by_convert(entry, new_names, module_folders)]
         notice(replacement_notice(output, [entry for entry in entries if entry not in kept], kept))
         return [entry.name for entry in kept]
     return carry_over
@@ -250,6 +258,7 @@ def convert(model=None, output=None, *, max_sequence_length=4096, architecture=N
     lsg_model.load_state_dict(state)
     lsg_model.eval()
 
+    pipeline_source = pipeline_folder(source)  # sentence-transformers' modules.json, pooling ...: carried along
     status(f"writing {output}")
     with atomic_folder(output, force, keep_foreign_entries(notice)) as tmp:
         with quiet_transformers():  # transformers 5: a 'Writing model shards' bar on stderr
@@ -260,14 +269,24 @@ def convert(model=None, output=None, *, max_sequence_length=4096, architecture=N
             tokenizer.model_max_length = max_sequence_length
             tokenizer.init_kwargs["model_max_length"] = max_sequence_length
             tokenizer.save_pretrained(tmp)
-        (tmp / "README.md").write_text(model_card(display, source, family, head, config, max_sequence_length))
+        pipeline = copy_pipeline(pipeline_source, tmp, max_sequence_length) if pipeline_source else None
+        (tmp / "README.md").write_text(model_card(display, source, family, head, config, max_sequence_length,
+                                                  pipeline is not None))
     return ConvertResult(output, lsg_model, tokenizer, family.class_name(head), source)
 
 
-def model_card(display, source, family, head, config, length):
+def model_card(display, source, family, head, config, length, sentence_transformers=False):
     options = "\n".join(f"| `{k}` | `{getattr(config, k)}` |" for k in LSG_OPTION_NAMES)
+    usage = f"""
+A sentence-transformers model too (its pooling carried, `max_seq_length` {length}):
+
+```python
+from sentence_transformers import SentenceTransformer
+embeddings = SentenceTransformer("PATH", trust_remote_code=True).encode(["a long document ..."])
+```
+""" if sentence_transformers else ""
     return f"""---
-library_name: transformers
+library_name: {"sentence-transformers" if sentence_transformers else "transformers"}
 tags: [lsg, long-context, lsg-export]
 ---
 # LSG {display} ({length} tokens)
@@ -281,7 +300,7 @@ global token(s) and 2 x {config.sparse_block_size} compressed tokens ({config.sp
 from transformers import {AUTO_CLASSES[head]}, AutoTokenizer
 model = {AUTO_CLASSES[head]}.from_pretrained("PATH", trust_remote_code=True)
 ```
-
+{usage}
 | option | value |
 |---|---|
 {options}

@@ -32,6 +32,7 @@ class Case:
     dense: bool = True  # compare at every length 1..SEQ and batch sizes BATCH_SIZES
     atol: float = 1e-4
     exhaustive: bool = False  # only in the exhaustive tier (pytest -m exhaustive): see EXHAUSTIVE_ONLY
+    sentence: dict = None  # a sentence-transformers pipeline written into the original: {"pooling", "normalize"}
 
 
 # The default suite exports a covering set of the matrix: every family, task, sparsity type, G in {1, 7},
@@ -42,7 +43,7 @@ DEFAULT_TIER = {"bert-Model", "bert-ForPreTraining", "bert-ForQuestionAnswering"
                 "roberta-ForSequenceClassification", "camembert-Model", "camembert-ForMaskedLM",
                 "xlm-roberta-ForTokenClassification", "distilbert-ForTokenClassification", "albert-Model",
                 "albert-ForMultipleChoice", "int8", "op-bert-Model", "op-roberta-ForMaskedLM",
-                "op-albert-ForTokenClassification", "op-int8"}
+                "op-albert-ForTokenClassification", "op-int8", "pool-max-O2", "op-pool-cls-int8"}
 
 
 def in_tiers(cases):
@@ -95,11 +96,48 @@ def custom_op_cases():
                  {**op, "quantize": "int8"}, dense=False)])
 
 
+def pooling_cases():
+    """The sentence_embedding output (mean pooling: MiniLM's, gather and custom-op): max + Normalize from the
+    checkpoint's pipeline with --optimize O2; --pooling cls over a pipeline's mean, custom-op and int8; then
+    (exhaustive) cls of a checkpoint without a pipeline, max with the custom op."""
+    return in_tiers([
+        Case("pool-max-O2", "bert", "Model", dict(sparsity_type="norm"), dict(optimize="O2"),
+             sentence=dict(pooling="max", normalize=True)),
+        Case("op-pool-cls-int8", "bert", "Model", dict(sparsity_type="pooling", num_global_tokens=7),
+             dict(attention="custom-op", quantize="int8", pooling="cls"), dense=False,
+             sentence=dict(pooling="mean", normalize=True)),
+        Case("pool-cls-roberta", "roberta", "Model", dict(sparsity_type="stride"), dict(pooling="cls")),
+        Case("op-pool-max", "bert", "Model", dict(sparsity_type="bos_pooling"), dict(attention="custom-op"),
+             sentence=dict(pooling="max", normalize=False))])
+
+
+def write_sentence_pipeline(folder, pooling, normalize, hidden=32):
+    """The files of a sentence-transformers checkpoint beside its weights: modules.json, 1_Pooling/config.json
+    (the older flag keys, as all-MiniLM-L6-v2 has them), sentence_bert_config.json."""
+    import json
+    folder = Path(folder)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    flags = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean", "pooling_mode_max_tokens": "max"}
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": hidden, **{key: mode == pooling for key, mode in flags.items()}}))
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 32, "do_lower_case": False}))
+    return folder
+
+
 def convert_case(case, root):
     from lsg_export import convert
     from lsg_export.families import FAMILIES
     root = Path(root)
-    original = tiny_original(case.model_type, root / f"original-{case.model_type}")
+    if case.sentence:  # its own original: the pipeline files must not reach the other cases' conversions
+        original = write_sentence_pipeline(tiny_original(case.model_type, root / f"original-{case.name}"),
+                                           **case.sentence)
+    else:
+        original = tiny_original(case.model_type, root / f"original-{case.model_type}")
     folder = root / case.name
     convert(str(original), folder, max_sequence_length=64, architecture=FAMILIES[case.model_type].architecture(
         case.head), block_size=BLOCK, sparse_block_size=BLOCK, force=True, **case.lsg)
@@ -122,7 +160,7 @@ def dense_compare(onnx_folder, model_folder, task, lengths, batch_sizes, seed=0)
     from lsg_export.onnx.tasks import TaskModule, make_inputs, read_model_folder
     meta = read_export_folder(onnx_folder)
     info = read_model_folder(model_folder)
-    module = TaskModule(load_torch_model(info), task).eval()
+    module = TaskModule(load_torch_model(info), task, meta.get("pooling")).eval()
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     if meta.get("custom_ops"):
@@ -142,7 +180,7 @@ def dense_compare(onnx_folder, model_folder, task, lengths, batch_sizes, seed=0)
             mask = inputs["attention_mask"].bool().numpy()
             for name, ref, out in zip(meta["outputs"], expected, got):
                 assert ref.shape == out.shape, (name, length, batch, ref.shape, out.shape)
-                if ref.shape[:mask.ndim] == mask.shape:
+                if ref.shape[:mask.ndim] == mask.shape and name != "sentence_embedding":  # per-token outputs
                     ref, out = ref[mask], out[mask]
                 diff = float(np.abs(ref.astype(np.float64) - out).max())
                 if not np.isfinite(diff):
@@ -211,7 +249,8 @@ class Exports:
 
     def __init__(self, root):
         self.root = Path(root)
-        self.cases = {case.name: case for case in matrix_cases() + extra_cases() + custom_op_cases()}
+        self.cases = {case.name: case for case in matrix_cases() + extra_cases() + custom_op_cases()
+                      + pooling_cases()}
         self.results = {}
 
     def __getitem__(self, name):

@@ -180,3 +180,30 @@ def test_global_embeddings_and_tiled_positions(minilm_lsg, minilm_path):
     for key, value in original.items():
         if key not in ("embeddings.position_embeddings.weight", "embeddings.position_ids"):
             assert torch.equal(converted[key], value), key
+
+
+def test_sentence_transformers_encode_is_the_lsg_model_pooled(minilm_lsg, tokenizer, text):
+    """The converted folder carries MiniLM's sentence-transformers pipeline (mean pooling, Normalize) with
+    max_seq_length 4096: SentenceTransformer's embedding of a long text is the LSG model's last_hidden_state
+    averaged over the real tokens and L2-normalised by hand."""
+    import json
+
+    from sentence_transformers import SentenceTransformer
+    folder = minilm_lsg.path
+    assert json.loads((folder / "sentence_bert_config.json").read_text())["max_seq_length"] == 4096
+    assert json.loads((folder / "1_Pooling" / "config.json").read_text())["pooling_mode_mean_tokens"]
+    texts = [text[:30000], text[:9000]]  # ~6.8k and ~2k tokens: the first truncated at 4096, both past 512
+    model = SentenceTransformer(str(folder), device="cpu", trust_remote_code=True)
+    assert model.max_seq_length == 4096
+    got = torch.from_numpy(model.encode(texts, batch_size=2))
+    encoded = tokenizer(texts, padding=True, truncation=True, max_length=4096, return_tensors="pt")
+    assert encoded["input_ids"].shape[1] == 4096 and 512 < int(encoded["attention_mask"][1].sum()) < 4096
+    with torch.no_grad():
+        hidden = minilm_lsg.model(**encoded).last_hidden_state
+    weights = encoded["attention_mask"].unsqueeze(-1).double()
+    pooled = (hidden.double() * weights).sum(1) / weights.sum(1)
+    expected = pooled / pooled.norm(dim=1, keepdim=True)
+    assert got.shape == (2, 384)
+    assert max_diff(got, expected) <= 1e-5
+    # not a constant: the two documents' embeddings differ
+    assert max_diff(got[0], got[1]) > 1e-2

@@ -55,7 +55,8 @@ def test_default_tier_covers_the_matrix():
     assert {c.lsg["mask_first_token"] for c in default} == {False, True}
     assert {c.lsg["sparsity_factor"] for c in default} == {2, 4}
     assert {c.export.get("optimize") for c in default} == {None, "O1", "O2"}
-    assert set(cases.DEFAULT_TIER) <= {c.name for c in MATRIX + cases.extra_cases() + cases.custom_op_cases()}
+    assert set(cases.DEFAULT_TIER) <= {c.name for c in MATRIX + cases.extra_cases() + cases.custom_op_cases()
+                                       + cases.pooling_cases()}
 
 
 @pytest.mark.parametrize("case", cases.params([c for c in MATRIX if not c.export]))

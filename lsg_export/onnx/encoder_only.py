@@ -1,12 +1,14 @@
 """The encoder layout: one graph, model.onnx, of an encoder (BERT, RoBERTa, ...) with its task's head, as
-optimum's ORTModelFor<task> loads it; validated against the PyTorch model (validate.compare)."""
+optimum's ORTModelFor<task> loads it, feature-extraction with a pooled `sentence_embedding` output too when
+it pools (pooling.py); validated against the PyTorch model (validate.compare)."""
 import torch
 
 from ..errors import LSGExportError
 from ..graph_list import MODEL_FILE
 from ..quiet import quiet_transformers
 from .parts import GraphPart, example_length, weight_bytes
-from .tasks import TASKS, TaskModule, infer_task, input_axes, input_names, make_inputs, output_names
+from .pooling import choose_pooling
+from .tasks import TaskModule, infer_task, input_axes, input_names, make_inputs, output_axes, output_names
 from .validate import compare, make_session
 
 
@@ -37,14 +39,15 @@ def limit_positions(model, rows):
 
 
 class EncoderOnly:
-    """One graph part, "model" (model.onnx): the task module of an encoder."""
+    """One graph part, "model" (model.onnx): the task module of an encoder. pooling: export.json's
+    {"mode", "normalize"} of its sentence_embedding output, None without one."""
     label = "encoder"
     external_data = True  # weights above 2 GB go to model.onnx.data
     side_files = ()
 
-    def __init__(self, info, task, outputs=None):
-        self.info, self.task = info, task
-        self.outputs = list(outputs) if outputs is not None else output_names(task)
+    def __init__(self, info, task, outputs=None, pooling=None):
+        self.info, self.task, self.pooling = info, task, pooling
+        self.outputs = list(outputs) if outputs is not None else output_names(task, pooling)
 
     @classmethod
     def serves(cls, family):
@@ -55,27 +58,28 @@ class EncoderOnly:
         return [g.name for g in graphs] == ["model"]
 
     @classmethod
-    def for_export(cls, info, task, merge_decoders):
+    def for_export(cls, info, task, merge_decoders, pooling=None):
         if merge_decoders is not None:
             raise LSGExportError(f"--merge-decoders is for encoder-decoders (bart, mbart, pegasus); {info.path} "
                                  f"holds a {info.family.class_name(info.head)}")
-        return cls(info, infer_task(info, task))
+        task = infer_task(info, task)
+        return cls(info, task, pooling=choose_pooling(info.path, task, pooling))
 
     @classmethod
     def for_folder(cls, info, meta, graphs):
-        return cls(info, meta["task"], graphs[0].outputs or meta["outputs"])
+        return cls(info, meta["task"], graphs[0].outputs or meta["outputs"], meta.get("pooling"))
 
     def load_model(self, seq):
         """The task module of the PyTorch model, its position table cut to seq."""
         model = load_torch_model(self.info)
         limit_positions(model, seq + self.info.family.position_offset)
-        return TaskModule(model, self.task).eval()
+        return TaskModule(model, self.task, self.pooling).eval()
 
     def parts(self, module, seq):
         names = input_names(self.info.family)
         example = make_inputs(self.info, self.task, 2, example_length(self.info.config["block_size"], seq))
         return [GraphPart("model", MODEL_FILE, module, {name: example[name] for name in names}, names, self.outputs,
-                          {name: input_axes(self.task) for name in names}, list(TASKS[self.task].output_axes),
+                          {name: input_axes(self.task) for name in names}, output_axes(self.task, self.pooling),
                           optimizer_config=self.info.config, weight_bytes=weight_bytes(module),
                           doc=f"LSG {self.info.family.class_name(self.info.head)} ({self.task}) by lsg-export")]
 
@@ -87,7 +91,7 @@ class EncoderOnly:
         """export.json's keys of this layout."""
         names = input_names(self.info.family)
         return {"inputs": names, "outputs": self.outputs, "input_axes": list(input_axes(self.task)),
-                "lsg": self.info.lsg_options}
+                "pooling": self.pooling, "lsg": self.info.lsg_options}
 
     def validate(self, folder, module, settings, kind, graphs, ids=None, inputs_label="random ids", status=None):
         graph = graphs[0]

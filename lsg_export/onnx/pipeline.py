@@ -14,6 +14,7 @@ from pathlib import Path
 from ..errors import LSGExportError
 from ..folders import atomic_folder, check_output
 from ..graph_list import MODEL_FILE, check_graph_files, graph_list
+from ..sentence_pipeline import copy_pipeline
 from ..sources import EXPORT_JSON, read_export_json
 from .encoder_only import EncoderOnly, limit_positions, load_torch_model  # noqa: F401 (the Python API's names)
 from .export import (DEFAULT_OPSET, EXTERNAL_DATA_BYTES, check_opset, export_graph, final_graph, finish_graph,
@@ -43,8 +44,9 @@ class ExportResult:
 
 
 def write_side_files(info, folder, seq, extra=()):
-    """config.json (no auto_map: the folder holds no modeling code), the tokenizer files and the layout's
-    `extra` files of the model folder."""
+    """config.json (no auto_map: the folder holds no modeling code), the tokenizer files, the layout's
+    `extra` files of the model folder and its sentence-transformers pipeline (max_seq_length seq), with
+    which `SentenceTransformer(OUT, backend="onnx")` loads OUT."""
     config = dict(info.config)
     config.pop("auto_map", None)
     config["max_position_embeddings"] = seq + info.family.position_offset
@@ -58,6 +60,7 @@ def write_side_files(info, folder, seq, extra=()):
         data = json.loads(tokenizer_config.read_text())
         data["model_max_length"] = seq
         tokenizer_config.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    copy_pipeline(info.path, folder, seq)
 
 
 def external_data(parts):
@@ -162,9 +165,9 @@ def summary_keys(exported, entries):
                       "domains": sorted({d for entry in entries for d in entry["domains"]})}}
 
 
-def layout_for_model(info, task, merge_decoders):
+def layout_for_model(info, task, merge_decoders, pooling=None):
     layout = next(layout for layout in LAYOUTS if layout.serves(info.family))
-    return layout.for_export(info, task, merge_decoders)
+    return layout.for_export(info, task, merge_decoders, pooling)
 
 
 def layout_for_folder(folder, info, meta, graphs):
@@ -176,19 +179,21 @@ def layout_for_folder(folder, info, meta, graphs):
 
 def export_onnx(model, output=None, *, seq=None, task="auto", opset=DEFAULT_OPSET, attention="gather",
                 optimize="none", fp16=False, quantize=None, device="cpu", atol=None, lengths=None, batch_size=2,
-                merge_decoders=None, text=None, force=False, status=None):
+                merge_decoders=None, pooling=None, text=None, force=False, status=None):
     """Export a converted LSG folder to ONNX, validate it against PyTorch, write OUT.
 
     model: the converted folder.
     output: OUT (default MODEL/onnx). seq: the longest input (default: the model's maximum).
     merge_decoders: encoder-decoders only, also write decoder_model_merged.onnx (default: yes).
+    pooling: mean, cls, max or none: the sentence_embedding output of feature-extraction (default: the
+    checkpoint's sentence-transformers pooling, else none).
     text: a text file whose tokens the validation runs on (default: GPL-3 for int8, else random ids).
     Returns an ExportResult; `result.passed` is False when validation found a difference above atol
     (OUT is written all the same, with the failure in export.json). LSGExportError for bad input."""
     status = status or (lambda message: None)
     started = time.perf_counter()
     info = read_model_folder(model)
-    layout = layout_for_model(info, task, merge_decoders)
+    layout = layout_for_model(info, task, merge_decoders, pooling)
     kind = get_attention_kind(attention)
     check_opset(opset, kind)
     check_options(optimize, fp16, quantize, device)

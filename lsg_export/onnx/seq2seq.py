@@ -369,8 +369,11 @@ class Seq2Seq:
         return find_graph(graphs, "encoder") is not None
 
     @classmethod
-    def for_export(cls, info, task, merge_decoders):
+    def for_export(cls, info, task, merge_decoders, pooling=None):
         check_head(info, task)
+        if pooling not in (None, "none"):
+            raise LSGExportError(f"--pooling is for encoder exports (feature-extraction); {info.path} holds a "
+                                 f"{info.family.class_name(info.head)}")
         merged = has_optimum() if merge_decoders is None else bool(merge_decoders)  # the merge is optimum's
         if merged:
             require_optimum("the merged decoder (--merge-decoders)")

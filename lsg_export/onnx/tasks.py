@@ -12,6 +12,7 @@ import torch
 
 from ..errors import LSGExportError
 from ..families import ALL_FAMILIES
+from .pooling import POOLED_AXES, SENTENCE_EMBEDDING, SentencePooling
 
 
 @dataclass(frozen=True)
@@ -115,16 +116,23 @@ def input_axes(task):
     return SEQ_AXES
 
 
-def output_names(task):
-    return list(TASKS[task].outputs)
+def output_names(task, pooling=None):
+    """The graph's outputs: the task's, then sentence_embedding when it pools (`pooling`: export.json's)."""
+    return list(TASKS[task].outputs) + [SENTENCE_EMBEDDING] * bool(pooling)
+
+
+def output_axes(task, pooling=None):
+    return list(TASKS[task].output_axes) + [POOLED_AXES] * bool(pooling)
 
 
 class TaskModule(torch.nn.Module):
-    """The model as the graph computes it: ONNX inputs in order, a tuple of outputs in `output_names` order."""
+    """The model as the graph computes it: ONNX inputs in order, a tuple of outputs in `output_names` order.
+    pooling (export.json's {"mode", "normalize"}): feature-extraction's sentence_embedding too."""
 
-    def __init__(self, model, task):
+    def __init__(self, model, task, pooling=None):
         super().__init__()
         self.task = task
+        self.pooling = SentencePooling(pooling["mode"], pooling["normalize"]) if pooling else None
         # feature-extraction of a head model: its base model
         if task == "feature-extraction" and hasattr(model, "base_model_prefix") and \
                 isinstance(getattr(model, model.base_model_prefix, None), torch.nn.Module):
@@ -137,6 +145,8 @@ class TaskModule(torch.nn.Module):
             inputs["token_type_ids"] = token_type_ids
         out = self.model(**inputs, return_dict=True)
         if self.task == "feature-extraction":
+            if self.pooling is not None:
+                return out.last_hidden_state, self.pooling(out.last_hidden_state, attention_mask)
             return (out.last_hidden_state,)
         if self.task == "question-answering":
             return out.start_logits, out.end_logits

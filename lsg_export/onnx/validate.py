@@ -3,7 +3,7 @@
 Each length runs a batch whose last row is padded (a third of it). Per-token outputs are compared on
 the real tokens only: what a model computes at padding positions is undefined (nobody reads it), and
 there the sums over fully masked windows differ by rounding more than elsewhere. Sequence-level
-outputs (classification, multiple-choice) are compared whole.
+outputs (classification, multiple-choice, the pooled sentence_embedding) are compared whole.
 
 Beside the differences every row reports what users judge a model by: the cosine of mean-pooled outputs
 and the lowest per-token cosine (and for logits, arg-max agreement). A length whose difference exceeds
@@ -17,6 +17,7 @@ import torch
 
 from ..errors import LSGExportError
 from ..ops.session import explain_missing_ops
+from .pooling import SENTENCE_EMBEDDING
 from .tasks import make_inputs
 from .ties import SelectionProbe, TIE_RTOL, explain_by_ties, tie_summary
 
@@ -237,7 +238,7 @@ def cosines(reference, got, token_mask=None):
 def _argmax_agreement(reference, got, name, token_mask):
     """Logits: the fraction of predictions that agree. A class dim after the tokens: arg-max per real
     token; per-token scores (question-answering): arg-max over the real tokens of each row."""
-    if name == "last_hidden_state":
+    if name in ("last_hidden_state", SENTENCE_EMBEDDING):  # features, not scores
         return None
     if token_mask is None:
         return float((reference.argmax(-1) == got.argmax(-1)).mean())
@@ -284,8 +285,9 @@ def compare(session, module, info, task, output_names, lengths, batch_size, atol
         def run(swaps=()):
             with torch.no_grad(), SelectionProbe(module, swaps) as probe:
                 expected = [t.float().numpy() for t in module(*inputs.values())]
-            rows = [compare_output(length, name, reference, value, token_mask, atol, enforced)
-                    for name, reference, value in zip(output_names, expected, got)]
+            # the pooled (batch, hidden) output is one vector per row: its shape may equal the mask's
+            rows = [compare_output(length, name, reference, value, None if name == SENTENCE_EMBEDDING else token_mask,
+                                   atol, enforced) for name, reference, value in zip(output_names, expected, got)]
             return rows, probe
 
         rows, probe = run()
