@@ -2,8 +2,8 @@
 
 `Embedder` checks and tokenizes inputs and runs rows of token ids through ONNX Runtime; a
 `TokenBudgetBatcher` packs the rows of concurrent requests into shared runs. Rows are sorted by length
-and cut into batches whose padded size (rows x longest row) stays within `max_batch_tokens`, so that
-rows of similar length share a run and little compute goes to padding. The pooling in the graph
+and cut into batches of one length in LSG blocks whose padded size (rows x longest row) stays within
+`max_batch_tokens`: a row padded to a longer block count would cost as much as a longer row. The pooling in the graph
 covers real tokens only, so a row's embedding does not depend on the rows it is packed with.
 No web framework here: openai_api.py serves it over HTTP.
 """
@@ -40,12 +40,15 @@ class EmbeddingInputError(ValueError):
     """A request input the model cannot embed; its message is the one line the client gets."""
 
 
-def pack(lengths, max_batch_tokens):
-    """Batches of row indices, rows in increasing length, each batch's rows x longest <= max_batch_tokens
-    (a row longer than the budget runs alone)."""
+def pack(lengths, max_batch_tokens, block=None):
+    """Batches of row indices, rows in increasing length: a batch holds rows of one length once rounded up to
+    `block` (the LSG block size: the graph pads every row to a multiple of it, so such rows cost the same;
+    None: any lengths), and its rows x longest stay <= max_batch_tokens (a row longer than the budget runs
+    alone)."""
     batches, batch = [], []
     for index in sorted(range(len(lengths)), key=lambda i: lengths[i]):
-        if batch and (len(batch) + 1) * lengths[index] > max_batch_tokens:
+        if batch and ((len(batch) + 1) * lengths[index] > max_batch_tokens
+                      or block and -(-lengths[index] // block) != -(-lengths[batch[0]] // block)):
             batches.append(batch)
             batch = []
         batch.append(index)
@@ -64,6 +67,7 @@ class Embedder:
         width = outputs[EMBEDDING_OUTPUT].shape[-1] if self.available else -1
         self.dimensions = width if width > 0 else config.get("hidden_size") or config.get("dim")
         self.vocab_size = config.get("vocab_size")
+        self.block = config.get("block_size")
         self.seq = model.seq
         self._tokenizer = None
         self._lock = threading.Lock()
@@ -141,9 +145,10 @@ class TokenBudgetBatcher:
     A background task takes every row waiting, packs them (pack()) and runs the batches shortest first;
     rows that arrive meanwhile wait for the next round, so a round never starves a long row."""
 
-    def __init__(self, run, max_batch_tokens, metrics=None):
+    def __init__(self, run, max_batch_tokens, metrics=None, block=None):
         self.run = run
         self.max_batch_tokens = max_batch_tokens
+        self.block = block
         self.metrics = metrics
         self._waiting = []  # (rows, future)
         self._wakeup = None
@@ -174,7 +179,7 @@ class TokenBudgetBatcher:
             lengths = [len(waiting[r][0][i]) for r, i in flat]
             results = [[None] * len(rows) for rows, _ in waiting]
             failed = {}
-            for batch in pack(lengths, self.max_batch_tokens):
+            for batch in pack(lengths, self.max_batch_tokens, self.block):
                 rows = [waiting[flat[k][0]][0][flat[k][1]] for k in batch]
                 self._observe(rows, len(rows) * max(map(len, rows)))
                 try:
