@@ -8,7 +8,9 @@
 
 Modules: folder (check and read an export: the graph's inputs / outputs), triton (config.pbtxt as
 Triton's ModelConfig message), kserve (the InferenceService manifest from the KServe SDK's models),
-readme (REPO/README.md), repository (deploy), server (the kserve.Model running ONNX Runtime), cli.
+readme (REPO/README.md), repository (deploy), server (the kserve.Model running ONNX Runtime), embeddings
+(sentence embeddings batched by a token budget), openai_api (/v1/embeddings, /v1/models), http_limits
+(413 / 429 and Prometheus metrics), cli.
 Needs the `serve` extra: pip install 'lsg-export[serve]'.
 """
 from .folder import ExportFolder, TensorSpec, open_export
