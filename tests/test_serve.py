@@ -319,6 +319,21 @@ def test_concurrent_load(server, session, record_property):
           f"p50 {p50:.1f} ms, p99 {p99:.1f} ms")
 
 
+def test_embeddings_need_a_sentence_embedding_output(server):
+    """The classifier export has no pooled output: /v1/embeddings says so in one line, /v1/models lists it."""
+    request = urllib.request.Request(f"http://{server.url}/v1/embeddings", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"model": NAME, "input": "w1"}).encode())
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        urllib.request.urlopen(request, timeout=30)
+    assert raised.value.code == 400
+    assert json.loads(raised.value.read())["error"]["message"] == (
+        f"model {NAME} has no sentence_embedding output: export it with `lsg-export onnx --pooling mean|cls|max` "
+        "to serve embeddings")
+    with urllib.request.urlopen(f"http://{server.url}/v1/models", timeout=30) as response:
+        models = json.loads(response.read())
+    assert models["object"] == "list" and [(m["id"], m["max_model_len"]) for m in models["data"]] == [(NAME, cases.SEQ)]
+
+
 def test_port_in_use_is_one_line(server, export):
     from click.testing import CliRunner
 
@@ -356,3 +371,4 @@ def test_clean_shutdown(server):
         with socket.socket() as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(("127.0.0.1", port))
+

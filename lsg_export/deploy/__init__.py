@@ -9,9 +9,11 @@
 Modules: folder (check and read an export: the graph's inputs / outputs), triton (config.pbtxt as
 Triton's ModelConfig message), kserve (the InferenceService manifest from the KServe SDK's models),
 readme (REPO/README.md), repository (deploy), server (the kserve.Model running ONNX Runtime), cli;
-for encoder-decoder exports (summarisers): seq2seq_export (check and read one), decoding (the numpy decoding
-loop and the tokenizer, shared by serve and the Triton python model), summariser (serve's model),
-generate_route (the generate extension), summariser_repository (deploy), triton_model (the Triton model.py).
+embeddings (sentence embeddings batched by a token budget), openai_api (/v1/embeddings, /v1/models),
+http_limits (413 / 429 and Prometheus metrics); for encoder-decoder exports (summarisers): seq2seq_export
+(check and read one), decoding (the numpy decoding loop and the tokenizer, shared by serve and the Triton python
+model), summariser (serve's model), generate_route (the generate extension), summariser_repository (deploy),
+triton_model (the Triton model.py).
 Needs the `serve` extra: pip install 'lsg-export[serve]'.
 """
 from .folder import ExportFolder, TensorSpec, open_export

@@ -60,16 +60,27 @@ def deploy_command(export, output, as_json, **options):
 @click.option("--port", default=8080, type=int, help="HTTP port.")
 @click.option("--grpc-port", default=8081, type=int, help="gRPC port.")
 @click.option("--workers", default=1, type=int, help="HTTP server processes (each with its own session).")
+@click.option("--max-batch-tokens", default=16384, type=int,
+              help="Embeddings: pack concurrent requests into ONNX Runtime runs of at most this many padded tokens "
+                   "(0: each request alone).")
+@click.option("--max-concurrent-requests", default=512, type=int,
+              help="POST requests in progress beyond which a request gets HTTP 429 (0: no limit).")
+@click.option("--truncate", is_flag=True, help="Embeddings: cut a text longer than the export's length instead of "
+                                               "refusing it.")
+@click.option("--max-request-bytes", default=16 * 2 ** 20, type=int, help="Larger request bodies get HTTP 413.")
 @_NAME
 @_UNVALIDATED
 @user_errors
-def serve_command(export, name, allow_unvalidated, **options):
+def serve_command(export, name, allow_unvalidated, max_batch_tokens, max_concurrent_requests, truncate,
+                  max_request_bytes, **options):
     """Serve EXPORT (default: the last `lsg-export onnx` output from here) with ONNX Runtime behind
     KServe's ModelServer: Open Inference Protocol v2 over HTTP and gRPC, the same model name, inputs
     and outputs as the `lsg-export deploy` repository, plus a `text` input (BYTES) tokenized by the
     server. An encoder-decoder export is served as a summariser: the generate extension
     (POST /v2/models/NAME/generate, {"text_input": ..., "parameters": {"max_new_tokens": .., "num_beams": ..}})
-    and infer with a `text` input, both returning `text_output`. Stops on Ctrl-C / SIGTERM.
+    and infer with a `text` input, both returning `text_output`. An export with a sentence_embedding output
+    (`lsg-export onnx --pooling`) is also an OpenAI-compatible embedding server: POST /v1/embeddings,
+    GET /v1/models, batched by a token budget. Prometheus metrics on /metrics. Stops on Ctrl-C / SIGTERM.
 
     \b
     Examples:
@@ -81,12 +92,16 @@ def serve_command(export, name, allow_unvalidated, **options):
       lsg-export serve bart-onnx
       curl -d '{"text_input": "a long report", "parameters": {"num_beams": 4}}' \\
         localhost:8080/v2/models/bart-onnx/generate
+      curl -d '{"model": "minilm-onnx", "input": ["a long report"]}' localhost:8080/v1/embeddings
+      lsg-export serve minilm-onnx --max-batch-tokens 32768 --max-concurrent-requests 64 --truncate
     """
     from rich.console import Console
 
     from ..cli_state import given_or_last
+    from .embeddings import EMBEDDING_OUTPUT, ServingOptions
     from .server import make_model, serve
 
+    serving = ServingOptions(max_batch_tokens, max_concurrent_requests, truncate, max_request_bytes).check()
     console = Console(stderr=True)
     export = given_or_last(export, "onnx", console)
     with console.status("loading the model"):
@@ -98,4 +113,8 @@ def serve_command(export, name, allow_unvalidated, **options):
                   f"{text}): http://{host}:{options['port']}/v2/models/{model.name}, "
                   f"gRPC {host}:{options['grpc_port']}{generate}",
                   soft_wrap=True)
-    serve(model, **options)
+    if EMBEDDING_OUTPUT in [spec.name for spec in model.export.outputs]:
+        batching = f"batches of up to {max_batch_tokens} tokens" if max_batch_tokens else "no batching"
+        console.print(f"embeddings (OpenAI API): http://{host}:{options['port']}/v1/embeddings, {batching}",
+                      soft_wrap=True)
+    serve(model, serving=serving, **options)

@@ -251,6 +251,14 @@ class _RESTServer(RESTServer):
     def _add_middlewares(self, app):
         super()._add_middlewares(app)
         app.add_middleware(JSONBodyByDefault)
+        from .openai_api import limits_middleware
+        limits, options = limits_middleware(self.dataplane.model_registry)
+        app.add_middleware(limits, **options)  # outermost: 413 / 429 before anything reads the body
+
+    def _register_endpoints(self, app):
+        from .openai_api import register_openai_routes
+        register_openai_routes(app, self.dataplane.model_registry)  # first: KServe's v1 has a /v1/models
+        super()._register_endpoints(app)
 
     def _register_endpoints(self, app):
         from .generate_route import register_generate_route
@@ -331,8 +339,11 @@ def make_model(export, name=None, allow_unvalidated=False):
     return LSGModel(check_name(name) if name else folder.default_name(), folder)
 
 
-def serve(model, *, host="127.0.0.1", port=8080, grpc_port=8081, workers=1):
-    """Serve an LSGModel until SIGINT / SIGTERM (blocking)."""
+def serve(model, *, host="127.0.0.1", port=8080, grpc_port=8081, workers=1, serving=None):
+    """Serve an LSGModel until SIGINT / SIGTERM (blocking); `serving`: an embeddings.ServingOptions."""
+    from .embeddings import ServingOptions
+
+    model.serving = (serving or ServingOptions()).check()
     if workers < 1:
         raise LSGExportError(f"--workers must be >= 1, got {workers}")
     if port == grpc_port:

@@ -1,0 +1,218 @@
+"""Sentence embeddings of an export with a `sentence_embedding` output, batched by a token budget.
+
+`Embedder` checks and tokenizes inputs and runs rows of token ids through ONNX Runtime; a
+`TokenBudgetBatcher` packs the rows of concurrent requests into shared runs. Rows are sorted by length
+and cut into batches of one length in LSG blocks whose padded size (rows x longest row) stays within
+`max_batch_tokens`: a row padded to a longer block count would cost as much as a longer row. The pooling in the graph
+covers real tokens only, so a row's embedding does not depend on the rows it is packed with.
+No web framework here: openai_api.py serves it over HTTP.
+"""
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+EMBEDDING_OUTPUT = "sentence_embedding"
+MAX_INPUTS = 2048  # per request, as OpenAI's embeddings API
+
+
+@dataclass(frozen=True)
+class ServingOptions:
+    """`lsg-export serve`'s limits, kept on the model so that they travel to `--workers` processes."""
+    max_batch_tokens: int = 16384  # padded tokens per ONNX Runtime run; 0: no batching, each request alone
+    max_concurrent_requests: int = 512  # POST requests in progress beyond which a request gets 429; 0: no limit
+    truncate: bool = False  # cut an over-long input to the export's length instead of refusing it
+    max_request_bytes: int = 16 * 2 ** 20  # a larger request body gets 413
+
+    def check(self):
+        from ..errors import LSGExportError
+        for name in ("max_batch_tokens", "max_concurrent_requests"):
+            if getattr(self, name) < 0:
+                raise LSGExportError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.max_request_bytes < 1:
+            raise LSGExportError(f"--max-request-bytes must be >= 1, got {self.max_request_bytes}")
+        return self
+
+
+class EmbeddingInputError(ValueError):
+    """A request input the model cannot embed; its message is the one line the client gets."""
+
+
+def pack(lengths, max_batch_tokens, block=None):
+    """Batches of row indices, rows in increasing length: a batch holds rows of one length once rounded up to
+    `block` (the LSG block size: the graph pads every row to a multiple of it, so such rows cost the same;
+    None: any lengths), and its rows x longest stay <= max_batch_tokens (a row longer than the budget runs
+    alone)."""
+    batches, batch = [], []
+    for index in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if batch and ((len(batch) + 1) * lengths[index] > max_batch_tokens
+                      or block and -(-lengths[index] // block) != -(-lengths[batch[0]] // block)):
+            batches.append(batch)
+            batch = []
+        batch.append(index)
+    return batches + [batch] * bool(batch)
+
+
+class Embedder:
+    """Tokenizes, checks and embeds for one LSGModel (server.py) with a sentence_embedding output."""
+
+    def __init__(self, model, options):
+        self.model = model
+        self.options = options
+        outputs = {spec.name: spec for spec in model.export.outputs}
+        self.available = EMBEDDING_OUTPUT in outputs
+        config = model.export.config
+        width = outputs[EMBEDDING_OUTPUT].shape[-1] if self.available else -1
+        self.dimensions = width if width > 0 else config.get("hidden_size") or config.get("dim")
+        self.vocab_size = config.get("vocab_size")
+        self.block = config.get("block_size")
+        self.seq = model.seq
+        self._tokenizer = None
+        self._lock = threading.Lock()
+
+    def _prepare(self):
+        """The session (loaded late in `--workers` processes) and an unpadded copy of the model's tokenizer."""
+        with self._lock:
+            self.model._ensure_loaded()
+            if self._tokenizer is None and self.model._tokenizer is not None:
+                from tokenizers import Tokenizer
+
+                tokenizer = Tokenizer.from_str(self.model._tokenizer.to_str())
+                self.pad_id = tokenizer.padding["pad_id"]
+                tokenizer.no_padding()
+                if self.options.truncate:
+                    tokenizer.enable_truncation(self.seq)
+                self._tokenizer = tokenizer
+            elif self._tokenizer is None:
+                self.pad_id = self.model.export.config.get("pad_token_id") or 0
+
+    def token_rows(self, inputs):
+        """Lists of token ids of `inputs` (OpenAI's `input`: a string, a list of strings, a list of ids or a
+        list of lists of ids); EmbeddingInputError for anything else, or too long without truncation."""
+        self._prepare()
+        items = [inputs] if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and all(
+            _is_id(x) for x in inputs)) else inputs
+        if not isinstance(items, list):
+            raise EmbeddingInputError(f"input must be a string or a list of strings, got {_kind(inputs)}")
+        if not items:
+            raise EmbeddingInputError("input is an empty list: send at least one string")
+        if len(items) > MAX_INPUTS:
+            raise EmbeddingInputError(f"input has {len(items)} items, more than {MAX_INPUTS}")
+        texts = {}
+        rows = [None] * len(items)
+        for i, item in enumerate(items):
+            if isinstance(item, str):
+                if not item:
+                    raise EmbeddingInputError(f"input {i} is an empty string")
+                texts[i] = item
+            elif isinstance(item, list) and item and all(_is_id(x) for x in item):
+                bad = [x for x in item if not 0 <= x < (self.vocab_size or 2 ** 63)]
+                if bad:
+                    raise EmbeddingInputError(f"input {i} has token ids outside 0..{self.vocab_size - 1} ({bad[0]})")
+                rows[i] = item[:self.seq] if self.options.truncate else item
+            elif isinstance(item, list) and not item:
+                raise EmbeddingInputError(f"input {i} is an empty list of token ids")
+            else:
+                raise EmbeddingInputError(f"input {i} is {_kind(item)}, not a string or a list of token ids")
+        if texts:
+            if self._tokenizer is None:
+                raise EmbeddingInputError("this export has no tokenizer.json: send token ids, not text")
+            for i, encoding in zip(texts, self._tokenizer.encode_batch(list(texts.values()))):
+                rows[i] = encoding.ids
+        for i, row in enumerate(rows):
+            if len(row) > self.seq:
+                raise EmbeddingInputError(f"input {i} is {len(row)} tokens long, longer than {self.seq}, the longest "
+                                          f"this export accepts (the server cuts it with --truncate)")
+        return rows
+
+    def run(self, rows):
+        """(len(rows), dimensions) float32 embeddings of rows of token ids, padded together in one run."""
+        self._prepare()
+        ids = np.full((len(rows), max(map(len, rows))), self.pad_id, dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for i, row in enumerate(rows):
+            ids[i, :len(row)], mask[i, :len(row)] = row, 1
+        columns = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        feeds = {name: columns[name] for name in self.model._names()}
+        return self.model._session.run([EMBEDDING_OUTPUT], feeds)[0].astype(np.float32, copy=False)
+
+
+class TokenBudgetBatcher:
+    """Runs the rows of concurrent requests in shared batches (one run at a time), or each request alone.
+
+    A background task takes every row waiting, packs them (pack()) and runs the batches shortest first;
+    rows that arrive meanwhile wait for the next round, so a round never starves a long row."""
+
+    def __init__(self, run, max_batch_tokens, metrics=None, block=None):
+        self.run = run
+        self.max_batch_tokens = max_batch_tokens
+        self.block = block
+        self.metrics = metrics
+        self._waiting = []  # (rows, future)
+        self._wakeup = None
+        self._task = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="lsg-batch")
+
+    async def embed(self, rows):
+        loop = asyncio.get_running_loop()
+        if not self.max_batch_tokens:
+            self._observe(rows, len(rows) * max(map(len, rows)))
+            return await loop.run_in_executor(None, self.run, rows)
+        if self._task is None or self._task.done():
+            self._wakeup = asyncio.Event()
+            self._task = loop.create_task(self._loop())
+        future = loop.create_future()
+        self._waiting.append((rows, future))
+        self._set_depth()
+        self._wakeup.set()
+        return await future
+
+    async def _loop(self):
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            waiting, self._waiting = self._waiting, []
+            flat = [(r, i) for r, (rows, _) in enumerate(waiting) for i in range(len(rows))]
+            lengths = [len(waiting[r][0][i]) for r, i in flat]
+            results = [[None] * len(rows) for rows, _ in waiting]
+            failed = {}
+            for batch in pack(lengths, self.max_batch_tokens, self.block):
+                rows = [waiting[flat[k][0]][0][flat[k][1]] for k in batch]
+                self._observe(rows, len(rows) * max(map(len, rows)))
+                try:
+                    embeddings = await loop.run_in_executor(self._executor, self.run, rows)
+                except Exception as error:  # handed to the requests of the batch
+                    for k in batch:
+                        failed[flat[k][0]] = error
+                    continue
+                for k, embedding in zip(batch, embeddings):
+                    results[flat[k][0]][flat[k][1]] = embedding
+            for r, (_, future) in enumerate(waiting):
+                if future.done():  # the client went away
+                    continue
+                if r in failed:
+                    future.set_exception(failed[r])
+                else:
+                    future.set_result(np.stack(results[r]))
+            self._set_depth()
+
+    def _observe(self, rows, padded):
+        if self.metrics:
+            self.metrics.batch_tokens.observe(padded)
+            self.metrics.batch_rows.observe(len(rows))
+
+    def _set_depth(self):
+        if self.metrics:
+            self.metrics.queue_depth.set(sum(len(rows) for rows, _ in self._waiting))
+
+
+def _is_id(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _kind(value):
+    return {dict: "an object", list: "a list", type(None): "null", bool: "a boolean", int: "a number",
+            float: "a number"}.get(type(value), type(value).__name__)
