@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 LSG_BACKENDS = ("torch-lsg", "ort-gather", "ort-gather-optimized", "ort-int8", "ort-fp16", "ort-custom-op",
-                "ort-int8-custom-op", "ort-int8-per-tensor", "ort-int8-per-tensor-custom-op")
-STATUS_STYLE = {"ok": "green", "skipped": "yellow", "out of memory": "red", "failed": "red"}
+                "ort-int8-custom-op", "ort-int8-per-tensor", "ort-int8-per-tensor-custom-op", "ov-f32", "ov-bf16")
+STATUS_STYLE = {"ok": "green", "skipped": "yellow", "not applicable": "yellow", "out of memory": "red",
+                "failed": "red"}
 
 
 # --- environment ----------------------------------------------------------------------------------
