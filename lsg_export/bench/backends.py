@@ -43,6 +43,12 @@ class Backend:
     seq2seq: bool = False  # runs encoder-decoders (encoder latency and generation)
     requantize: dict = None  # ORT: quantize_int8 options applied to the float32 export (exports.py), for int8
     # methods `lsg-export onnx --quantize` does not offer
+    graph_of: str = None  # the backend whose export it runs (OpenVINO: ort-gather's graph)
+
+    @property
+    def runs_export(self):
+        """The ort-* backend whose export this one runs (None: it runs no export)."""
+        return self.graph_of or (self.name if self.engine == "ort" else None)
 
     def load(self, spec):
         return LOADERS[self.name](spec)
