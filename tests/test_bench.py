@@ -279,18 +279,17 @@ def direct_outputs(model, text, length, backends):
 
 
 @pytest.mark.skipif(not HAS_OPENVINO, reason="openvino is not installed (the openvino extra)")
-def test_openvino_backends_run_the_gather_export(quick_run, tiny_lsg, tmp_path, monkeypatch):
-    """ov-f32 runs ort-gather's cached export (made by quick_run: no export here) with the bench's threads and
-    float32 precision, as close to PyTorch as ONNX Runtime; ov-bf16 runs only where OpenVINO reports native
-    bf16, and is 'not applicable' elsewhere, saying why."""
+def test_openvino_backends_run_the_gather_export(tiny_lsg, tmp_path, monkeypatch):
+    """ov-f32 runs ort-gather's export (one export for both; quick_run's when it ran first) with the bench's
+    threads and float32 precision, as close to PyTorch as ONNX Runtime; ov-bf16 runs only where OpenVINO reports
+    native bf16, and is 'not applicable' elsewhere, saying why."""
     from lsg_export.bench.openvino_backend import BF16_FLAGS, bf16_support
     monkeypatch.chdir(tmp_path)
     gather = tiny_lsg / "bench-exports" / "ort-gather"
-    before = (gather / "model.onnx").stat().st_mtime_ns
     result = invoke("bench", tiny_lsg, "--quick", "--seq", "64,128", "--threads", "1", "--backends",
                     "ort-gather,ov-f32,ov-bf16", "--json", "-")
     assert result.exit_code == 0, (result.output, result.exception)
-    assert (gather / "model.onnx").stat().st_mtime_ns == before and "exporting" not in result.stderr
+    assert "exporting ov-" not in result.stderr and result.stderr.count("(first run: cached in") <= 1
     data = json.loads(result.stdout)
     rows = {(r["backend"], r["length"]): r for r in data["results"]}
     record = data["backends"]["ov-f32"]
