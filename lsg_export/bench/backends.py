@@ -517,8 +517,26 @@ def load_ort(spec):
 
 
 def load_openvino(spec):
-    from .openvino_backend import load_openvino_runner
-    return load_openvino_runner(spec, bf16=spec.backend == "ov-bf16")
+    """OpenVINO on the export spec.export, the float32 gather graph of an encoder (openvino_backend.py)."""
+    from pathlib import Path
+
+    from ..graph_list import graph_list, single_graph
+    from ..sources import read_export_json
+    from .openvino_backend import openvino_session
+    folder = Path(spec.export)
+    meta = read_export_json(folder)
+    if meta.get("attention", "gather") != "gather" or meta.get("quantize") or meta.get("fp16"):
+        raise LSGExportError(f"OpenVINO runs the float32 gather graph; {folder} is not one")
+    graph = single_graph(folder, graph_list(meta), "OpenVINO runs the encoders' single graph")
+    info = target_info(spec)
+    run, feeds, note = openvino_session(folder / graph.file, spec.threads, bf16=spec.backend == "ov-bf16")
+
+    def prepare(batch, length, ids=None):
+        inputs = bench_inputs(info, meta["task"], batch, length, ids)
+        arrays = {name: inputs[name].numpy() for name in feeds}
+        return lambda: run(arrays)
+
+    return Runner(prepare, max_length=int(meta["seq"]), note=f"{folder} ({note})")
 
 
 def unavailable(name):

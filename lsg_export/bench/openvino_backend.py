@@ -62,38 +62,20 @@ def compile_graph(path, threads, bf16):
     return core.compile_model(core.read_model(str(path)), "CPU", config)
 
 
-def load_openvino_runner(spec, bf16):
-    """A Runner of OpenVINO on the export spec.export (a gather graph of one encoder)."""
-    from pathlib import Path
-
-    from ..graph_list import graph_list, single_graph
-    from ..sources import read_export_json
-    from .backends import Runner, bench_inputs, target_info
+def openvino_session(path, threads, bf16):
+    """(run, input names, note): run(arrays) runs the graph at `path` compiled for the CPU and returns its first
+    output; the note says what OpenVINO compiled (version, inference precision, threads)."""
+    import openvino as ov
     state = openvino_unavailable(bf16)
     if state is not None:  # the parent checks this first; a worker asked anyway says why
         raise LSGExportError(state[1])
-    folder = Path(spec.export)
-    meta = read_export_json(folder)
-    if meta.get("attention", "gather") != "gather" or meta.get("quantize") or meta.get("fp16"):
-        raise LSGExportError(f"OpenVINO runs the float32 gather graph; {folder} is not one")
-    graph = single_graph(folder, graph_list(meta), "OpenVINO runs the encoders' single graph")
-    info = target_info(spec)
     try:
-        compiled = compile_graph(folder / graph.file, spec.threads, bf16)
+        compiled = compile_graph(path, threads, bf16)
     except Exception as error:
-        raise LSGExportError(f"OpenVINO cannot compile {folder / graph.file} ({str(error).strip().splitlines()[0]})"
-                             ) from None
+        raise LSGExportError(f"OpenVINO cannot compile {path} ({str(error).strip().splitlines()[0]})") from None
     request = compiled.create_infer_request()
-    feeds = [port.get_any_name() for port in compiled.inputs]
+    output = compiled.outputs[0]
     precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # what it compiled to: f32, bf16
-    threads = compiled.get_property("INFERENCE_NUM_THREADS")
-
-    def prepare(batch, length, ids=None):
-        inputs = bench_inputs(info, meta["task"], batch, length, ids)
-        arrays = {name: inputs[name].numpy() for name in feeds}
-        return lambda: request.infer(arrays)[compiled.outputs[0]]
-
-    import openvino as ov
-    return Runner(prepare, max_length=int(meta["seq"]),
-                  note=f"{folder} (OpenVINO {ov.get_version().split('-')[0]}, inference precision {precision}, "
-                       f"threads {threads})")
+    note = (f"OpenVINO {ov.get_version().split('-')[0]}, inference precision {precision}, "
+            f"threads {compiled.get_property('INFERENCE_NUM_THREADS')}")
+    return (lambda arrays: request.infer(arrays)[output]), [port.get_any_name() for port in compiled.inputs], note
