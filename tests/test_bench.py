@@ -10,6 +10,7 @@ import json
 import shutil
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -314,6 +315,30 @@ def test_openvino_backends_run_the_gather_export(tiny_lsg, tmp_path, monkeypatch
             assert row["reason"].startswith("this CPU has no native bf16 (OpenVINO's CPU capabilities FP32")
             assert all(flag in row["reason"] for flag in BF16_FLAGS)
         assert "ov-bf16 not applicable: this CPU has no native bf16" in " ".join(result.stderr.split())
+
+
+@pytest.mark.quick
+def test_openvino_missing_skips_its_backends_with_the_install_line(monkeypatch):
+    """Without the openvino package the ov-* backends are reported skipped, the reason in their record and
+    cells, and nothing is run or exported for them."""
+    from lsg_export.bench import exports, openvino_backend
+    real = importlib.util.find_spec
+    monkeypatch.setattr(openvino_backend.importlib.util, "find_spec",
+                        lambda name, *args: None if name == "openvino" else real(name, *args))
+    openvino_backend.openvino_unavailable.cache_clear()
+    try:
+        reason = "openvino is not installed (pip install 'lsg-export[openvino]')"
+        for bf16 in (False, True):
+            assert openvino_backend.openvino_unavailable(bf16) == ("skipped", reason)
+        settings = {"lengths": [64, 128], "batch_sizes": [1]}
+        record, cells = run_module.run_backend("ov-bf16", None, None, settings, lambda message: None, None)
+        assert (record["status"], record["note"], record["export"]) == ("skipped", reason, None)
+        assert [(c.length, c.status, c.reason, c.runs) for c in cells] == [(64, "skipped", reason, 0),
+                                                                           (128, "skipped", reason, 0)]
+        no_export = SimpleNamespace(export=None)  # a target that is a model folder
+        assert exports.prepare_exports(["ov-f32", "ov-bf16"], no_export) == {}  # nothing exported for them
+    finally:
+        openvino_backend.openvino_unavailable.cache_clear()
 
 
 def test_quality_text_errors(document, tiny_lsg, tmp_path, monkeypatch):

@@ -84,6 +84,7 @@ def bench_command(model_or_export, json_file, csv_file, plot_file, **options):
       lsg-export bench --seq 4096 --backends ort-int8,ort-int8-per-tensor --rounds 3 --text report.txt
     """
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .backends import select_backends, skipped_for_seq2seq
@@ -136,7 +137,7 @@ def bench_command(model_or_export, json_file, csv_file, plot_file, **options):
         if record["status"] == "failed":
             console.print(f"[red]{name} failed:[/red] {record['error']}", soft_wrap=True)
         elif record["status"] != "ok":  # skipped (e.g. openvino not installed) or not applicable on this CPU
-            console.print(f"[yellow]{name} {record['status']}:[/yellow] {record['note']}", soft_wrap=True)
+            console.print(f"[yellow]{name} {record['status']}:[/yellow] {escape(record['note'])}", soft_wrap=True)
     if json_file:
         write_json(result, json_file)
     if csv_file:
