@@ -5,11 +5,13 @@ other backends, the default target, bad arguments; the pieces (growth exponent, 
 pooling, timing loop, peak memory) on real values."""
 import csv
 import datetime
+import importlib.util
 import json
 import shutil
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -27,7 +29,9 @@ from lsg_export.bench.run import SCHEMA, add_ratios, run_bench
 from lsg_export.cli_state import last_output, remember_output
 from lsg_export.errors import LSGExportError
 
-CPU_BACKENDS = [name for name, b in BACKENDS.items() if "cpu" in b.devices]
+# OpenVINO (an optional package) has tests of its own below
+CPU_BACKENDS = [name for name, b in BACKENDS.items() if "cpu" in b.devices and b.engine != "openvino"]
+HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
 LENGTHS = [64, 128]
 CELL_KEYS = {"backend", "length", "batch", "status", "reason", "warmup", "runs", "p50_ms", "p90_ms", "p99_ms",
              "mean_ms", "min_ms", "tokens_per_s", "peak_memory_mb", "memory_kind", "speedup_vs_torch_lsg",
@@ -212,7 +216,7 @@ def test_quality_on_a_document(document, tmp_path, monkeypatch):
     model, text = document
     monkeypatch.chdir(tmp_path)
     result = invoke("bench", model, "--quick", "--seq", "64,128", "--threads", "1", "--backends",
-                    "torch-lsg,ort-gather,ort-int8,torch-dense", "--text", text, "--json", "-")
+                    "torch-lsg,ort-gather,ort-int8,torch-dense,ov-f32", "--text", text, "--json", "-")
     assert result.exit_code == 0, (result.output, result.exception)
     data = json.loads(result.stdout)
     assert data["settings"]["quality"] == {"reference": "torch-lsg in float32 on CPU", "batch": 1, "text": str(text),
@@ -224,12 +228,125 @@ def test_quality_on_a_document(document, tmp_path, monkeypatch):
         assert rows["ort-gather", length]["min_token_cosine"] > 0.9999
         assert rows["ort-int8", length]["pooled_cosine"] < 0.9999
         assert rows["torch-dense", length]["pooled_cosine"] < 0.9999
+    # the columns against a direct computation: float32 PyTorch and each runtime on the document's first 64 tokens
+    reference, outputs = direct_outputs(model, text, 64, data["backends"])
+    for name, output in outputs.items():
+        pooled, lowest = direct_cosines(reference, output)
+        assert rows[name, 64]["pooled_cosine"] == pytest.approx(pooled, abs=2e-6), name
+        assert rows[name, 64]["min_token_cosine"] == pytest.approx(lowest, abs=2e-6), name
+    assert set(outputs) == {"ort-gather", "ort-int8", *(["ov-f32"] if HAS_OPENVINO else [])}
+    if HAS_OPENVINO:  # it ran the gather graph the ort-gather backend made (no export of its own)
+        assert data["backends"]["ov-f32"]["export"] == data["backends"]["ort-gather"]["export"]
+    else:
+        assert data["backends"]["ov-f32"]["status"] == "skipped" and rows["ov-f32", 64]["status"] == "skipped"
+        assert "openvino is not installed" in rows["ov-f32", 64]["reason"]
     # without --text nor the default document: random ids, another reference, other figures
     monkeypatch.setattr(run_module, "DEFAULT_TEXT", tmp_path / "absent")
     random_ids = run_bench(str(model), seq="128", backends=["ort-int8"], threads=1, quick=True)
     assert random_ids.settings["quality"]["note"] == (f"random ids: no document ({tmp_path / 'absent'} is absent; "
                                                        "--text FILE names one)")
     assert random_ids.cells[0].pooled_cosine != rows["ort-int8", 128]["pooled_cosine"]
+
+
+def direct_cosines(reference, output):
+    """(mean-pooled cosine, lowest per-token cosine) of one row's (tokens, hidden) outputs, written out."""
+    reference, output = reference.astype(np.float64), output.astype(np.float64)
+
+    def cosine(a, b):
+        return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+    return float(cosine(reference.mean(0), output.mean(0))), float(cosine(reference, output).min())
+
+
+def direct_outputs(model, text, length, backends):
+    """float32 PyTorch's output on the first `length` tokens of `text` and that of each ort-* / ov-f32 backend's
+    export in `backends` (the JSON's records), computed here without the bench's runners: (tokens, hidden).
+    The inputs are the bench's: the document's ids, no padding, the second half as a second segment."""
+    import onnxruntime as ort
+    from transformers import AutoModel, AutoTokenizer
+    ids = AutoTokenizer.from_pretrained(model)(text.read_text(), add_special_tokens=False)["input_ids"][:length]
+    types = np.zeros((1, length), dtype=np.int64)
+    types[:, length // 2:] = json.loads((model / "config.json").read_text()).get("type_vocab_size", 2) > 1
+    feeds = {"input_ids": np.array([ids], dtype=np.int64), "attention_mask": np.ones((1, length), dtype=np.int64),
+             "token_type_ids": types}
+    with torch.inference_mode():
+        lsg = AutoModel.from_pretrained(model, trust_remote_code=True).float().eval()
+        reference = lsg(**{k: torch.from_numpy(v) for k, v in feeds.items()}).last_hidden_state[0].numpy()
+    outputs = {}
+    for name, record in backends.items():
+        if record["status"] != "ok" or record["export"] is None:
+            continue
+        graph = f"{record['export']}/model.onnx"
+        if name.startswith("ort-"):
+            session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+            outputs[name] = session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()})[0][0]
+        else:
+            import openvino as ov
+            compiled = ov.Core().compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+            arrays = {port.get_any_name(): feeds[port.get_any_name()] for port in compiled.inputs}
+            outputs[name] = compiled(arrays)[compiled.outputs[0]][0]
+    return reference, outputs
+
+
+@pytest.mark.skipif(not HAS_OPENVINO, reason="openvino is not installed (the openvino extra)")
+def test_openvino_backends_run_the_gather_export(tiny_lsg, tmp_path, monkeypatch):
+    """ov-f32 runs ort-gather's export (one export for both; quick_run's when it ran first) with the bench's
+    threads and float32 precision, as close to PyTorch as ONNX Runtime; ov-bf16 runs only where OpenVINO reports
+    native bf16, and is 'not applicable' elsewhere, saying why."""
+    from lsg_export.bench.openvino_backend import BF16_FLAGS, bf16_support
+    monkeypatch.chdir(tmp_path)
+    gather = tiny_lsg / "bench-exports" / "ort-gather"
+    result = invoke("bench", tiny_lsg, "--quick", "--seq", "64,128", "--threads", "1", "--backends",
+                    "ort-gather,ov-f32,ov-bf16", "--json", "-")
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "exporting ov-" not in result.stderr and result.stderr.count("(first run: cached in") <= 1
+    data = json.loads(result.stdout)
+    rows = {(r["backend"], r["length"]): r for r in data["results"]}
+    record = data["backends"]["ov-f32"]
+    assert record["status"] == "ok" and record["export"] == str(gather)
+    assert "OpenVINO 20" in record["note"] and "inference precision f32, threads 1" in record["note"]
+    for length in LENGTHS:
+        row = rows["ov-f32", length]
+        assert row["status"] == "ok" and row["runs"] == 2 and row["p50_ms"] > 0
+        assert row["pooled_cosine"] > 0.9999 and row["min_token_cosine"] > 0.9999, row
+        assert row["pooled_cosine"] == pytest.approx(rows["ort-gather", length]["pooled_cosine"], abs=1e-5)
+    native, evidence = bf16_support()
+    assert native == ("BF16" in evidence.split(";")[0])
+    if native:
+        assert data["backends"]["ov-bf16"]["status"] == "ok" and "inference precision bf16" in data["backends"][
+            "ov-bf16"]["note"]
+        for length in LENGTHS:
+            assert 0.99 < rows["ov-bf16", length]["pooled_cosine"] < 1.0
+    else:
+        for length in LENGTHS:
+            row = rows["ov-bf16", length]
+            assert row["status"] == "not applicable" and row["runs"] == 0 and row["p50_ms"] is None
+            assert row["reason"].startswith("this CPU has no native bf16 (OpenVINO's CPU capabilities FP32")
+            assert all(flag in row["reason"] for flag in BF16_FLAGS)
+        assert "ov-bf16 not applicable: this CPU has no native bf16" in " ".join(result.stderr.split())
+
+
+@pytest.mark.quick
+def test_openvino_missing_skips_its_backends_with_the_install_line(monkeypatch):
+    """Without the openvino package the ov-* backends are reported skipped, the reason in their record and
+    cells, and nothing is run or exported for them."""
+    from lsg_export.bench import exports, openvino_backend
+    real = importlib.util.find_spec
+    monkeypatch.setattr(openvino_backend.importlib.util, "find_spec",
+                        lambda name, *args: None if name == "openvino" else real(name, *args))
+    openvino_backend.openvino_unavailable.cache_clear()
+    try:
+        reason = "openvino is not installed (pip install 'lsg-export[openvino]')"
+        for bf16 in (False, True):
+            assert openvino_backend.openvino_unavailable(bf16) == ("skipped", reason)
+        settings = {"lengths": [64, 128], "batch_sizes": [1]}
+        record, cells = run_module.run_backend("ov-bf16", None, None, settings, lambda message: None, None)
+        assert (record["status"], record["note"], record["export"]) == ("skipped", reason, None)
+        assert [(c.length, c.status, c.reason, c.runs) for c in cells] == [(64, "skipped", reason, 0),
+                                                                           (128, "skipped", reason, 0)]
+        no_export = SimpleNamespace(export=None)  # a target that is a model folder
+        assert exports.prepare_exports(["ov-f32", "ov-bf16"], no_export) == {}  # nothing exported for them
+    finally:
+        openvino_backend.openvino_unavailable.cache_clear()
 
 
 def test_quality_text_errors(document, tiny_lsg, tmp_path, monkeypatch):

@@ -10,6 +10,8 @@ full rows of random token ids (no padding: a benchmark measures whole documents)
                        chunks of the document, all chunks in one batch: the cheapest thing users do
   torch-longformer     a random-weight Longformer of the same size whose window covers the LSG local span
   ort-*                ONNX Runtime sessions on exports (exports.py makes the missing ones); IO binding on CUDA
+  ov-*                 OpenVINO (the optional `openvino` package) on the gather graph (ort-gather's export), in
+                       float32 or, where the CPU has native bf16, in its bf16 inference precision (openvino_backend.py)
 
 Encoder-decoders (bart, mbart, pegasus: task text2text-generation) run on the backends marked
 `seq2seq`: torch-lsg, torch-dense and the ort-* made for them (gather, optimized, int8, fp16, custom-op); their
@@ -34,13 +36,19 @@ CHUNK = 512  # the length the original encoders were trained at
 class Backend:
     name: str
     description: str
-    engine: str  # "torch" or "ort"
+    engine: str  # "torch", "ort" or "openvino"
     devices: tuple = ("cpu", "cuda")
     default: bool = True  # run when --backends is not given (and the device fits)
     export: dict = field(default_factory=dict)  # ORT: export_onnx options of its graph
     seq2seq: bool = False  # runs encoder-decoders (encoder latency and generation)
     requantize: dict = None  # ORT: quantize_int8 options applied to the float32 export (exports.py), for int8
     # methods `lsg-export onnx --quantize` does not offer
+    graph_of: str = None  # the backend whose export it runs (OpenVINO: ort-gather's graph)
+
+    @property
+    def runs_export(self):
+        """The ort-* backend whose export this one runs (None: it runs no export)."""
+        return self.graph_of or (self.name if self.engine == "ort" else None)
 
     def load(self, spec):
         return LOADERS[self.name](spec)
@@ -68,6 +76,9 @@ BACKENDS = {b.name: b for b in (
     Backend("ort-int8-per-tensor-custom-op", "ONNX Runtime, custom-op graph O2 + int8 MatMul weights, one scale per "
             "tensor (for comparison)", "ort", devices=("cpu",), default=False,
             export={"attention": "custom-op", "optimize": "O2"}, requantize={"per_channel": False}),
+    Backend("ov-f32", "OpenVINO, gather graph, float32", "openvino", devices=("cpu",), graph_of="ort-gather"),
+    Backend("ov-bf16", "OpenVINO, gather graph, bf16 inference precision (CPUs with native bf16)", "openvino",
+            devices=("cpu",), graph_of="ort-gather"),
     Backend("torch-longformer", "random-weight Longformer of the same size, window = LSG local span", "torch"),
 )}
 
@@ -88,6 +99,8 @@ def seq2seq_skip_reason(name):
     """Why backend `name` does not run encoder-decoders."""
     if BACKENDS[name].engine == "torch":
         return "encoder-only baseline"
+    if BACKENDS[name].engine == "openvino":
+        return "it runs the encoders' gather graph only"
     return "its export is not made for encoder-decoders"
 
 
@@ -503,10 +516,43 @@ def load_ort(spec):
                   f"optimize {(meta.get('optimize') or {}).get('level', 'none')}, attention {meta.get('attention')})")
 
 
+def load_openvino(spec):
+    """OpenVINO on the export spec.export, the float32 gather graph of an encoder (openvino_backend.py)."""
+    from pathlib import Path
+
+    from ..graph_list import graph_list, single_graph
+    from ..sources import read_export_json
+    from .openvino_backend import openvino_session
+    folder = Path(spec.export)
+    meta = read_export_json(folder)
+    if meta.get("attention", "gather") != "gather" or meta.get("quantize") or meta.get("fp16"):
+        raise LSGExportError(f"OpenVINO runs the float32 gather graph; {folder} is not one")
+    graph = single_graph(folder, graph_list(meta), "OpenVINO runs the encoders' single graph")
+    info = target_info(spec)
+    run, feeds, note = openvino_session(folder / graph.file, spec.threads, bf16=spec.backend == "ov-bf16")
+
+    def prepare(batch, length, ids=None):
+        inputs = bench_inputs(info, meta["task"], batch, length, ids)
+        arrays = {name: inputs[name].numpy() for name in feeds}
+        return lambda: run(arrays)
+
+    return Runner(prepare, max_length=int(meta["seq"]), note=f"{folder} ({note})")
+
+
+def unavailable(name):
+    """(status, reason) when backend `name` cannot run here whatever the model (OpenVINO missing, no native
+    bf16), else None: its cells get that status, and its export is not made."""
+    if BACKENDS[name].engine != "openvino":
+        return None
+    from .openvino_backend import openvino_unavailable
+    return openvino_unavailable(bf16=name == "ov-bf16")
+
+
 LOADERS = {
     "torch-lsg": load_torch_lsg,
     "torch-dense": load_torch_dense,
     "torch-chunked": load_torch_chunked,
     "torch-longformer": load_torch_longformer,
     **{name: load_ort for name, b in BACKENDS.items() if b.engine == "ort"},
+    **{name: load_openvino for name, b in BACKENDS.items() if b.engine == "openvino"},
 }

@@ -7,7 +7,8 @@ from ..errors import LSGExportError, user_errors
 from .worker_spec import REPEAT, WARMUP
 
 BACKEND_NAMES = ("torch-lsg, torch-dense, torch-chunked, ort-gather, ort-gather-optimized, ort-int8 (cpu), "
-                 "ort-fp16 (cuda), ort-custom-op, ort-int8-custom-op (cpu), torch-longformer; named only: "
+                 "ort-fp16 (cuda), ort-custom-op, ort-int8-custom-op (cpu), ov-f32, ov-bf16 (cpu, the openvino "
+                 "extra; bf16 where the CPU has it), torch-longformer; named only: "
                  "ort-int8-per-tensor, ort-int8-per-tensor-custom-op (cpu, the int8 before per-channel scales)")
 SEQ2SEQ_NAMES = ("torch-lsg, torch-dense, ort-gather, ort-gather-optimized, ort-int8, ort-fp16, ort-custom-op, "
                  "ort-int8-custom-op")
@@ -83,6 +84,7 @@ def bench_command(model_or_export, json_file, csv_file, plot_file, **options):
       lsg-export bench --seq 4096 --backends ort-int8,ort-int8-per-tensor --rounds 3 --text report.txt
     """
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .backends import select_backends, skipped_for_seq2seq
@@ -132,8 +134,10 @@ def bench_command(model_or_export, json_file, csv_file, plot_file, **options):
         out.width = max(out.width, 180)  # a file or pipe: no reason to squeeze the columns
     out.print(render_table(result))
     for name, record in result.backends.items():
-        if record["status"] != "ok":
+        if record["status"] == "failed":
             console.print(f"[red]{name} failed:[/red] {record['error']}", soft_wrap=True)
+        elif record["status"] != "ok":  # skipped (e.g. openvino not installed) or not applicable on this CPU
+            console.print(f"[yellow]{name} {record['status']}:[/yellow] {escape(record['note'])}", soft_wrap=True)
     if json_file:
         write_json(result, json_file)
     if csv_file:

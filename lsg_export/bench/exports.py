@@ -82,21 +82,27 @@ def requantize(folder, lengths, options, status):
 
 
 def prepare_exports(names, target, device="cpu", status=None):
-    """{backend: export folder or LSGExportError} for the ort-* backends in `names`.
+    """{backend: export folder or LSGExportError} for the backends in `names` that run an export (ort-*, and
+    ov-* on ort-gather's graph), each export made once; backends that cannot run here (backends.unavailable)
+    get none.
 
     A backend whose export cannot be made is reported as failed by the caller; the others go on."""
+    from .backends import unavailable
     status = status or (lambda message: None)
+    made = {}  # export kind -> folder or error
+    if target.export is not None:
+        made[target.export_kind] = target.export
     folders = {}
-    needed = [n for n in names if BACKENDS[n].engine == "ort" and not (target.export and target.export_kind == n)]
-    if target.export is not None and target.export_kind in names:
-        folders[target.export_kind] = target.export
-    if not needed:
-        return folders
-    for name in needed:
-        try:
-            folders[name] = cached_export(name, target, device, status)
-        except LSGExportError as error:
-            folders[name] = error
-        except Exception as error:  # an exporter bug must not stop the other backends
-            folders[name] = LSGExportError(f"its export failed ({type(error).__name__}: {error})")
+    for name in names:
+        kind = BACKENDS[name].runs_export
+        if kind is None or unavailable(name) is not None:
+            continue
+        if kind not in made:
+            try:
+                made[kind] = cached_export(kind, target, device, status)
+            except LSGExportError as error:
+                made[kind] = error
+            except Exception as error:  # an exporter bug must not stop the other backends
+                made[kind] = LSGExportError(f"its export failed ({type(error).__name__}: {error})")
+        folders[name] = made[kind]
     return folders

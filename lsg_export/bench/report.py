@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 LSG_BACKENDS = ("torch-lsg", "ort-gather", "ort-gather-optimized", "ort-int8", "ort-fp16", "ort-custom-op",
-                "ort-int8-custom-op", "ort-int8-per-tensor", "ort-int8-per-tensor-custom-op")
-STATUS_STYLE = {"ok": "green", "skipped": "yellow", "out of memory": "red", "failed": "red"}
+                "ort-int8-custom-op", "ort-int8-per-tensor", "ort-int8-per-tensor-custom-op", "ov-f32", "ov-bf16")
+STATUS_STYLE = {"ok": "green", "skipped": "yellow", "not applicable": "yellow", "out of memory": "red",
+                "failed": "red"}
 
 
 # --- environment ----------------------------------------------------------------------------------
@@ -170,6 +171,7 @@ def row_values(cell, seq2seq):
 
 def render_table(result):
     """A rich Table: one row per backend, length and batch (encoder-decoders: the encoder, then generation)."""
+    from rich.markup import escape
     from rich.table import Table
     env, settings = result.environment, result.settings
     seq2seq = result.target.get("seq2seq", False)
@@ -188,7 +190,7 @@ def render_table(result):
     previous = None
     for cell in result.cells:
         style = STATUS_STYLE[cell.status]
-        status = cell.status if cell.status == "ok" else f"{cell.status}: {cell.reason}"
+        status = escape(cell.status if cell.status == "ok" else f"{cell.status}: {cell.reason}")  # e.g. "[openvino]"
         table.add_row(cell.backend if cell.backend != previous else "", str(cell.length), str(cell.batch),
                       *row_values(cell, seq2seq), f"[{style}]{status}[/{style}]", end_section=False)
         previous = cell.backend

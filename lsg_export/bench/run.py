@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from ..errors import LSGExportError
 from ..onnx.validate import DEFAULT_TEXT  # the quality columns' document where no --text is given: GPL-3
-from .backends import BACKENDS, select_backends, skipped_for_seq2seq
+from .backends import BACKENDS, select_backends, skipped_for_seq2seq, unavailable
 from .measure import Cell, pool, run_in_process
 from .target import choose_lengths, parse_ints, resolve_target
 from .worker_spec import REPEAT, WARMUP, ReferenceSpec, WorkerSpec
@@ -229,6 +229,11 @@ def run_backend(name, export, target, settings, status, progress, quality=None):
     if isinstance(export, LSGExportError):
         fail(record, cells, str(export))
         batches = []  # nothing to run
+    elif unavailable(name) is not None:  # e.g. OpenVINO missing, or bf16 on a CPU without it: reported, not run
+        record["status"], record["note"] = unavailable(name)  # the reason is the record's note, as a loader's
+        for cell in cells.values():
+            cell.status, cell.reason = record["status"], record["note"]
+        batches = []
     record["export"] = str(export) if export and not isinstance(export, Exception) else None
     for batch in batches:
         status(f"running {name}")
