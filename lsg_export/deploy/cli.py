@@ -98,7 +98,7 @@ def serve_command(export, name, allow_unvalidated, max_batch_tokens, max_concurr
     from rich.console import Console
 
     from ..cli_state import given_or_last
-    from .embeddings import EMBEDDING_OUTPUT, ServingOptions
+    from .embeddings import EMBEDDING_OUTPUT, ServingOptions, export_outputs
     from .server import make_model, serve
 
     serving = ServingOptions(max_batch_tokens, max_concurrent_requests, truncate, max_request_bytes).check()
@@ -113,7 +113,7 @@ def serve_command(export, name, allow_unvalidated, max_batch_tokens, max_concurr
                   f"{text}): http://{host}:{options['port']}/v2/models/{model.name}, "
                   f"gRPC {host}:{options['grpc_port']}{generate}",
                   soft_wrap=True)
-    if EMBEDDING_OUTPUT in [spec.name for spec in model.export.outputs]:
+    if EMBEDDING_OUTPUT in export_outputs(model.export):
         batching = f"batches of up to {max_batch_tokens} tokens" if max_batch_tokens else "no batching"
         console.print(f"embeddings (OpenAI API): http://{host}:{options['port']}/v1/embeddings, {batching}",
                       soft_wrap=True)

@@ -55,13 +55,18 @@ def pack(lengths, max_batch_tokens, block=None):
     return batches + [batch] * bool(batch)
 
 
+def export_outputs(export) -> dict:
+    """The output specs by name of an encoder export; none for an encoder-decoder's (it has several graphs)."""
+    return {spec.name: spec for spec in getattr(export, "outputs", ())}
+
+
 class Embedder:
     """Tokenizes, checks and embeds for one LSGModel (server.py) with a sentence_embedding output."""
 
     def __init__(self, model, options):
         self.model = model
         self.options = options
-        outputs = {spec.name: spec for spec in model.export.outputs}
+        outputs = export_outputs(model.export)
         self.available = EMBEDDING_OUTPUT in outputs
         config = model.export.config
         width = outputs[EMBEDDING_OUTPUT].shape[-1] if self.available else -1

@@ -256,12 +256,9 @@ class _RESTServer(RESTServer):
         app.add_middleware(limits, **options)  # outermost: 413 / 429 before anything reads the body
 
     def _register_endpoints(self, app):
+        from .generate_route import register_generate_route
         from .openai_api import register_openai_routes
         register_openai_routes(app, self.dataplane.model_registry)  # first: KServe's v1 has a /v1/models
-        super()._register_endpoints(app)
-
-    def _register_endpoints(self, app):
-        from .generate_route import register_generate_route
         super()._register_endpoints(app)
         register_generate_route(app, self.dataplane)
 
