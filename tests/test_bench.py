@@ -7,6 +7,7 @@ import csv
 import datetime
 import importlib.util
 import json
+import mmap
 import shutil
 import sys
 import time
@@ -166,7 +167,8 @@ def int8_scale_sizes(path):
 
 def test_quick_run_reports_quality_against_float32_pytorch(quick_run):
     """The tiny model has no tokenizer: the quality columns compare each backend's output on random ids with
-    float32 PyTorch's, and say so. float32 graphs agree to rounding, int8 and the other models do not."""
+    float32 PyTorch's, and say so. float32 graphs agree to rounding (cosine 1 to the report's six decimals), int8
+    and the other models do not (int8 loses 1e-4 to 1e-3 without VNNI, about 7e-5 with AMX int8)."""
     result, data, out = quick_run
     quality = data["settings"]["quality"]
     assert quality["text"] is None and quality["note"].startswith("random ids") and quality["batch"] == 1
@@ -176,10 +178,10 @@ def test_quick_run_reports_quality_against_float32_pytorch(quick_run):
     for length in LENGTHS:
         for name in ("torch-lsg", *FLOAT32_ORT):
             row = rows[name, length]
-            assert row["pooled_cosine"] > 0.9999 and row["min_token_cosine"] > 0.9999, row
+            assert row["pooled_cosine"] >= 0.999999 and row["min_token_cosine"] >= 0.999999, row
         for name in (*INT8, "torch-dense", "torch-chunked", "torch-longformer"):
             row = rows[name, length]
-            assert -1 <= row["min_token_cosine"] <= row["pooled_cosine"] < 0.9999, row
+            assert -1 <= row["min_token_cosine"] <= row["pooled_cosine"] < 0.99999, row
         assert rows["torch-longformer", length]["pooled_cosine"] < 0.9  # random weights: another model
     assert len({r["pooled_cosine"] for r in data["results"]}) > len(LENGTHS) * 4  # computed per backend and length
     with open(out / "bench.csv", newline="") as handle:
@@ -226,7 +228,7 @@ def test_quality_on_a_document(document, tmp_path, monkeypatch):
     for length in (64, 128):
         assert rows["torch-lsg", length]["pooled_cosine"] > 0.9999
         assert rows["ort-gather", length]["min_token_cosine"] > 0.9999
-        assert rows["ort-int8", length]["pooled_cosine"] < 0.9999
+        assert rows["ort-int8", length]["pooled_cosine"] < 0.99999
         assert rows["torch-dense", length]["pooled_cosine"] < 0.9999
     # the columns against a direct computation: float32 PyTorch and each runtime on the document's first 64 tokens
     reference, outputs = direct_outputs(model, text, 64, data["backends"])
@@ -548,8 +550,10 @@ def test_interleaved_timing_runs_cells_in_turns_and_keeps_a_failure_to_its_cell(
 def test_peak_memory_sees_an_allocation_and_resets():
     memory = PeakMemory("cpu", "torch")
     memory.reset()  # the peak from here: this worker process may have been larger before (earlier tests)
-    block = np.ones(64 * 2**20 // 8)  # 64 MB, touched
+    block = mmap.mmap(-1, 64 * 2**20)  # 64 MB mapped for itself (malloc may keep what is freed), touched
+    for page in range(0, len(block), mmap.PAGESIZE):
+        block[page] = 1
     assert 60 <= memory.peak_mb() <= 200
-    del block
+    block.close()
     memory.reset()
     assert memory.peak_mb() < 20
