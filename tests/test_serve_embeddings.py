@@ -217,6 +217,33 @@ def test_batcher_packs_concurrent_requests_by_length():
     assert sorted(alone.runs) == sorted([[5, 30], [6], [29, 7, 300]])
 
 
+def test_batcher_answers_each_request_when_its_rows_are_back():
+    """Continuous batching: rows that arrive during a run are packed before the next one, the batch of the
+    oldest waiting row runs first, and a request is answered as soon as its own rows are back."""
+    from lsg_export.deploy.embeddings import TokenBudgetBatcher
+    gate, futures, done_at_start = threading.Event(), [], []
+    recorder = Recorder()
+
+    def run(rows):
+        gate.wait(10)  # the first run holds until the later requests are waiting
+        done_at_start.append([f.done() for f in futures])  # set_result comes before the next run is handed over
+        return recorder(rows)
+
+    async def scenario():
+        batcher = TokenBudgetBatcher(run, 90)
+        futures.append(asyncio.ensure_future(batcher.embed([[1] * 5])))
+        await asyncio.sleep(0.1)  # its run has started
+        futures.extend(asyncio.ensure_future(batcher.embed(rows)) for rows in ([[1] * 300], [[1] * 6, [1] * 7]))
+        await asyncio.sleep(0.1)
+        gate.set()
+        return await futures[0], await asyncio.gather(*futures[1:])
+
+    first, later = asyncio.run(scenario())
+    assert recorder.runs == [[5], [300], [6, 7]]  # 300 arrived first: its batch runs before the shorter rows'
+    assert done_at_start[1:] == [[True, False, False], [True, True, False]]  # each answered when its rows are back
+    assert first[:, 0].tolist() == [5] and [a[:, 0].tolist() for a in later] == [[300], [6, 7]]
+
+
 @pytest.mark.quick
 def test_request_limits_413_and_429():
     from lsg_export.deploy.http_limits import RequestLimits

@@ -144,18 +144,29 @@ class Embedder:
         return self.model._session.run([EMBEDDING_OUTPUT], feeds)[0].astype(np.float32, copy=False)
 
 
+class _Request:
+    """One request's rows in the batcher, and its answer as its rows come back."""
+
+    def __init__(self, rows, future):
+        self.rows, self.future = rows, future
+        self.results = [None] * len(rows)
+        self.left = len(rows)
+        self.error = None
+
+
 class TokenBudgetBatcher:
     """Runs the rows of concurrent requests in shared batches (one run at a time), or each request alone.
 
-    A background task takes every row waiting, packs them (pack()) and runs the batches shortest first;
-    rows that arrive meanwhile wait for the next round, so a round never starves a long row."""
+    Continuous batching: before every run, the rows waiting (those of requests that arrived meanwhile
+    included) are packed (pack()), and the batch holding the oldest waiting row runs, so a row waits for at
+    most the batches of rows older than itself. A request is answered as soon as its last row is back."""
 
     def __init__(self, run, max_batch_tokens, metrics=None, block=None):
         self.run = run
         self.max_batch_tokens = max_batch_tokens
         self.block = block
         self.metrics = metrics
-        self._waiting = []  # (rows, future)
+        self._waiting = []  # (request, row index), oldest first
         self._wakeup = None
         self._task = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="lsg-batch")
@@ -168,41 +179,44 @@ class TokenBudgetBatcher:
         if self._task is None or self._task.done():
             self._wakeup = asyncio.Event()
             self._task = loop.create_task(self._loop())
-        future = loop.create_future()
-        self._waiting.append((rows, future))
+        request = _Request(rows, loop.create_future())
+        self._waiting.extend((request, i) for i in range(len(rows)))
         self._set_depth()
         self._wakeup.set()
-        return await future
+        return await request.future
 
     async def _loop(self):
         loop = asyncio.get_running_loop()
         while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            waiting, self._waiting = self._waiting, []
-            flat = [(r, i) for r, (rows, _) in enumerate(waiting) for i in range(len(rows))]
-            lengths = [len(waiting[r][0][i]) for r, i in flat]
-            results = [[None] * len(rows) for rows, _ in waiting]
-            failed = {}
-            for batch in pack(lengths, self.max_batch_tokens, self.block):
-                rows = [waiting[flat[k][0]][0][flat[k][1]] for k in batch]
-                self._observe(rows, len(rows) * max(map(len, rows)))
-                try:
-                    embeddings = await loop.run_in_executor(self._executor, self.run, rows)
-                except Exception as error:  # handed to the requests of the batch
-                    for k in batch:
-                        failed[flat[k][0]] = error
-                    continue
-                for k, embedding in zip(batch, embeddings):
-                    results[flat[k][0]][flat[k][1]] = embedding
-            for r, (_, future) in enumerate(waiting):
-                if future.done():  # the client went away
-                    continue
-                if r in failed:
-                    future.set_exception(failed[r])
-                else:
-                    future.set_result(np.stack(results[r]))
+            if not self._waiting:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                continue
+            self._waiting = [(request, i) for request, i in self._waiting if not request.future.done()]  # gone
+            if not self._waiting:
+                continue
+            lengths = [len(request.rows[i]) for request, i in self._waiting]
+            batch = next(b for b in pack(lengths, self.max_batch_tokens, self.block) if 0 in b)
+            taken = [self._waiting[k] for k in batch]
+            for k in sorted(batch, reverse=True):
+                del self._waiting[k]
             self._set_depth()
+            rows = [request.rows[i] for request, i in taken]
+            self._observe(rows, len(rows) * max(map(len, rows)))
+            try:
+                embeddings = await loop.run_in_executor(self._executor, self.run, rows)
+            except Exception as error:  # handed to the requests of the batch
+                embeddings = [None] * len(rows)
+                for request, _ in taken:
+                    request.error = error
+            for (request, i), embedding in zip(taken, embeddings):
+                request.results[i] = embedding
+                request.left -= 1
+                if request.left == 0 and not request.future.done():
+                    if request.error is not None:
+                        request.future.set_exception(request.error)
+                    else:
+                        request.future.set_result(np.stack(request.results))
 
     def _observe(self, rows, padded):
         if self.metrics:
@@ -211,7 +225,7 @@ class TokenBudgetBatcher:
 
     def _set_depth(self):
         if self.metrics:
-            self.metrics.queue_depth.set(sum(len(rows) for rows, _ in self._waiting))
+            self.metrics.queue_depth.set(len(self._waiting))
 
 
 def _is_id(value):
