@@ -6,6 +6,7 @@ and the Prometheus metrics."""
 import asyncio
 import base64
 import threading
+import time
 import urllib.request
 
 import _deploy_cases as cases
@@ -221,26 +222,33 @@ def test_batcher_answers_each_request_when_its_rows_are_back():
     """Continuous batching: rows that arrive during a run are packed before the next one, the batch of the
     oldest waiting row runs first, and a request is answered as soon as its own rows are back."""
     from lsg_export.deploy.embeddings import TokenBudgetBatcher
-    gate, futures, done_at_start = threading.Event(), [], []
+    gate, ends, answered = threading.Event(), [], {}
     recorder = Recorder()
 
     def run(rows):
         gate.wait(10)  # the first run holds until the later requests are waiting
-        done_at_start.append([f.done() for f in futures])  # set_result comes before the next run is handed over
+        time.sleep(0.3)  # a run long enough for the loop to hand over the answers of the one before
+        ends.append(time.monotonic())
         return recorder(rows)
 
     async def scenario():
         batcher = TokenBudgetBatcher(run, 90)
-        futures.append(asyncio.ensure_future(batcher.embed([[1] * 5])))
+
+        def send(name, rows):
+            task = asyncio.ensure_future(batcher.embed(rows))
+            task.add_done_callback(lambda _: answered.setdefault(name, time.monotonic()))
+            return task
+        first = send("first", [[1] * 5])
         await asyncio.sleep(0.1)  # its run has started
-        futures.extend(asyncio.ensure_future(batcher.embed(rows)) for rows in ([[1] * 300], [[1] * 6, [1] * 7]))
+        later = [send("long", [[1] * 300]), send("pair", [[1] * 6, [1] * 7])]
         await asyncio.sleep(0.1)
         gate.set()
-        return await futures[0], await asyncio.gather(*futures[1:])
+        return await first, await asyncio.gather(*later)
 
     first, later = asyncio.run(scenario())
     assert recorder.runs == [[5], [300], [6, 7]]  # 300 arrived first: its batch runs before the shorter rows'
-    assert done_at_start[1:] == [[True, False, False], [True, True, False]]  # each answered when its rows are back
+    # each request answered while the next run was still going, not at the end of a round
+    assert ends[0] <= answered["first"] < ends[1] <= answered["long"] < ends[2] <= answered["pair"]
     assert first[:, 0].tolist() == [5] and [a[:, 0].tolist() for a in later] == [[300], [6, 7]]
 
 
