@@ -73,7 +73,7 @@ def stand_in_repository(repo, out):
         config = triton.parse(config_file.read_text())
         if config.backend == "onnxruntime":
             config.backend = "python"
-            config.parameters["onnx_file"].string_value = config.default_model_filename
+            config.parameters["onnx_file"].string_value = config.default_model_filename or "model.onnx"  # its default
             config.ClearField("default_model_filename")
             (config_file.parent / "1" / "model.py").write_text(STAND_IN)
             config_file.write_text(triton.to_text(config))
@@ -98,6 +98,21 @@ def start_triton(venv, repo, http, grpc, metrics, log):
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
+def wait_ready(process, http, log, seconds=180):
+    deadline = time.monotonic() + seconds
+    while True:
+        if process.poll() is not None or time.monotonic() > deadline:
+            print(Path(log).read_text()[-3000:])
+            sys.exit("error: tritonserver did not become ready")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/ready", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        time.sleep(1)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("export")
@@ -117,18 +132,7 @@ def main():
     process = start_triton(args.venv, repo, http, free_port(), free_port(), work / "triton.log")
     failures = []
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                print(Path(work / "triton.log").read_text()[-3000:])
-                sys.exit("error: tritonserver did not become ready")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/ready", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            time.sleep(1)
+        wait_ready(process, http, work / "triton.log")
         texts = ["w3 w9 w27 w81 w4 w16", "w5 w6 w7 w8", " ".join(f"w{i}" for i in range(1, 40))]
         checks = 0
         for parameters in ({}, {"num_beams": 1}, {"num_beams": 4, "max_new_tokens": 10}):

@@ -6,66 +6,25 @@ Checks: the ensemble `<name>-text` answers `text` with the logits that ONNX Runt
 `lsg-export serve`'s tokenizer (text_tokens), ids still go to `<name>` directly, and an over-long text is refused
 with the tokenizer's one line while the server keeps serving.
 
-    python scripts/triton_text_check.py EXPORT [--tritonserver PATH]
-(PATH default: $TRITONSERVER, else `tritonserver` on PATH, else the one of nvidia-pytriton in /work/venvs/pytriton).
-Exit 0 = all held. With nvidia-pytriton 0.x's tritonserver 2.51 and numpy 2 the python-backend stub crashes reading
-the BYTES input (deserialize_bytes_tensor reads a wrong length): see docs/deployment.md, "How it is tested".
+    python scripts/triton_text_check.py EXPORT [--venv /work/venvs/pytriton] [--keep DIR]
+
+VENV: `pip install nvidia-pytriton tokenizers onnxruntime "numpy<2"` (the python backend's stub runs the
+python-backend models with the first python3 on PATH, VENV's here; the stub of nvidia-pytriton's Triton 2.51
+misreads BYTES tensors under numpy 2). Exit 0 = all held. Needs the `serve` extra in this Python.
 """
 import argparse
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-PYTRITON = Path("/work/venvs/pytriton/lib/python3.11/site-packages/pytriton/tritonserver")
-STAND_IN = '''import numpy as np
-import onnxruntime as ort
-import triton_python_backend_utils as pb_utils
-from pathlib import Path
-
-
-class TritonPythonModel:
-    def initialize(self, args):
-        self.session = ort.InferenceSession(str(Path(args["model_repository"]) / args["model_version"] / "model.onnx"),
-                                            providers=["CPUExecutionProvider"])
-
-    def execute(self, requests):
-        responses = []
-        for request in requests:
-            feeds = {i.name: pb_utils.get_input_tensor_by_name(request, i.name).as_numpy()
-                     for i in self.session.get_inputs()}
-            names = [o.name for o in self.session.get_outputs()]
-            outputs = self.session.run(names, feeds)
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(n, a) for n, a in zip(names, outputs)]))
-        return responses
-'''
-
-
-def backends(folder, server):
-    """The server's backend folder; for nvidia-pytriton's, a copy holding the python backend with the stub for
-    this Python (the wheel keeps one stub per Python version aside)."""
-    stubs = server.parent.parent / "python_backend_stubs"
-    if not stubs.is_dir():
-        return server.parent.parent / "backends"
-    python = folder / "python"
-    python.mkdir(parents=True)
-    for file in ("libtriton_python.so", "triton_python_backend_utils.py"):
-        shutil.copy2(server.parent.parent / "backends" / "python" / file, python / file)
-    shutil.copy2(stubs / f"{sys.version_info.major}.{sys.version_info.minor}" / "triton_python_backend_stub",
-                 python / "triton_python_backend_stub")
-    return folder
+from triton_summariser import free_port, stand_in_repository, start_triton, wait_ready
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("export")
-    parser.add_argument("--tritonserver", default=os.environ.get("TRITONSERVER") or shutil.which("tritonserver")
-                        or str(PYTRITON / "bin" / "tritonserver"))
-    parser.add_argument("--port", type=int, default=18700)
+    parser.add_argument("--venv", default="/work/venvs/pytriton")
+    parser.add_argument("--keep", help="keep the repository and Triton's log in this folder")
     args = parser.parse_args()
     import numpy as np
     import onnxruntime as ort
@@ -76,46 +35,19 @@ def main():
     from lsg_export.deploy.repository import deploy
     from lsg_export.deploy.text_tokens import encode, load_tokenizer
 
-    server = Path(args.tritonserver)
-    if not server.is_file():
-        raise SystemExit(f"error: no tritonserver at {server} (pip install nvidia-pytriton, or --tritonserver)")
-    work = Path(tempfile.mkdtemp(prefix="lsg-triton-"))
-    result = deploy(args.export, work / "repo")
+    work = Path(args.keep or tempfile.mkdtemp(prefix="lsg-triton-"))
+    work.mkdir(parents=True, exist_ok=True)
+    result = deploy(args.export, work / "repo", force=True)
     name, text_model = result.name, result.text_model
     if text_model is None:
         raise SystemExit("error: the export has no tokenizer.json: no text ensemble was written")
-    graph_dir = work / "repo" / name
-    (graph_dir / "1" / "model.py").write_text(STAND_IN)
-    config = (graph_dir / "config.pbtxt").read_text().replace('backend: "onnxruntime"', 'backend: "python"')
-    (graph_dir / "config.pbtxt").write_text(config)
-    backend_dir = backends(work / "backends", server)
-    env = dict(os.environ)
-    wheel_libs = server.parents[3] / "nvidia_pytriton.libs"
-    if wheel_libs.is_dir():
-        # nvidia-pytriton's tritonserver: its python-backend stub embeds the Python whose libpython it finds (this
-        # one's, first on the library path; it ignores PYTHONPATH) and needs the wheel's own libcudart. The
-        # python-backend models import numpy, tokenizers and onnxruntime from this Python.
-        env["LD_LIBRARY_PATH"] = os.pathsep.join([str(Path(sys.base_prefix) / "lib"), str(wheel_libs),
-                                                  os.environ.get("LD_LIBRARY_PATH", "")])
-    log = open(work / "tritonserver.log", "w")
-    process = subprocess.Popen([str(server), f"--model-repository={work / 'repo'}",
-                                f"--backend-directory={backend_dir}",
-                                f"--http-port={args.port}", f"--grpc-port={args.port + 1}",
-                                f"--metrics-port={args.port + 2}", "--allow-metrics=false", "--log-verbose=0"],
-                               stdout=log, stderr=subprocess.STDOUT, env=env)
+    repo = stand_in_repository(result.path, work / "triton-repo")
+    http = free_port()
+    process = start_triton(args.venv, repo, http, free_port(), free_port(), work / "triton.log")
     failures = []
     try:
-        client = InferenceServerClient(f"127.0.0.1:{args.port}")
-        deadline = time.time() + 180
-        while time.time() < deadline and process.poll() is None:
-            try:
-                if client.is_server_ready():
-                    break
-            except Exception:  # not listening yet
-                pass
-            time.sleep(1)
-        else:
-            raise SystemExit(f"error: tritonserver did not become ready; log: {work / 'tritonserver.log'}")
+        wait_ready(process, http, work / "triton.log")
+        client = InferenceServerClient(f"127.0.0.1:{http}")
         folder = open_export(args.export)
         session = ort.InferenceSession(str(folder.model_file), providers=["CPUExecutionProvider"])
         tokenizer = load_tokenizer(folder.path)
@@ -156,10 +88,10 @@ def main():
     finally:
         process.terminate()
         process.wait(timeout=60)
-        log.close()
     if failures:
-        raise SystemExit(f"error: {'; '.join(failures)} (log: {work / 'tritonserver.log'})")
-    shutil.rmtree(work, ignore_errors=True)
+        raise SystemExit(f"error: {'; '.join(failures)} (log: {work / 'triton.log'})")
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
     print("the Triton text ensemble held")
 
 
