@@ -4,7 +4,8 @@ For a float32 `lsg-export onnx` folder (O2 or not, gather or custom-op), quantiz
 (ONNX Runtime's dynamic int8, per-channel weight scales, as `--quantize int8`; the FFN's row tiles share their
 weight), runs the first LENGTH tokens of a document, and reports the mean-pooled and lowest per-token cosine of
 last_hidden_state to the float32 graph's. Then quantizes everything but the K worst weights, for K in --keep, and
-reports the same with the run time (median of --repeat runs, one session at a time).
+reports the same with the run time (median of --repeat runs, one session at a time). `lsg-export onnx --quantize
+int8 --keep-float K` makes such a graph, ranking the weights the same way on the validation text.
 
     python benchmarks/int8_sensitivity.py minilm-onnx-o2 --length 4096 --keep 0,2,4,6 --json sensitivity.json
 """
@@ -21,25 +22,16 @@ import numpy as np
 
 
 def matmuls_by_weight(model_path):
-    """{weight name: [MatMul node names]} in graph order."""
+    """{weight name: [MatMul node names]} in graph order (the library's ranking reads them the same way)."""
     import onnx
-    model = onnx.load(str(model_path), load_external_data=False)
-    weights = {i.name for i in model.graph.initializer}
-    groups = {}
-    for node in model.graph.node:
-        if node.op_type == "MatMul":
-            for name in node.input:
-                if name in weights:
-                    groups.setdefault(name, []).append(node.name)
-    return groups
+
+    from lsg_export.onnx.int8_sensitivity import matmuls_by_weight as by_weight
+    return by_weight(onnx.load(str(model_path), load_external_data=False))
 
 
 def quantize(source, target, nodes):
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                     per_channel=True, nodes_to_quantize=nodes,
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # as quantize_int8
+    from lsg_export.onnx.optimize import quantize_matmuls
+    quantize_matmuls(source, target, external_data=False, only=nodes)
 
 
 def session(path, threads):

@@ -39,6 +39,7 @@ CELL_KEYS = {"backend", "length", "batch", "status", "reason", "warmup", "runs",
              "speedup_vs_torch_chunked", "pooled_cosine", "min_token_cosine", "times_ms"}
 FLOAT32_ORT = ("ort-gather", "ort-gather-optimized", "ort-custom-op")
 INT8 = ("ort-int8", "ort-int8-custom-op", "ort-int8-per-tensor", "ort-int8-per-tensor-custom-op")
+KEEP_ALL = ("ort-int8-keep12-custom-op",)  # the tiny model has 12 weights: all kept float32
 
 
 @pytest.fixture(scope="module")
@@ -90,13 +91,13 @@ def test_quick_run_measures_every_cpu_backend(quick_run, tiny_lsg):
     for name in CPU_BACKENDS:
         assert name in result.stdout
     # the first run builds the exports: each step is a line on stderr without a terminal
-    for name in (*FLOAT32_ORT, *INT8):
+    for name in (*FLOAT32_ORT, *INT8, *KEEP_ALL):
         assert f"exporting {name} (first run: cached in " in result.stderr, result.stderr
     assert "exporting ort-int8: validating at length 19 (2 of 2)" in result.stderr  # block 8: lengths 5, 19
     # one torch.export per attention kind: the other exports start from copies of its graphs
     stderr = " ".join(result.stderr.split())
     assert stderr.count(": exporting model.onnx (opset") == 2, stderr
-    assert stderr.count("graphs exported earlier") == len(FLOAT32_ORT) + len(INT8) - 2, stderr
+    assert stderr.count("graphs exported earlier") == len(FLOAT32_ORT) + len(INT8) + len(KEEP_ALL) - 2, stderr
     assert data["schema"] == SCHEMA
     assert set(data) == {"schema", "target", "settings", "environment", "backends", "results", "summary"}
     assert data["target"]["model"] == str(tiny_lsg.resolve()) and data["target"]["task"] == "feature-extraction"
@@ -176,7 +177,7 @@ def test_quick_run_reports_quality_against_float32_pytorch(quick_run):
     assert "cosine" in table and "mean-pooled / lowest token" in table and "random ids" in table
     rows = {(r["backend"], r["length"]): r for r in data["results"]}
     for length in LENGTHS:
-        for name in ("torch-lsg", *FLOAT32_ORT):
+        for name in ("torch-lsg", *FLOAT32_ORT, *KEEP_ALL):
             row = rows[name, length]
             assert row["pooled_cosine"] >= 0.999999 and row["min_token_cosine"] >= 0.999999, row
         for name in (*INT8, "torch-dense", "torch-chunked", "torch-longformer"):

@@ -70,6 +70,9 @@ BACKENDS = {b.name: b for b in (
             export={"attention": "custom-op"}, seq2seq=True),
     Backend("ort-int8-custom-op", "ONNX Runtime, custom-op graph O2 + int8 MatMul weights", "ort", devices=("cpu",),
             export={"attention": "custom-op", "optimize": "O2", "quantize": "int8"}, seq2seq=True),
+    Backend("ort-int8-keep12-custom-op", "ONNX Runtime, custom-op graph O2 + int8 MatMul weights but the 12 that "
+            "lose most (a third of MiniLM's), kept float32 (--keep-float 12)", "ort", devices=("cpu",),
+            default=False, export={"attention": "custom-op", "optimize": "O2", "quantize": "int8", "keep_float": 12}),
     Backend("ort-int8-per-tensor", "ONNX Runtime, gather graph O2 + int8 MatMul weights, one scale per tensor "
             "(the int8 before per-channel scales, for comparison)", "ort", devices=("cpu",), default=False,
             export={"attention": "gather", "optimize": "O2"}, requantize={"per_channel": False}),
@@ -89,6 +92,9 @@ def export_kind(meta):
         return "ort-fp16"
     if meta.get("quantize"):  # exports made before per-channel scales record no per_channel: one scale per tensor
         kind = "ort-int8" if meta["quantize"].get("per_channel") else "ort-int8-per-tensor"
+        if meta["quantize"].get("kept_float"):
+            kept = f"ort-int8-keep{meta['quantize']['kept_float']['count']}-custom-op"
+            return kept if kept in BACKENDS and meta.get("attention") == "custom-op" else None
         return kind + "-custom-op" if meta.get("attention") == "custom-op" else kind
     if meta.get("attention", "gather") != "gather":
         return "ort-custom-op" if meta["attention"] == "custom-op" else None

@@ -144,27 +144,35 @@ def to_float16(path, external_data):
     return {"fp16": True, "keep_io_types": True}
 
 
-def quantize_int8(path, external_data, per_channel=True):
+def quantize_matmuls(source, target, external_data, per_channel=True, exclude=None, only=None):
+    """ONNX Runtime's dynamic int8 quantisation of `source`'s MatMul weights, written to `target` (exclude /
+    only: MatMul node names kept in float32 / the only ones quantized)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from .export import quiet_exporter
+    with quiet_exporter():
+        # DefaultTensorType: onnx's shape inference gives no type past com.microsoft nodes (BiasGelu, ...)
+        # and the row tiles' Slices; every activation of these float32 graphs is float32
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                         per_channel=per_channel, use_external_data_format=external_data,
+                         nodes_to_exclude=list(exclude or []), nodes_to_quantize=list(only or []),
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+
+
+def quantize_int8(path, external_data, per_channel=True, keep_float=None):
     """Dynamic quantisation of the MatMul weights to int8 (QInt8), activations quantised at run time.
 
     per_channel: one scale per output column of each weight. One scale per tensor (False, the method until
     2026-12) lets each matrix's largest column set every column's step: on MiniLM-LSG at 4096 tokens (GPL-3)
     it gave a mean-pooled cosine of 0.948 to float32 where per-channel gives 0.996, at the same speed.
     Static QDQ quantisation calibrated on real text was slower (1.26 - 1.35x) and worse on the worst token
-    (0.944), see docs/benchmarks.md."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from .export import quiet_exporter
+    (0.944), see docs/benchmarks.md.
+    keep_float: int8_sensitivity.KeptFloat, the weights whose MatMuls stay float32 (--keep-float)."""
     source = path.with_name(path.stem + ".fp32.onnx")
     path.rename(source)
     data = path.with_name(path.name + ".data")
     try:
-        with quiet_exporter():
-            # DefaultTensorType: onnx's shape inference gives no type past com.microsoft nodes (BiasGelu, ...)
-            # and the row tiles' Slices; every activation of these float32 graphs is float32
-            quantize_dynamic(str(source), str(path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                             per_channel=per_channel, use_external_data_format=external_data,
-                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        quantize_matmuls(source, path, external_data, per_channel, exclude=keep_float.matmuls if keep_float else None)
     except Exception as error:
         raise LSGExportError(f"--quantize int8 failed ({error.__class__.__name__}: {str(error)[:200]})") from None
     finally:
@@ -172,6 +180,9 @@ def quantize_int8(path, external_data, per_channel=True):
         if not external_data:
             data.unlink(missing_ok=True)
     counts = op_counts(onnx.load(str(path), load_external_data=False))
-    return {"quantize": "int8", "method": "dynamic", "per_channel": per_channel, "weight_type": "QInt8",
-            "op_types": ["MatMul"],
-            "quantized_matmuls": counts.get("MatMulInteger", 0) + counts.get("DynamicQuantizeMatMul", 0)}
+    summary = {"quantize": "int8", "method": "dynamic", "per_channel": per_channel, "weight_type": "QInt8",
+               "op_types": ["MatMul"],
+               "quantized_matmuls": counts.get("MatMulInteger", 0) + counts.get("DynamicQuantizeMatMul", 0)}
+    if keep_float:
+        summary["kept_float"] = keep_float.record()
+    return summary

@@ -20,12 +20,13 @@ from .encoder_only import EncoderOnly, limit_positions, load_torch_model  # noqa
 from .export import (DEFAULT_OPSET, EXTERNAL_DATA_BYTES, check_opset, export_graph, final_graph, finish_graph,
                      get_attention_kind, graph_domains)
 from .graph_cache import GraphCache
+from .int8_sensitivity import choose_kept_float
 from .optimize import check_options, optimize_graph, quantize_int8, to_float16
 from .record import record_validation, versions, write_json  # noqa: F401 (bench/exports.py)
 from .seq2seq import Seq2Seq
 from .settings import ValidationSettings, check_lengths, resolve_atol, validation_settings
 from .tasks import read_model_folder
-from .validate import default_text, document_inputs
+from .validate import default_text, document_inputs, make_session
 
 LAYOUTS = (Seq2Seq, EncoderOnly)
 NOT_COPIED = {"config.json", "README.md", "generation_config.json", "export.json"}
@@ -119,9 +120,10 @@ def exported_parts(parts, info, folder, seq, kind, opset, status, device, graphs
     return records
 
 
-def process_parts(parts, folder, external, kind, optimize, fp16, quantize, device, status):
+def process_parts(parts, folder, external, kind, optimize, fp16, quantize, device, status, keep_float=None):
     """--optimize, --fp16 and --quantize on each part; returns export.json's "optimize", "fp16" and "quantize"
-    (one part: its summaries; several: totals, with each graph's summary under "graphs")."""
+    (one part: its summaries; several: totals, with each graph's summary under "graphs").
+    keep_float: (count, document ids or None, vocab size, seq) of --keep-float (one part only)."""
     optimized, quantized, converted = {}, {}, False
     for part in parts:
         path, data = folder / part.file, external[part.file]
@@ -133,8 +135,13 @@ def process_parts(parts, folder, external, kind, optimize, fp16, quantize, devic
             status(f"converting {part.file} to float16")
             converted = to_float16(path, data)
         if quantize:
+            kept = None
+            if keep_float and keep_float[0]:
+                count, ids, vocab_size, seq = keep_float
+                kept = choose_kept_float(path, count, data, lambda p: make_session(p, device, kind), ids, vocab_size,
+                                         seq, status)
             status(f"quantizing the MatMul weights of {part.file} to int8")
-            quantized[part.file] = quantize_int8(path, data)
+            quantized[part.file] = quantize_int8(path, data, keep_float=kept)
     steps = {"optimize": None, "fp16": converted, "quantize": None}
     if len(parts) == 1:
         steps.update(optimize=optimized.get(parts[0].file), quantize=quantized.get(parts[0].file))
@@ -151,6 +158,16 @@ def process_parts(parts, folder, external, kind, optimize, fp16, quantize, devic
         steps["quantize"] = {**{k: v for k, v in first.items() if k != "quantized_matmuls"},
                              "quantized_matmuls": total(quantized, "quantized_matmuls"), "graphs": quantized}
     return steps
+
+
+def check_keep_float(keep_float, quantize, layout):
+    if not keep_float:
+        return
+    if keep_float < 0 or not quantize:
+        raise LSGExportError(f"--keep-float {keep_float}: give a count >= 0, with --quantize int8")
+    if isinstance(layout, Seq2Seq):
+        raise LSGExportError("--keep-float is for encoder exports (one graph); an encoder-decoder's graphs are "
+                             "quantized whole")
 
 
 def graph_entry(folder, name, file, exported):
@@ -194,7 +211,8 @@ def layout_for_folder(folder, info, meta, graphs):
 
 def export_onnx(model, output=None, *, seq=None, task="auto", opset=DEFAULT_OPSET, attention="gather",
                 optimize="none", fp16=False, quantize=None, device="cpu", atol=None, lengths=None, batch_size=2,
-                merge_decoders=None, pooling=None, text=None, force=False, graph_cache=None, status=None):
+                merge_decoders=None, pooling=None, text=None, force=False, graph_cache=None, keep_float=0,
+                status=None):
     """Export a converted LSG folder to ONNX, validate it against PyTorch, write OUT.
 
     model: the converted folder.
@@ -203,6 +221,8 @@ def export_onnx(model, output=None, *, seq=None, task="auto", opset=DEFAULT_OPSE
     pooling: mean, cls, max or none: the sentence_embedding output of feature-extraction (default: the
     checkpoint's sentence-transformers pooling, else none).
     text: a text file whose tokens the validation runs on (default: GPL-3 for int8, else random ids).
+    keep_float: with quantize int8, the number of MatMul weights whose int8 loses most on the validation text
+    that stay float32 (int8_sensitivity.py; encoder exports).
     graph_cache: a folder keeping the exported graphs for the next export of this model that differs only
     in optimisation, precision or validation (graph_cache.GraphCache; the bench's exports share one).
     Returns an ExportResult; `result.passed` is False when validation found a difference above atol
@@ -214,6 +234,7 @@ def export_onnx(model, output=None, *, seq=None, task="auto", opset=DEFAULT_OPSE
     kind = get_attention_kind(attention)
     check_opset(opset, kind)
     check_options(optimize, fp16, quantize, device)
+    check_keep_float(keep_float, quantize, layout)
     if device == "cuda" and "CUDAExecutionProvider" not in kind.providers:
         raise LSGExportError(f"the {kind.name} attention does not run on CUDA")
     seq, lengths = check_lengths(info, seq, lengths, batch_size)
@@ -230,7 +251,8 @@ def export_onnx(model, output=None, *, seq=None, task="auto", opset=DEFAULT_OPSE
         cache = GraphCache(graph_cache) if graph_cache else None
         exported = exported_parts(parts, info, tmp, seq, kind, opset, status, device,
                                   {"task": layout.task, **layout.record()}, cache)
-        steps = process_parts(parts, tmp, external, kind, optimize, fp16, quantize, device, status)
+        steps = process_parts(parts, tmp, external, kind, optimize, fp16, quantize, device, status,
+                              (keep_float, ids, info.config.get("vocab_size"), seq))
         written = [(part.name, part.file) for part in parts] + layout.combine(tmp, status)
         entries = [graph_entry(tmp, name, file, exported.get(file)) for name, file in written]
         write_side_files(info, tmp, seq, layout.side_files)
