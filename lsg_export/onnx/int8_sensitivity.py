@@ -4,9 +4,11 @@ Each MatMul weight of the float graph (the FFN's row tiles share theirs) is quan
 the first RANKING_TOKENS tokens of the validation text (random ids without one), and its first output compared
 with the float graph's by the lowest per-token cosine, the figure int8 misses first (then the pooled cosine).
 The N weights that lose most keep their MatMuls in float32, the rest go to int8 as with plain --quantize int8.
-On MiniLM-LSG at 4096 tokens of GPL-3 (2026-12-06, docs/benchmarks.md) keeping 12 of its 36 weights gave a
-mean-pooled / lowest per-token cosine of 0.99924 / 0.99455 to float32 at 1.34x float32's speed, where plain int8
-gives 0.9975 / 0.9545 at 1.67x: one weight alone costs little (0.990 - 0.9999), their losses add up.
+On MiniLM-LSG at 4096 tokens of GPL-3 (2026-12-06, idle 2-core Intel Xeon with AMX, docs/benchmarks.md) one
+weight alone costs little (lowest token 0.990 - 0.9999), their losses add up (plain int8: 0.9975 / 0.9545
+mean-pooled / lowest token); `--keep-float 12` gave 0.99922 / 0.9880 in the bench's comparison (0.99901 / 0.99059
+with [CLS] / [SEP]) at 1.24x plain int8's time. The losses also interact: keeping weights is measured, not a
+promise of a closer output.
 """
 import tempfile
 from dataclasses import dataclass
