@@ -85,10 +85,13 @@ def test_ranking_feeds_use_the_document_or_seeded_ids():
     from types import SimpleNamespace
 
     from lsg_export.onnx.int8_sensitivity import ranking_feeds
+    from lsg_export.onnx.validate import Document
     session = SimpleNamespace(get_inputs=lambda: [SimpleNamespace(name="input_ids"),
                                                   SimpleNamespace(name="attention_mask")])
-    feeds = ranking_feeds(session, np.arange(10, 20), 100, 4)
-    assert feeds["input_ids"].tolist() == [[10, 11, 12, 13]] and feeds["attention_mask"].tolist() == [[1] * 4]
+    feeds = ranking_feeds(session, Document(tuple(range(10, 20)), (1,), (2,)), 100, 4)
+    assert feeds["input_ids"].tolist() == [[1, 10, 11, 2]] and feeds["attention_mask"].tolist() == [[1] * 4]
+    whole = ranking_feeds(session, Document((10, 11, 12), (1,), (2,)), 100, 8)["input_ids"]
+    assert whole.tolist() == [[1, 10, 11, 12, 2]]  # no longer than the document
     random = ranking_feeds(session, None, 100, 6)["input_ids"]
     assert random.shape == (1, 6) and random.min() >= 5 and random.max() < 100
     assert np.array_equal(random, ranking_feeds(session, None, 100, 6)["input_ids"])

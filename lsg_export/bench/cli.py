@@ -54,7 +54,8 @@ def default_target():
               "order every other round (A B C, C B A, ...), and pool each cell's timed runs: a drift of the machine's "
               "speed then weighs on every backend alike.")
 @click.option("--text", type=click.Path(dir_okay=False), help="Document of the quality column (each backend's "
-              "output against float32 PyTorch's on its first tokens) [default: /usr/share/common-licenses/GPL-3 "
+              "output against float32 PyTorch's on its first tokens, framed by the tokenizer's special tokens as its "
+              "encoding of a long text is: [CLS] ... [SEP]) [default: /usr/share/common-licenses/GPL-3 "
               "where present, else random ids].")
 @click.option("--quick", is_flag=True, help="Seconds-long smoke run: lengths 128,256, 1 warm-up, 2 runs (the "
               "first run on a model also builds the exports: minutes).")

@@ -289,12 +289,10 @@ def measure_backend(spec, send):
         measure_quality(spec.quality, runner, measured[0], send)
 
 
-def document_row(ids, length):
-    """(1, length) ids from the document's start (repeated when shorter), or None (random ids) without one."""
-    import torch
-
-    from ..onnx.validate import text_chunks
-    return None if ids is None else text_chunks(torch.as_tensor(ids), 1, length)
+def document_row(document, length):
+    """(1, length) ids of the document's start, framed by its tokenizer's special tokens (validate.Document), or
+    None (random ids) without one."""
+    return None if document is None else document.rows(1, length)
 
 
 def cosine_columns(reference, got):

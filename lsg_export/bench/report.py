@@ -153,7 +153,8 @@ def quality_caption(quality):
     """What the quality column compares, for the table's caption."""
     if not quality:
         return ""
-    what = (f"{Path(quality['text']).name}'s first tokens ({quality['tokens']} in all)" if quality.get("text")
+    framed = " framed by the tokenizer's special tokens" if (quality.get("framed") or {}).get("prefix") else ""
+    what = (f"{Path(quality['text']).name}'s first tokens ({quality['tokens']} in all){framed}" if quality.get("text")
             else quality.get("note", "random ids"))
     return f"; cosine: the output's to float32 PyTorch's on {what}, batch 1, mean-pooled / lowest token"
 

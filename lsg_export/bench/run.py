@@ -101,9 +101,9 @@ def check_rounds(rounds):
 
 
 def quality_document(target, text):
-    """(settings entry, token ids or None) of the quality columns' input: `text` (a file: bad input when it or
-    the model's tokenizer is missing), else DEFAULT_TEXT where it is there and the model has a tokenizer,
-    else random ids (ids None), the entry's note saying why."""
+    """(settings entry, onnx.validate.Document or None) of the quality columns' input: `text` (a file: bad input
+    when it or the model's tokenizer is missing), else DEFAULT_TEXT where it is there and the model has a
+    tokenizer, else random ids (None), the entry's note saying why."""
     from ..onnx.validate import text_ids
     entry = {"reference": "torch-lsg in float32 on CPU", "batch": 1, "text": None}
     if text is None and not DEFAULT_TEXT.is_file():
@@ -114,7 +114,8 @@ def quality_document(target, text):
         if text is not None:
             raise
         return {**entry, "note": f"random ids: {DEFAULT_TEXT} not used ({error})"}, None
-    return {**entry, "text": str(text or DEFAULT_TEXT), "tokens": int(ids.numel())}, ids.tolist()
+    return {**entry, "text": str(text or DEFAULT_TEXT), "tokens": len(ids.pieces),
+            "framed": {"prefix": list(ids.prefix), "suffix": list(ids.suffix)}}, ids
 
 
 def compute_references(target, settings, ids, folder, status):

@@ -31,5 +31,5 @@ class ReferenceSpec:
     task: str
     threads: int
     lengths: tuple
-    ids: list  # the document's token ids, or None: random ids
+    ids: object  # the document (onnx.validate.Document), or None: random ids
     folder: str

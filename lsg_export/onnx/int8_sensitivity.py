@@ -45,11 +45,12 @@ def matmuls_by_weight(model):
     return groups
 
 
-def ranking_feeds(session, ids, vocab_size, tokens=RANKING_TOKENS):
-    """One row of the document's first `tokens` ids (or seeded random ids) for each graph input."""
-    if ids is not None:
-        row = np.asarray(ids, dtype=np.int64).reshape(-1)
-        row = np.resize(row, min(tokens, max(row.size, 1)))
+def ranking_feeds(session, document, vocab_size, tokens=RANKING_TOKENS):
+    """One row of the document's first `tokens` ids, framed by its special tokens (validate.Document), or
+    seeded random ids, for each graph input."""
+    if document is not None:
+        frame = len(document.prefix) + len(document.suffix)
+        row = document.rows(1, min(tokens, len(document.pieces) + frame)).numpy().reshape(-1)
     else:
         row = np.random.default_rng(0).integers(5, vocab_size, tokens)
     row = row[None, :].astype(np.int64)

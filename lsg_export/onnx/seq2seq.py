@@ -38,7 +38,7 @@ from ..sources import read_export_json
 from .parts import GraphPart, example_length, weight_bytes
 from .tasks import make_inputs
 from .ties import SelectionProbe
-from .validate import Comparison, ValidationReport, compare_output, length_status, make_session, text_chunks
+from .validate import Comparison, ValidationReport, compare_output, length_status, make_session
 
 ENCODER_FILE = SEQ2SEQ_FILES["encoder"]
 DECODER_FILE = SEQ2SEQ_FILES["decoder"]
@@ -266,7 +266,7 @@ def compare_seq2seq(sessions, model, info, lengths, batch_size, atol, enforced, 
     for length in lengths:
         if progress:
             progress(length_status(lengths, length))
-        chunk = text_chunks(ids, batch_size, length) if ids is not None else None
+        chunk = ids.rows(batch_size, length) if ids is not None else None
         inputs = encoder_inputs(info, batch_size, length, generator=generator, ids=chunk)
         feeds = {k: v.numpy() for k, v in inputs.items()}
         decoder_ids = torch.randint(5, model.config.vocab_size, (batch_size, DECODER_TOKENS), generator=generator)
