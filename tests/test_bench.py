@@ -294,12 +294,13 @@ def direct_outputs(model, text, length, backends):
 def test_openvino_backends_run_the_gather_export(tiny_lsg, tmp_path, monkeypatch):
     """ov-f32 runs ort-gather's export (one export for both; quick_run's when it ran first) with the bench's
     threads and float32 precision, as close to PyTorch as ONNX Runtime; ov-bf16 runs only where OpenVINO reports
-    native bf16, and is 'not applicable' elsewhere, saying why."""
-    from lsg_export.bench.openvino_backend import BF16_FLAGS, bf16_support
+    native bf16, and is 'not applicable' elsewhere, saying why; ov-int8 runs the same graph with int8 weights,
+    measurably less close than float32."""
+    from lsg_export.openvino.runtime import BF16_FLAGS, bf16_support
     monkeypatch.chdir(tmp_path)
     gather = tiny_lsg / "bench-exports" / "ort-gather"
     result = invoke("bench", tiny_lsg, "--quick", "--seq", "64,128", "--threads", "1", "--backends",
-                    "ort-gather,ov-f32,ov-bf16", "--json", "-")
+                    "ort-gather,ov-f32,ov-bf16,ov-int8", "--json", "-")
     assert result.exit_code == 0, (result.output, result.exception)
     assert "exporting ov-" not in result.stderr and result.stderr.count("(first run: cached in") <= 1
     data = json.loads(result.stdout)
@@ -312,6 +313,13 @@ def test_openvino_backends_run_the_gather_export(tiny_lsg, tmp_path, monkeypatch
         assert row["status"] == "ok" and row["runs"] == 2 and row["p50_ms"] > 0
         assert row["pooled_cosine"] > 0.9999 and row["min_token_cosine"] > 0.9999, row
         assert row["pooled_cosine"] == pytest.approx(rows["ort-gather", length]["pooled_cosine"], abs=1e-5)
+    # ov-int8: the same graph with int8 weights (per channel) and activations quantized per group at run time
+    assert data["backends"]["ov-int8"]["export"] == str(gather)
+    assert "int8 weights, activations quantized per group of 128" in data["backends"]["ov-int8"]["note"]
+    for length in LENGTHS:
+        row, f32 = rows["ov-int8", length], rows["ov-f32", length]
+        assert row["status"] == "ok" and row["runs"] == 2, row
+        assert 0.99 < row["pooled_cosine"] < 0.99999 and row["min_token_cosine"] < f32["min_token_cosine"], row
     native, evidence = bf16_support()
     assert native == ("BF16" in evidence.split(";")[0])
     if native:
@@ -334,20 +342,22 @@ def test_openvino_missing_skips_its_backends_with_the_install_line(monkeypatch):
     cells, and nothing is run or exported for them."""
     from lsg_export.bench import exports, openvino_backend
     real = importlib.util.find_spec
-    monkeypatch.setattr(openvino_backend.importlib.util, "find_spec",
-                        lambda name, *args: None if name == "openvino" else real(name, *args))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name in ("openvino", "nncf") else real(name, *args))
     openvino_backend.openvino_unavailable.cache_clear()
     try:
         reason = "openvino is not installed (pip install 'lsg-export[openvino]')"
-        for bf16 in (False, True):
-            assert openvino_backend.openvino_unavailable(bf16) == ("skipped", reason)
+        for name in ("ov-f32", "ov-bf16"):
+            assert openvino_backend.openvino_unavailable(name) == ("skipped", reason)
+        assert openvino_backend.openvino_unavailable("ov-int8") == (
+            "skipped", "openvino and nncf are not installed (pip install 'lsg-export[openvino]')")
         settings = {"lengths": [64, 128], "batch_sizes": [1]}
         record, cells = run_module.run_backend("ov-bf16", None, None, settings, lambda message: None, None)
         assert (record["status"], record["note"], record["export"]) == ("skipped", reason, None)
         assert [(c.length, c.status, c.reason, c.runs) for c in cells] == [(64, "skipped", reason, 0),
                                                                            (128, "skipped", reason, 0)]
         no_export = SimpleNamespace(export=None)  # a target that is a model folder
-        assert exports.prepare_exports(["ov-f32", "ov-bf16"], no_export) == {}  # nothing exported for them
+        assert exports.prepare_exports(["ov-f32", "ov-bf16", "ov-int8"], no_export) == {}  # nothing exported
     finally:
         openvino_backend.openvino_unavailable.cache_clear()
 

@@ -11,7 +11,8 @@ full rows of random token ids (no padding: a benchmark measures whole documents)
   torch-longformer     a random-weight Longformer of the same size whose window covers the LSG local span
   ort-*                ONNX Runtime sessions on exports (exports.py makes the missing ones); IO binding on CUDA
   ov-*                 OpenVINO (the optional `openvino` package) on the gather graph (ort-gather's export), in
-                       float32 or, where the CPU has native bf16, in its bf16 inference precision (openvino_backend.py)
+                       float32 or, where the CPU has native bf16, in its bf16 inference precision; ov-int8 with
+                       the int8 weights `lsg-export openvino` gives it (openvino_backend.py)
 
 Encoder-decoders (bart, mbart, pegasus: task text2text-generation) run on the backends marked
 `seq2seq`: torch-lsg, torch-dense and the ort-* made for them (gather, optimized, int8, fp16, custom-op); their
@@ -82,6 +83,9 @@ BACKENDS = {b.name: b for b in (
     Backend("ov-f32", "OpenVINO, gather graph, float32", "openvino", devices=("cpu",), graph_of="ort-gather"),
     Backend("ov-bf16", "OpenVINO, gather graph, bf16 inference precision (CPUs with native bf16)", "openvino",
             devices=("cpu",), graph_of="ort-gather"),
+    Backend("ov-int8", "OpenVINO, gather graph, int8 weights with activations quantized per group at run time "
+            "(lsg-export openvino; needs nncf), the CPU's default precision elsewhere", "openvino", devices=("cpu",),
+            graph_of="ort-gather"),
     Backend("torch-longformer", "random-weight Longformer of the same size, window = LSG local span", "torch"),
 )}
 
@@ -535,7 +539,7 @@ def load_openvino(spec):
         raise LSGExportError(f"OpenVINO runs the float32 gather graph; {folder} is not one")
     graph = single_graph(folder, graph_list(meta), "OpenVINO runs the encoders' single graph")
     info = target_info(spec)
-    run, feeds, note = openvino_session(folder / graph.file, spec.threads, bf16=spec.backend == "ov-bf16")
+    run, feeds, note = openvino_session(folder / graph.file, spec.threads, spec.backend)
 
     def prepare(batch, length, ids=None):
         inputs = bench_inputs(info, meta["task"], batch, length, ids)
@@ -551,7 +555,7 @@ def unavailable(name):
     if BACKENDS[name].engine != "openvino":
         return None
     from .openvino_backend import openvino_unavailable
-    return openvino_unavailable(bf16=name == "ov-bf16")
+    return openvino_unavailable(name)
 
 
 LOADERS = {
