@@ -91,6 +91,10 @@ from .bench.cli import bench_command  # noqa: E402  (the command lives with the 
 
 main.add_command(bench_command)
 
+from .openvino.cli import openvino_command  # noqa: E402
+
+main.add_command(openvino_command)
+
 
 def _print_report(report, as_json, payload):
     from rich.console import Console

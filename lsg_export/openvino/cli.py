@@ -1,0 +1,64 @@
+"""`lsg-export openvino`: registered in lsg_export/cli.py with `main.add_command(openvino_command)`."""
+import json
+import sys
+
+import click
+
+from ..errors import user_errors
+from .weights import GROUP_SIZE
+
+
+@click.command("openvino", context_settings={"show_default": True})
+@click.argument("export", required=False)
+@click.option("-o", "--output", type=click.Path(file_okay=False), help="Output folder [default: EXPORT-openvino].")
+@click.option("--weights", default="int8", type=click.Choice(["int8", "int8-sym", "none"]), help="int8: MatMul and "
+              "embedding weights in int8 (NNCF, one scale and zero point per output channel) and the activations "
+              "quantized per token and group at run time; int8-sym: symmetric weights; none: float32.")
+@click.option("--group-size", default=GROUP_SIZE, type=int, help="int8: input channels sharing one activation step.")
+@click.option("--precision", default="auto", type=click.Choice(["auto", "f32", "bf16"]), help="What OpenVINO "
+              "computes the rest in while validating (auto: its default here, bf16 where the CPU has native bf16); "
+              "the folder runs at the precision of the CPU it is compiled on.")
+@click.option("--lengths", help="Validation lengths, e.g. 1,500,4096 [default: those of the export].")
+@click.option("--batch-size", default=2, type=int, help="Validation batch (its last row padded).")
+@click.option("--text", type=click.Path(dir_okay=False), help="A text file whose tokens the validation runs on "
+              "[default: /usr/share/common-licenses/GPL-3 for int8 and bf16, else random ids].")
+@click.option("--force", is_flag=True, help="Replace a non-empty output folder (all of it).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result (openvino_export.json) as JSON.")
+@user_errors
+def openvino_command(export, output, as_json, **options):
+    """Make an OpenVINO IR folder of an encoder's ONNX export (default: the last `lsg-export onnx` output from
+    here): openvino_model.xml / .bin with int8 weights, the tokenizer and sentence-transformers files, checked
+    against PyTorch. Needs the openvino extra (openvino, nncf). bf16 and int8 are reported, not held to a
+    tolerance; float32 (--weights none --precision f32) is held to the export's. Exit code 1 when that fails.
+
+    \b
+    Examples:
+      lsg-export openvino                              # the export `lsg-export onnx` last wrote from here
+      lsg-export openvino minilm-onnx -o minilm-openvino
+      lsg-export openvino minilm-onnx --weights none --precision f32 -o minilm-ov-f32
+    \b
+    Then, in Python:
+      core = openvino.Core(); compiled = core.compile_model("minilm-openvino/openvino_model.xml")
+    """
+    from rich.console import Console
+
+    from ..cli_state import given_or_last
+    from ..onnx.validate import render_table
+    from .export import export_openvino
+
+    console = Console(stderr=True)
+    export = given_or_last(export, "onnx", console)
+    with console.status("exporting to OpenVINO") as status:
+        result = export_openvino(export, output, status=lambda message: status.update(message), **options)
+    if as_json:
+        click.echo(json.dumps({"output": str(result.path), **result.info}, indent=1))
+    else:
+        Console(width=None if sys.stdout.isatty() else 160).print(render_table(result.report, "OpenVINO vs PyTorch"))
+        weights = result.info["weights"]
+        what = (f"{weights['matrices']} weight matrices in {weights['mode']}, activations per group of "
+                f"{weights['activations']['group_size']}" if weights["mode"] != "none" else "float32 weights")
+        console.print(f"[green]wrote[/green] {result.path} ({what}; validated with {result.info['validated_with']})",
+                      soft_wrap=True)
+    if not result.passed:
+        console.print(f"[red]validation failed:[/red] {result.report.failure_message()}", soft_wrap=True)
+        sys.exit(1)

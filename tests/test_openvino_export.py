@@ -1,0 +1,108 @@
+"""`lsg-export openvino`: an encoder's gather export as an OpenVINO IR folder, validated against PyTorch."""
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _cli import assert_user_error, invoke
+from _onnx_cases import case_result
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("openvino") is None or importlib.util.find_spec("nncf") is None,
+    reason="openvino and nncf are not installed (the openvino extra)")
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tiny_bert, tmp_path_factory):
+    """A tiny LSG BertModel (blocks of 8, 128 positions) exported to ONNX (gather) and with --attention custom-op."""
+    from lsg_export import convert
+    from lsg_export.onnx import export_onnx
+    root = tmp_path_factory.mktemp("openvino")
+    convert(str(tiny_bert), root / "lsg-tiny", max_sequence_length=128, block_size=8, sparse_block_size=8,
+            architecture="BertModel")
+    export_onnx(root / "lsg-tiny", root / "onnx", lengths=[1, 9, 128])
+    return root
+
+
+def test_minilm_int8_folder_runs_as_validated(exported, tmp_path):
+    """On the real MiniLM-LSG export: the folder holds the IR, the tokenizer and sentence-transformers files;
+    the weights are int8 and the group size rides in the model; a plain compile_model of it gives what the
+    validation read, close to ONNX Runtime's float32 graph and measurably not equal to it."""
+    import onnxruntime as ort
+    import openvino as ov
+
+    from lsg_export.onnx.validate import text_ids
+    from lsg_export.openvino.weights import group_size_of, int8_weight_count
+    source = case_result(exported, "minilm")["onnx"]
+    out = tmp_path / "minilm-openvino"
+    result = invoke("openvino", source, "-o", out, "--lengths", "129,1000", "--json")
+    assert result.exit_code == 0, (result.output, result.exception)
+    info = json.loads(result.stdout)
+    for name in ("openvino_model.xml", "openvino_model.bin", "tokenizer.json", "config.json", "modules.json",
+                 "1_Pooling/config.json", "openvino_export.json"):
+        assert (out / name).is_file(), name
+    assert not list(out.glob("*.onnx")) and not (out / "export.json").exists()
+    assert info["weights"]["mode"] == "int8" and info["weights"]["matrices"] == 39  # 36 MatMuls + 3 embeddings
+    assert info["weights"]["activations"]["group_size"] == 128 and info["outputs"] == ["last_hidden_state",
+                                                                                         "sentence_embedding"]
+    # int8 weights: the IR is about a quarter of the float32 graph
+    onnx_bytes = sum(p.stat().st_size for p in Path(source).glob("model.onnx*"))
+    assert (out / "openvino_model.bin").stat().st_size < 0.35 * onnx_bytes
+    model = ov.Core().read_model(str(out / "openvino_model.xml"))
+    assert group_size_of(model) == 128 and int8_weight_count(model) == 39
+    validation = info["validation"]
+    assert validation["inputs"] == "text GPL-3" and validation["enforced"] is False and validation["passed"]
+    rows = {(r["length"], r["output"]): r for r in validation["rows"]}
+    for length in (129, 1000):
+        hidden, pooled = rows[length, "last_hidden_state"], rows[length, "sentence_embedding"]
+        assert 0.999 < hidden["pooled_cosine"] < 0.99999 and 0.95 < hidden["min_token_cosine"] < 0.9999, hidden
+        assert 0.999 < pooled["pooled_cosine"] < 0.99999, pooled
+    # a user's plain compile_model, on a framed GPL-3 row, against ONNX Runtime's float32 export
+    row = text_ids(source, "/usr/share/common-licenses/GPL-3").rows(1, 1000).numpy()
+    feeds = {"input_ids": row, "attention_mask": np.ones_like(row), "token_type_ids": np.zeros_like(row)}
+    compiled = ov.Core().compile_model(str(out / "openvino_model.xml"), "CPU")
+    assert compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == 128
+    got = compiled(feeds)[compiled.output("sentence_embedding")]
+    session = ort.InferenceSession(f"{source}/model.onnx", providers=["CPUExecutionProvider"])
+    expected = session.run(["sentence_embedding"], feeds)[0]
+    cosine = float((got * expected).sum() / np.linalg.norm(got) / np.linalg.norm(expected))
+    assert 0.999 < cosine < 0.99999
+
+
+def test_float32_folder_is_held_to_the_tolerance(tiny_export):
+    """--weights none --precision f32: float32 weights in the IR, validation enforced at the export's atol."""
+    out = tiny_export / "ov-f32"
+    result = invoke("openvino", tiny_export / "onnx", "-o", out, "--weights", "none", "--precision", "f32",
+                    "--json")
+    assert result.exit_code == 0, (result.output, result.exception)
+    info = json.loads(result.stdout)
+    assert info["weights"] == {"mode": "none"} and "inference precision f32" in info["validated_with"]
+    validation = info["validation"]
+    assert validation["enforced"] is True and validation["inputs"] == "random ids" and validation["passed"]
+    assert validation["lengths"] == [1, 9, 128] and 0 < validation["max_abs_diff"] < 1e-4
+    import openvino as ov
+
+    from lsg_export.openvino.weights import int8_weight_count
+    assert int8_weight_count(ov.Core().read_model(str(out / "openvino_model.xml"))) == 0
+
+
+def test_bad_input_gets_one_line_and_keeps_the_output(tiny_export, tmp_path, monkeypatch):
+    from lsg_export.onnx import export_onnx
+    from lsg_export.openvino import runtime
+    source = tiny_export / "onnx"
+    assert_user_error(invoke("openvino", tmp_path / "missing"), "missing")
+    assert_user_error(invoke("openvino", source, "--group-size", "0", "-o", tmp_path / "g"), "--group-size 0")
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("mine")
+    assert_user_error(invoke("openvino", source, "-o", taken), "not empty", "--force")
+    assert (taken / "keep.txt").read_text() == "mine" and len(list(taken.iterdir())) == 1
+    assert_user_error(invoke("openvino", source, "-o", source), "not empty")
+    int8 = tiny_export / "onnx-int8"
+    if not int8.exists():
+        export_onnx(tiny_export / "lsg-tiny", int8, lengths=[9], quantize="int8")
+    assert_user_error(invoke("openvino", int8, "-o", tmp_path / "i"), "plain float32 gather graph")
+    monkeypatch.setattr(runtime, "cpu_capabilities", lambda: ["FP32", "INT8"])
+    assert_user_error(invoke("openvino", source, "--precision", "bf16", "-o", tmp_path / "b"), "no native bf16")
+    assert not any(p.name in ("g", "i", "b") for p in tmp_path.iterdir())  # nothing half-written
