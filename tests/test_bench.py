@@ -223,7 +223,7 @@ def test_quality_on_a_document(document, tmp_path, monkeypatch):
     assert result.exit_code == 0, (result.output, result.exception)
     data = json.loads(result.stdout)
     assert data["settings"]["quality"] == {"reference": "torch-lsg in float32 on CPU", "batch": 1, "text": str(text),
-                                           "tokens": 100}
+                                           "tokens": 100, "framed": {"prefix": [], "suffix": []}}  # no specials
     assert "report.txt's first tokens (100 in all)" in " ".join(result.stderr.split())  # the table: on stderr
     rows = {(r["backend"], r["length"]): r for r in data["results"]}
     for length in (64, 128):
