@@ -300,7 +300,7 @@ def test_openvino_backends_run_the_gather_export(tiny_lsg, tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     gather = tiny_lsg / "bench-exports" / "ort-gather"
     result = invoke("bench", tiny_lsg, "--quick", "--seq", "64,128", "--threads", "1", "--backends",
-                    "ort-gather,ov-f32,ov-bf16,ov-int8", "--json", "-")
+                    "ort-gather,ov-f32,ov-bf16,ov-int8,ov-int8-keep2", "--json", "-")
     assert result.exit_code == 0, (result.output, result.exception)
     assert "exporting ov-" not in result.stderr and result.stderr.count("(first run: cached in") <= 1
     data = json.loads(result.stdout)
@@ -320,6 +320,8 @@ def test_openvino_backends_run_the_gather_export(tiny_lsg, tmp_path, monkeypatch
         row, f32 = rows["ov-int8", length], rows["ov-f32", length]
         assert row["status"] == "ok" and row["runs"] == 2, row
         assert 0.99 < row["pooled_cosine"] < 0.99999 and row["min_token_cosine"] < f32["min_token_cosine"], row
+    assert data["backends"]["ov-int8-keep2"]["note"].endswith(", 2 weights kept float)")
+    assert all(rows["ov-int8-keep2", length]["status"] == "ok" for length in LENGTHS)
     native, evidence = bf16_support()
     assert native == ("BF16" in evidence.split(";")[0])
     if native:

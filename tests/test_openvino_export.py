@@ -87,12 +87,39 @@ def test_float32_folder_is_held_to_the_tolerance(tiny_export):
     assert int8_weight_count(ov.Core().read_model(str(out / "openvino_model.xml"))) == 0
 
 
+def test_keep_float_keeps_the_weights_that_lose_most(tiny_export):
+    """--keep-float 2: every MatMul weight ranked by its int8 loss alone (worst first), the two worst left float
+    in the IR (their MatMuls read a float constant, the others int8 through decompression), the rest int8."""
+    import openvino as ov
+
+    from lsg_export.openvino.weights import int8_weight_count, matmuls_by_weight
+    out = tiny_export / "ov-keep2"
+    result = invoke("openvino", tiny_export / "onnx", "-o", out, "--keep-float", "2", "--json")
+    assert result.exit_code == 0, (result.output, result.exception)
+    weights = json.loads(result.stdout)["weights"]
+    kept, source = weights["kept_float"], ov.Core().read_model(str(tiny_export / "onnx" / "model.onnx"))
+    everything = matmuls_by_weight(source)
+    ranking = kept["ranking"]
+    assert kept["count"] == 2 and len(ranking) == len(everything) == 12  # 2 layers x (q, k, v, o, ffn in, out)
+    assert [r["weight"] for r in ranking[:2]] == kept["weights"] and set(kept["weights"]) <= set(everything)
+    assert [r["min_token_cosine"] for r in ranking] == sorted(r["min_token_cosine"] for r in ranking)
+    assert all(r["min_token_cosine"] < 1.0 for r in ranking)  # each weight alone in int8 changes the output
+    model = ov.Core().read_model(str(out / "openvino_model.xml"))
+    float_matmuls = sorted(n for names in matmuls_by_weight(model).values() for n in names)
+    assert float_matmuls == sorted(n for w in kept["weights"] for n in everything[w])
+    assert weights["matrices"] == int8_weight_count(model) == 12 - 2 + 3  # + the 3 embedding tables
+
+
 def test_bad_input_gets_one_line_and_keeps_the_output(tiny_export, tmp_path, monkeypatch):
     from lsg_export.onnx import export_onnx
     from lsg_export.openvino import runtime
     source = tiny_export / "onnx"
     assert_user_error(invoke("openvino", tmp_path / "missing"), "missing")
     assert_user_error(invoke("openvino", source, "--group-size", "0", "-o", tmp_path / "g"), "--group-size 0")
+    assert_user_error(invoke("openvino", source, "--keep-float", "1", "--weights", "none", "-o", tmp_path / "g"),
+                      "--keep-float 1", "with int8 weights")
+    assert_user_error(invoke("openvino", source, "--keep-float", "13", "-o", tmp_path / "g"),
+                      "--keep-float 13", "12 MatMul weights")
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "keep.txt").write_text("mine")

@@ -86,6 +86,9 @@ BACKENDS = {b.name: b for b in (
     Backend("ov-int8", "OpenVINO, gather graph, int8 weights with activations quantized per group at run time "
             "(lsg-export openvino; needs nncf), the CPU's default precision elsewhere", "openvino", devices=("cpu",),
             graph_of="ort-gather"),
+    Backend("ov-int8-keep2", "ov-int8 with the 2 MatMul weights whose int8 loses most left float (lsg-export "
+            "openvino --keep-float 2, ranked on GPL-3 when loaded: minutes)", "openvino", devices=("cpu",),
+            graph_of="ort-gather", default=False),
     Backend("torch-longformer", "random-weight Longformer of the same size, window = LSG local span", "torch"),
 )}
 
@@ -532,14 +535,19 @@ def load_openvino(spec):
 
     from ..graph_list import graph_list, single_graph
     from ..sources import read_export_json
-    from .openvino_backend import openvino_session
+    from ..openvino.weights import GROUP_SIZE
+    from .openvino_backend import KEEP_FLOAT, openvino_session
     folder = Path(spec.export)
     meta = read_export_json(folder)
     if meta.get("attention", "gather") != "gather" or meta.get("quantize") or meta.get("fp16"):
         raise LSGExportError(f"OpenVINO runs the float32 gather graph; {folder} is not one")
     graph = single_graph(folder, graph_list(meta), "OpenVINO runs the encoders' single graph")
     info = target_info(spec)
-    run, feeds, note = openvino_session(folder / graph.file, spec.threads, spec.backend)
+    kept = None
+    if spec.backend in KEEP_FLOAT:
+        from ..openvino.export import rank_for_keep_float
+        kept = rank_for_keep_float(folder, graph, meta, KEEP_FLOAT[spec.backend], "int8", GROUP_SIZE, None, None)
+    run, feeds, note = openvino_session(folder / graph.file, spec.threads, spec.backend, kept)
 
     def prepare(batch, length, ids=None):
         inputs = bench_inputs(info, meta["task"], batch, length, ids)

@@ -10,13 +10,14 @@ import functools
 from ..errors import LSGExportError
 from ..openvino.runtime import bf16_support, compile_graph, describe, openvino_missing
 
-PRECISIONS = {"ov-f32": "f32", "ov-bf16": "bf16", "ov-int8": None}  # None: OpenVINO's default for the CPU
+PRECISIONS = {"ov-f32": "f32", "ov-bf16": "bf16", "ov-int8": None, "ov-int8-keep2": None}  # None: the CPU's default
+KEEP_FLOAT = {"ov-int8-keep2": 2}  # weights left float (lsg-export openvino --keep-float), ranked when loaded
 
 
 @functools.lru_cache(maxsize=None)  # asked per backend and round: one OpenVINO Core is enough
 def openvino_unavailable(name):
     """(status, reason) when ov-* backend `name` cannot run here, else None."""
-    missing = openvino_missing(("openvino", "nncf") if name == "ov-int8" else ("openvino",))
+    missing = openvino_missing(("openvino", "nncf") if name.startswith("ov-int8") else ("openvino",))
     if missing:
         return "skipped", missing
     if PRECISIONS[name] == "bf16":
@@ -26,19 +27,21 @@ def openvino_unavailable(name):
     return None
 
 
-def openvino_session(path, threads, name):
+def openvino_session(path, threads, name, kept=None):
     """(run, input names, note): run(arrays) runs the graph at `path` as backend `name` compiles it for the
-    CPU and returns its first output; the note says what OpenVINO compiled."""
+    CPU (int8: with the weights of `kept`, an int8_sensitivity.KeptFloat, left float) and returns its first
+    output; the note says what OpenVINO compiled."""
     import openvino as ov
     state = openvino_unavailable(name)
     if state is not None:  # the parent checks this first; a worker asked anyway says why
         raise LSGExportError(state[1])
     graph = str(path)
-    if name == "ov-int8":
+    int8 = name.startswith("ov-int8")
+    if int8:
         from ..openvino.weights import compress_int8
-        graph, _ = compress_int8(ov.Core().read_model(graph))
+        graph, _ = compress_int8(ov.Core().read_model(graph), keep_float=kept.matmuls if kept else ())
     compiled = compile_graph(graph, threads, PRECISIONS[name])
     request = compiled.create_infer_request()
     output = compiled.outputs[0]
-    note = describe(compiled, int8=name == "ov-int8")
+    note = describe(compiled, int8=int8) + (f", {len(kept.weights)} weights kept float" if kept else "")
     return (lambda arrays: request.infer(arrays)[output]), [port.get_any_name() for port in compiled.inputs], note

@@ -64,25 +64,41 @@ def choose_kept_float(path, count, external_data, open_session, ids, vocab_size,
     import onnx
 
     from .optimize import quantize_matmuls
-    from .validate import cosines
-    status = status or (lambda message: None)
     groups = matmuls_by_weight(onnx.load(str(path), load_external_data=False))
     reference_session = open_session(path)
     feeds = ranking_feeds(reference_session, ids, vocab_size, min(RANKING_TOKENS, seq))
     output = reference_session.get_outputs()[0].name
     reference = reference_session.run([output], feeds)[0]
     del reference_session
-    mask = feeds["attention_mask"].astype(bool)
-    ranking = []
     with tempfile.TemporaryDirectory() as tmp:
         target = Path(tmp) / path.name
-        for index, (weight, nodes) in enumerate(groups.items()):
-            status(f"ranking the weights' int8 loss ({index + 1} of {len(groups)})")
+
+        def int8_alone(nodes):
             quantize_matmuls(path, target, external_data, only=nodes)
-            pooled, lowest = cosines(reference, open_session(target).run([output], feeds)[0], mask)
-            ranking.append({"weight": weight, "matmuls": len(nodes), "pooled_cosine": round(pooled, 7),
-                            "min_token_cosine": None if lowest is None else round(lowest, 7)})
+            return open_session(target).run([output], feeds)[0]
+
+        ranking = rank_weights(groups, reference, int8_alone, feeds["attention_mask"].astype(bool), status)
+    return kept_float(groups, ranking, count, int(feeds["input_ids"].shape[1]))
+
+
+def rank_weights(groups, reference, int8_alone, mask, status=None):
+    """The weights of `groups` ({weight: [MatMul names]}), the costliest first: int8_alone(names) is the first
+    output with only those MatMuls in int8, compared with `reference` (the float output) by the lowest
+    per-token cosine, then the mean-pooled one. The runtime's own loop: ONNX Runtime's and OpenVINO's int8."""
+    from .validate import cosines
+    status = status or (lambda message: None)
+    ranking = []
+    for index, (weight, nodes) in enumerate(groups.items()):
+        status(f"ranking the weights' int8 loss ({index + 1} of {len(groups)})")
+        pooled, lowest = cosines(reference, int8_alone(nodes), mask)
+        ranking.append({"weight": weight, "matmuls": len(nodes), "pooled_cosine": round(pooled, 7),
+                        "min_token_cosine": None if lowest is None else round(lowest, 7)})
     ranking.sort(key=lambda r: (r["min_token_cosine"] if r["min_token_cosine"] is not None else 1.0,
                                 r["pooled_cosine"]))
+    return ranking
+
+
+def kept_float(groups, ranking, count, tokens):
+    """The KeptFloat of the `count` first weights of `ranking`."""
     kept = [r["weight"] for r in ranking[:count]]
-    return KeptFloat(kept, [n for w in kept for n in groups[w]], ranking, int(feeds["input_ids"].shape[1]))
+    return KeptFloat(kept, [n for w in kept for n in groups[w]], ranking, tokens)

@@ -15,6 +15,8 @@ from .weights import GROUP_SIZE
               "embedding weights in int8 (NNCF, one scale and zero point per output channel) and the activations "
               "quantized per token and group at run time; int8-sym: symmetric weights; none: float32.")
 @click.option("--group-size", default=GROUP_SIZE, type=int, help="int8: input channels sharing one activation step.")
+@click.option("--keep-float", default=0, type=int, help="int8: keep float the N MatMul weights whose int8 loses "
+              "most, each measured alone on the validation text (slower than int8, closer to float32).")
 @click.option("--precision", default="auto", type=click.Choice(["auto", "f32", "bf16"]), help="What OpenVINO "
               "computes the rest in while validating (auto: its default here, bf16 where the CPU has native bf16); "
               "the folder runs at the precision of the CPU it is compiled on.")
@@ -35,6 +37,7 @@ def openvino_command(export, output, as_json, **options):
     Examples:
       lsg-export openvino                              # the export `lsg-export onnx` last wrote from here
       lsg-export openvino minilm-onnx -o minilm-openvino
+      lsg-export openvino minilm-onnx --keep-float 2 -o minilm-openvino-keep2
       lsg-export openvino minilm-onnx --weights none --precision f32 -o minilm-ov-f32
     \b
     Then, in Python:
@@ -55,7 +58,9 @@ def openvino_command(export, output, as_json, **options):
     else:
         Console(width=None if sys.stdout.isatty() else 160).print(render_table(result.report, "OpenVINO vs PyTorch"))
         weights = result.info["weights"]
-        what = (f"{weights['matrices']} weight matrices in {weights['mode']}, activations per group of "
+        kept = weights.get("kept_float")
+        what = (f"{weights['matrices']} weight matrices in {weights['mode']}"
+                + (f" ({kept['count']} kept float)" if kept else "") + ", activations per group of "
                 f"{weights['activations']['group_size']}" if weights["mode"] != "none" else "float32 weights")
         console.print(f"[green]wrote[/green] {result.path} ({what}; validated with {result.info['validated_with']})",
                       soft_wrap=True)

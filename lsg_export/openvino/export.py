@@ -9,6 +9,7 @@ embedding weights are int8 and the activations' group size rides in the model (w
 
 Validation runs the compiled model as the ONNX export's is run (onnx/validate.compare): float32 is held to
 the export's atol; bf16 and int8 are reported (cosines), as ONNX int8 is, on real text by default."""
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,18 +65,22 @@ def resolve_precision(precision):
     return precision
 
 
-def export_openvino(folder, output=None, *, weights="int8", group_size=GROUP_SIZE, precision=None, lengths=None,
-                    batch_size=2, text=None, force=False, status=None):
+def export_openvino(folder, output=None, *, weights="int8", group_size=GROUP_SIZE, keep_float=0, precision=None,
+                    lengths=None, batch_size=2, text=None, force=False, status=None):
     """Write the OpenVINO IR folder of the ONNX export `folder` (default OUT: FOLDER-openvino) and validate it.
 
     weights: int8 (asymmetric, per output channel), int8-sym or none (float32). group_size: input channels per
-    step of the activations' run-time quantization (int8 only). precision: auto, f32 or bf16, what OpenVINO
-    computes the rest in while validating (the folder does not fix it). Returns an OpenVINOResult."""
+    step of the activations' run-time quantization (int8 only). keep_float: the number of MatMul weights whose
+    int8 alone loses most on the validation text that stay float (int8 only). precision: auto, f32 or bf16,
+    what OpenVINO computes the rest in while validating (the folder does not fix it). Returns an
+    OpenVINOResult."""
     status = status or (lambda message: None)
     if weights not in WEIGHTS:
         raise LSGExportError(f"--weights {weights!r}: give {', '.join(WEIGHTS)}")
     if not isinstance(group_size, int) or group_size < 1:
         raise LSGExportError(f"--group-size {group_size}: give a number of input channels >= 1")
+    if not isinstance(keep_float, int) or keep_float < 0 or (keep_float and weights == "none"):
+        raise LSGExportError(f"--keep-float {keep_float}: give a count >= 0, with int8 weights")
     missing = openvino_missing(("openvino", "nncf") if weights != "none" else ("openvino",))
     if missing:
         raise LSGExportError(missing)
@@ -92,10 +97,13 @@ def export_openvino(folder, output=None, *, weights="int8", group_size=GROUP_SIZ
         model = ov.Core().read_model(str(folder / graph.file))
         record = {"mode": "none"}
         if weights != "none":
+            kept = rank_for_keep_float(folder, graph, meta, keep_float, weights, group_size, text, status)
             status(f"compressing the weights to {weights}")
-            model, count = compress_int8(model, weights, group_size)
+            model, count = compress_int8(model, weights, group_size, keep_float=kept.matmuls if kept else ())
             record = {"mode": weights, "nncf": MODES[weights], "per": "output channel", "matrices": count,
                       "activations": {"quantized": "at run time, per token", "group_size": group_size}}
+            if kept:
+                record["kept_float"] = kept.record()
         ov.save_model(model, str(tmp / IR_FILE), compress_to_fp16=False)  # float32 stays float32
         copy_side_files(folder, tmp, graph)
         report, note = validate_ir(tmp, folder, meta, precision, weights, lengths, batch_size, text, status)
@@ -106,6 +114,27 @@ def export_openvino(folder, output=None, *, weights="int8", group_size=GROUP_SIZ
         info = record_validation(info, report, "export")
         write_json(tmp / RECORD_FILE, info)
     return OpenVINOResult(output, report, info)
+
+
+def rank_for_keep_float(folder, graph, meta, count, weights, group_size, text, status):
+    """The KeptFloat of --keep-float `count` (None for 0): the weights ranked on the first tokens of the
+    validation text (random ids without one), as `lsg-export onnx --keep-float` ranks ONNX Runtime's int8."""
+    if not count:
+        return None
+    from types import SimpleNamespace
+
+    from ..onnx.int8_sensitivity import RANKING_TOKENS, ranking_feeds
+    from ..onnx.validate import default_text, document_inputs
+    from .weights import choose_kept_float
+    document, _ = document_inputs(folder, text or default_text(True, folder))
+    inputs = SimpleNamespace(get_inputs=lambda: [SimpleNamespace(name=name) for name in meta["inputs"]])
+    vocab_size = json.loads((folder / "config.json").read_text()).get("vocab_size", 1000) \
+        if (folder / "config.json").is_file() else 1000
+    feeds = ranking_feeds(inputs, document, vocab_size, min(RANKING_TOKENS, int(meta["seq"])))
+    kept = choose_kept_float(folder / graph.file, count, feeds, meta["outputs"][0], weights, group_size, status)
+    if count > len(kept.ranking):
+        raise LSGExportError(f"--keep-float {count}: the graph has {len(kept.ranking)} MatMul weights")
+    return kept
 
 
 def copy_side_files(folder, target, graph):

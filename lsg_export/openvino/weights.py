@@ -18,17 +18,20 @@ MODES = {"int8": "INT8_ASYM", "int8-sym": "INT8_SYM"}  # --weights -> nncf.Compr
 RUNTIME_OPTION = ["runtime_options", "DYNAMIC_QUANTIZATION_GROUP_SIZE"]  # rt_info key compile_model applies
 
 
-def compress_int8(model, mode="int8", group_size=GROUP_SIZE):
+def compress_int8(model, mode="int8", group_size=GROUP_SIZE, keep_float=(), embeddings=True):
     """`model` (an ov.Model) with int8 weights (MODES[mode]) and the activations' group size in its rt_info, so
-    that every compile_model of it, ours or a user's, quantizes them at run time. Returns (model, the number
-    of weights compressed)."""
+    that every compile_model of it, ours or a user's, quantizes them at run time. keep_float: MatMul names left
+    in float; embeddings: the embedding tables (Gather) in int8 too. Returns (model, the number of weights
+    compressed)."""
     import nncf
     logger = logging.getLogger("nncf")
     level = logger.level
     logger.setLevel(logging.ERROR)
+    ignored = nncf.IgnoredScope(names=list(keep_float), types=[] if embeddings else ["Gather"], validate=False)
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # NNCF's table of bit widths and its progress bar
-            compressed = nncf.compress_weights(model, mode=getattr(nncf.CompressWeightsMode, MODES[mode]))
+            compressed = nncf.compress_weights(model, mode=getattr(nncf.CompressWeightsMode, MODES[mode]),
+                                               ignored_scope=ignored)
     finally:
         logger.setLevel(level)
     compressed.set_rt_info(str(group_size), RUNTIME_OPTION)
@@ -45,3 +48,42 @@ def int8_weight_count(model):
 def group_size_of(model):
     """The activations' group size `model` carries (None: none)."""
     return int(model.get_rt_info(RUNTIME_OPTION).astype(str)) if model.has_rt_info(RUNTIME_OPTION) else None
+
+
+def matmuls_by_weight(model):
+    """{weight constant: [names of the MatMuls that multiply by it]} of `model` (an ov.Model), in graph order:
+    the feed-forward's row tiles share their weight, as in the ONNX graph (onnx/int8_sensitivity.py)."""
+    groups = {}
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "MatMul":
+            continue
+        source = op.input_value(1).get_node()
+        while source.get_type_name() in ("Convert", "Reshape", "Transpose") and source.get_input_size():
+            source = source.input_value(0).get_node()
+        if source.get_type_name() == "Constant":
+            groups.setdefault(source.get_friendly_name(), []).append(op.get_friendly_name())
+    return groups
+
+
+def choose_kept_float(graph, count, feeds, output, mode="int8", group_size=GROUP_SIZE, status=None):
+    """The `count` MatMul weights of the graph at `graph` whose int8 alone (everything else float32, inference
+    precision f32, so that only int8's error is seen) costs most on `feeds`: an int8_sensitivity.KeptFloat."""
+    import openvino as ov
+    import numpy as np
+
+    from ..onnx.int8_sensitivity import kept_float, rank_weights
+    from .runtime import compile_graph
+    core = ov.Core()
+    run = lambda model: compile_graph(model, None, "f32")(feeds)[output]  # noqa: E731
+    groups = matmuls_by_weight(core.read_model(str(graph)))
+    everything = [name for names in groups.values() for name in names]
+
+    def int8_alone(names):
+        alone = set(names)
+        model, _ = compress_int8(core.read_model(str(graph)), mode, group_size,
+                                 keep_float=[n for n in everything if n not in alone], embeddings=False)
+        return run(model)
+
+    ranking = rank_weights(groups, run(core.read_model(str(graph))), int8_alone,
+                           np.asarray(feeds["attention_mask"]).astype(bool), status)
+    return kept_float(groups, ranking, count, int(feeds["input_ids"].shape[1]))
