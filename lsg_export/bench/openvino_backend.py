@@ -43,5 +43,7 @@ def openvino_session(path, threads, name, kept=None):
     compiled = compile_graph(graph, threads, PRECISIONS[name])
     request = compiled.create_infer_request()
     output = compiled.outputs[0]
-    note = describe(compiled, int8=int8) + (f", {len(kept.weights)} weights kept float" if kept else "")
+    note = describe(compiled, int8=int8)
+    if kept:
+        note += f", {len(kept.weights)} weights kept float: {' '.join(kept.weights)}"
     return (lambda arrays: request.infer(arrays)[output]), [port.get_any_name() for port in compiled.inputs], note

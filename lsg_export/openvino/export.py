@@ -97,13 +97,13 @@ def export_openvino(folder, output=None, *, weights="int8", group_size=GROUP_SIZ
         model = ov.Core().read_model(str(folder / graph.file))
         record = {"mode": "none"}
         if weights != "none":
-            kept = rank_for_keep_float(folder, graph, meta, keep_float, weights, group_size, text, status)
+            kept = rank_for_keep_float(folder, graph, meta, keep_float, weights, group_size, text, status, precision)
             status(f"compressing the weights to {weights}")
             model, count = compress_int8(model, weights, group_size, keep_float=kept.matmuls if kept else ())
             record = {"mode": weights, "nncf": MODES[weights], "per": "output channel", "matrices": count,
                       "activations": {"quantized": "at run time, per token", "group_size": group_size}}
             if kept:
-                record["kept_float"] = kept.record()
+                record["kept_float"] = {**kept.record(), "ranked_at": precision}
         ov.save_model(model, str(tmp / IR_FILE), compress_to_fp16=False)  # float32 stays float32
         copy_side_files(folder, tmp, graph)
         report, note = validate_ir(tmp, folder, meta, precision, weights, lengths, batch_size, text, status)
@@ -116,9 +116,10 @@ def export_openvino(folder, output=None, *, weights="int8", group_size=GROUP_SIZ
     return OpenVINOResult(output, report, info)
 
 
-def rank_for_keep_float(folder, graph, meta, count, weights, group_size, text, status):
+def rank_for_keep_float(folder, graph, meta, count, weights, group_size, text, status, precision=None):
     """The KeptFloat of --keep-float `count` (None for 0): the weights ranked on the first tokens of the
-    validation text (random ids without one), as `lsg-export onnx --keep-float` ranks ONNX Runtime's int8."""
+    validation text (random ids without one), as `lsg-export onnx --keep-float` ranks ONNX Runtime's int8, the
+    rest of the graph at `precision` (None: OpenVINO's default here)."""
     if not count:
         return None
     from types import SimpleNamespace
@@ -131,7 +132,8 @@ def rank_for_keep_float(folder, graph, meta, count, weights, group_size, text, s
     vocab_size = json.loads((folder / "config.json").read_text()).get("vocab_size", 1000) \
         if (folder / "config.json").is_file() else 1000
     feeds = ranking_feeds(inputs, document, vocab_size, min(RANKING_TOKENS, int(meta["seq"])))
-    kept = choose_kept_float(folder / graph.file, count, feeds, meta["outputs"][0], weights, group_size, status)
+    kept = choose_kept_float(folder / graph.file, count, feeds, meta["outputs"][0], weights, group_size, precision,
+                             status)
     if count > len(kept.ranking):
         raise LSGExportError(f"--keep-float {count}: the graph has {len(kept.ranking)} MatMul weights")
     return kept
