@@ -49,21 +49,6 @@ def calibration_rows(tokenizer, length, count):
     return [rows([cls] + pieces[i * step:i * step + length - 2] + [sep], length) for i in range(count)]
 
 
-def weight_matmuls(model):
-    """{ONNX weight initializer name: [OpenVINO MatMul friendly names]} of the MatMuls with a constant input."""
-    groups = {}
-    for op in model.get_ordered_ops():
-        if op.get_type_name() != "MatMul":
-            continue
-        for value in op.input_values():
-            source = value.get_node()
-            while source.get_type_name() in ("Convert", "Reshape", "Transpose") and source.get_input_size():
-                source = source.input_value(0).get_node()
-            if source.get_type_name() == "Constant":
-                groups.setdefault(source.get_friendly_name(), []).append(op.get_friendly_name())
-    return groups
-
-
 def main():
     import nncf
     import onnxruntime as ort
@@ -71,6 +56,7 @@ def main():
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
     from lsg_export.onnx.validate import cosines
+    from lsg_export.openvino.weights import matmuls_by_weight
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("export", type=Path)
@@ -109,7 +95,7 @@ def main():
         ignore = int(rest[0]) if rest else 0
         model = core.read_model(str(args.export / "model.onnx"))
         if preset != "plain":
-            groups = weight_matmuls(model)
+            groups = matmuls_by_weight(model)
             ignored = [name for weight in ranking[:ignore] for name in groups.get(weight, [])]
             advanced = AdvancedQuantizationParameters()
             if len(rest) > 1:
