@@ -1,6 +1,7 @@
 """`lsg-export openvino`: an encoder's gather export as an OpenVINO IR folder, validated against PyTorch."""
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +112,6 @@ def test_keep_float_keeps_the_weights_that_lose_most(tiny_export):
 
 
 def test_bad_input_gets_one_line_and_keeps_the_output(tiny_export, tmp_path, monkeypatch):
-    from lsg_export.onnx import export_onnx
     from lsg_export.openvino import runtime
     source = tiny_export / "onnx"
     assert_user_error(invoke("openvino", tmp_path / "missing"), "missing")
@@ -126,9 +126,10 @@ def test_bad_input_gets_one_line_and_keeps_the_output(tiny_export, tmp_path, mon
     assert_user_error(invoke("openvino", source, "-o", taken), "not empty", "--force")
     assert (taken / "keep.txt").read_text() == "mine" and len(list(taken.iterdir())) == 1
     assert_user_error(invoke("openvino", source, "-o", source), "not empty")
-    int8 = tiny_export / "onnx-int8"
-    if not int8.exists():
-        export_onnx(tiny_export / "lsg-tiny", int8, lengths=[9], quantize="int8")
+    int8 = tmp_path / "onnx-int8"  # an int8 export as its export.json says (what the refusal reads)
+    shutil.copytree(source, int8)
+    meta = json.loads((int8 / "export.json").read_text())
+    (int8 / "export.json").write_text(json.dumps({**meta, "quantize": {"quantize": "int8"}, "precision": "int8"}))
     assert_user_error(invoke("openvino", int8, "-o", tmp_path / "i"), "plain float32 gather graph")
     monkeypatch.setattr(runtime, "cpu_capabilities", lambda: ["FP32", "INT8"])
     assert_user_error(invoke("openvino", source, "--precision", "bf16", "-o", tmp_path / "b"), "no native bf16")
