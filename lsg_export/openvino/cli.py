@@ -36,9 +36,9 @@ def openvino_command(export, output, as_json, **options):
     \b
     Examples:
       lsg-export openvino                              # the export `lsg-export onnx` last wrote from here
-      lsg-export openvino minilm-onnx -o minilm-openvino
-      lsg-export openvino minilm-onnx --keep-float 2 -o minilm-openvino-keep2
-      lsg-export openvino minilm-onnx --weights none --precision f32 -o minilm-ov-f32
+      lsg-export openvino lsg-all-MiniLM-L6-v2-4096/onnx -o minilm-openvino   # a plain (not --optimize) export
+      lsg-export openvino lsg-all-MiniLM-L6-v2-4096/onnx --keep-float 2 -o minilm-openvino-keep2
+      lsg-export openvino lsg-all-MiniLM-L6-v2-4096/onnx --weights none --precision f32 -o minilm-ov-f32
     \b
     Then, in Python:
       core = openvino.Core(); compiled = core.compile_model("minilm-openvino/openvino_model.xml")
