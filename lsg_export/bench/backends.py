@@ -545,8 +545,10 @@ def load_openvino(spec):
     info = target_info(spec)
     kept = None
     if spec.backend in KEEP_FLOAT:
+        from ..onnx.validate import default_text, document_inputs
         from ..openvino.export import rank_for_keep_float
-        kept = rank_for_keep_float(folder, graph, meta, KEEP_FLOAT[spec.backend], "int8", GROUP_SIZE, None, None)
+        document, _ = document_inputs(folder, default_text(True, folder))  # GPL-3 where there
+        kept = rank_for_keep_float(folder, graph, meta, KEEP_FLOAT[spec.backend], "int8", GROUP_SIZE, document, None)
     run, feeds, note = openvino_session(folder / graph.file, spec.threads, spec.backend, kept)
 
     def prepare(batch, length, ids=None):

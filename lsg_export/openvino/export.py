@@ -9,7 +9,6 @@ embedding weights are int8 and the activations' group size rides in the model (w
 
 Validation runs the compiled model as the ONNX export's is run (onnx/validate.compare): float32 is held to
 the export's atol; bf16 and int8 are reported (cosines), as ONNX int8 is, on real text by default."""
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,12 +91,17 @@ def export_openvino(folder, output=None, *, weights="int8", group_size=GROUP_SIZ
     if output.resolve() == folder.resolve():
         raise LSGExportError(f"-o {output} is the ONNX export itself: name another folder")
     import openvino as ov
+
+    from ..onnx.validate import default_text, document_inputs
+    reduced = weights != "none" or precision == "bf16"
+    document = document_inputs(folder, text or default_text(reduced, folder))  # (ids or None, label)
     with atomic_folder(output, force) as tmp:
         status(f"reading {folder / graph.file}")
         model = ov.Core().read_model(str(folder / graph.file))
         record = {"mode": "none"}
         if weights != "none":
-            kept = rank_for_keep_float(folder, graph, meta, keep_float, weights, group_size, text, status, precision)
+            kept = rank_for_keep_float(folder, graph, meta, keep_float, weights, group_size, document[0], status,
+                                       precision)
             status(f"compressing the weights to {weights}")
             model, count = compress_int8(model, weights, group_size, keep_float=kept.matmuls if kept else ())
             record = {"mode": weights, "nncf": MODES[weights], "per": "output channel", "matrices": count,
@@ -106,7 +110,7 @@ def export_openvino(folder, output=None, *, weights="int8", group_size=GROUP_SIZ
                 record["kept_float"] = {**kept.record(), "ranked_at": precision}
         ov.save_model(model, str(tmp / IR_FILE), compress_to_fp16=False)  # float32 stays float32
         copy_side_files(folder, tmp, graph)
-        report, note = validate_ir(tmp, folder, meta, precision, weights, lengths, batch_size, text, status)
+        report, note = validate_ir(tmp, folder, meta, precision, weights, lengths, batch_size, document, status)
         info = {"format": "openvino", "source": str(folder.resolve()), "model": meta.get("model"),
                 "task": meta.get("task"), "inputs": meta.get("inputs"), "outputs": meta.get("outputs"),
                 "pooling": meta.get("pooling"), "seq": meta.get("seq"), "lsg": meta.get("lsg"), "graph": IR_FILE,
@@ -116,21 +120,19 @@ def export_openvino(folder, output=None, *, weights="int8", group_size=GROUP_SIZ
     return OpenVINOResult(output, report, info)
 
 
-def rank_for_keep_float(folder, graph, meta, count, weights, group_size, text, status, precision=None):
-    """The KeptFloat of --keep-float `count` (None for 0): the weights ranked on the first tokens of the
-    validation text (random ids without one), as `lsg-export onnx --keep-float` ranks ONNX Runtime's int8, the
-    rest of the graph at `precision` (None: OpenVINO's default here)."""
+def rank_for_keep_float(folder, graph, meta, count, weights, group_size, document, status, precision=None):
+    """The KeptFloat of --keep-float `count` (None for 0): the weights ranked on the first tokens of `document`
+    (the validation text, a validate.Document; random ids for None), as `lsg-export onnx --keep-float` ranks
+    ONNX Runtime's int8, the rest of the graph at `precision` (None: OpenVINO's default here)."""
     if not count:
         return None
     from types import SimpleNamespace
 
     from ..onnx.int8_sensitivity import RANKING_TOKENS, ranking_feeds
-    from ..onnx.validate import default_text, document_inputs
+    from ..sources import read_config_dict
     from .weights import choose_kept_float
-    document, _ = document_inputs(folder, text or default_text(True, folder))
     inputs = SimpleNamespace(get_inputs=lambda: [SimpleNamespace(name=name) for name in meta["inputs"]])
-    vocab_size = json.loads((folder / "config.json").read_text()).get("vocab_size", 1000) \
-        if (folder / "config.json").is_file() else 1000
+    vocab_size = read_config_dict(str(folder)).get("vocab_size", 1000)
     feeds = ranking_feeds(inputs, document, vocab_size, min(RANKING_TOKENS, int(meta["seq"])))
     kept = choose_kept_float(folder / graph.file, count, feeds, meta["outputs"][0], weights, group_size, precision,
                              status)
@@ -148,14 +150,15 @@ def copy_side_files(folder, target, graph):
         (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, target / entry.name)
 
 
-def validate_ir(ir_folder, folder, meta, precision, weights, lengths, batch_size, text, status):
-    """(ValidationReport, what was compiled): the IR in `ir_folder` against the PyTorch model of the export."""
+def validate_ir(ir_folder, folder, meta, precision, weights, lengths, batch_size, document, status):
+    """(ValidationReport, what was compiled): the IR in `ir_folder` against the PyTorch model of the export, on
+    `document` ((validate.Document or None, its label))."""
     from ..onnx.pipeline import layout_for_folder
     from ..onnx.settings import validation_settings
-    from ..onnx.validate import compare, default_text, document_inputs
+    from ..onnx.validate import compare
     reduced = weights != "none" or precision == "bf16"
     settings = validation_settings(folder, meta, None, lengths, batch_size, None, "cpu")
-    ids, label = document_inputs(folder, text or default_text(reduced, folder))
+    ids, label = document
     layout = layout_for_folder(folder, settings.info, meta, graph_list(meta))
     status(f"loading {settings.info.path}")
     module = layout.load_model(int(meta["seq"]))
