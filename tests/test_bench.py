@@ -294,13 +294,14 @@ def direct_outputs(model, text, length, backends):
 def test_openvino_backends_run_the_gather_export(tiny_lsg, tmp_path, monkeypatch):
     """ov-f32 runs ort-gather's export (one export for both; quick_run's when it ran first) with the bench's
     threads and float32 precision, as close to PyTorch as ONNX Runtime; ov-bf16 runs only where OpenVINO reports
-    native bf16, and is 'not applicable' elsewhere, saying why; ov-int8 runs the same graph with int8 weights,
+    native bf16, and is 'not applicable' elsewhere, saying why; ov-sdpa runs the SDPA graph made once from the
+    export's model (cached in the export), at the CPU's default precision; ov-int8 runs it with int8 weights,
     measurably less close than float32."""
-    from lsg_export.openvino.runtime import BF16_FLAGS, bf16_support
+    from lsg_export.openvino.runtime import BF16_FLAGS, bf16_support, native_precision
     monkeypatch.chdir(tmp_path)
     gather = tiny_lsg / "bench-exports" / "ort-gather"
     result = invoke("bench", tiny_lsg, "--quick", "--seq", "64,128", "--threads", "1", "--backends",
-                    "ort-gather,ov-f32,ov-bf16,ov-int8,ov-int8-keep2", "--json", "-")
+                    "ort-gather,ov-f32,ov-bf16,ov-sdpa,ov-int8,ov-int8-keep2", "--json", "-")
     assert result.exit_code == 0, (result.output, result.exception)
     assert "exporting ov-" not in result.stderr and result.stderr.count("(first run: cached in") <= 1
     data = json.loads(result.stdout)
@@ -313,7 +314,19 @@ def test_openvino_backends_run_the_gather_export(tiny_lsg, tmp_path, monkeypatch
         assert row["status"] == "ok" and row["runs"] == 2 and row["p50_ms"] > 0
         assert row["pooled_cosine"] > 0.9999 and row["min_token_cosine"] > 0.9999, row
         assert row["pooled_cosine"] == pytest.approx(rows["ort-gather", length]["pooled_cosine"], abs=1e-5)
-    # ov-int8: the same graph with int8 weights (per channel) and activations quantized per group at run time
+    # ov-sdpa: the SDPA graph (one OpenVINO attention node per layer), made once beside the export
+    import openvino as ov
+    sdpa_graph = gather / ".openvino-sdpa" / "model.onnx"
+    ops = [op.get_type_name() for op in ov.Core().read_model(str(sdpa_graph)).get_ordered_ops()]
+    assert ops.count("ScaledDotProductAttention") == 2  # one per layer of the tiny model
+    assert data["backends"]["ov-sdpa"]["export"] == str(gather)
+    assert f"inference precision {native_precision()}" in data["backends"]["ov-sdpa"]["note"]
+    for length in LENGTHS:
+        row = rows["ov-sdpa", length]
+        assert row["status"] == "ok" and row["pooled_cosine"] > 0.999, row
+        if native_precision() == "f32":
+            assert row["min_token_cosine"] > 0.9999, row
+    # ov-int8: the SDPA graph with int8 weights (per channel) and activations quantized per group at run time
     assert data["backends"]["ov-int8"]["export"] == str(gather)
     assert "int8 weights, activations quantized per group of 128" in data["backends"]["ov-int8"]["note"]
     for length in LENGTHS:

@@ -71,31 +71,37 @@ def test_minilm_int8_folder_runs_as_validated(exported, tmp_path):
     assert 0.999 < cosine < 0.99999
 
 
-def test_float32_folder_is_held_to_the_tolerance(tiny_export):
-    """--weights none --precision f32: float32 weights in the IR, validation enforced at the export's atol."""
-    out = tiny_export / "ov-f32"
+@pytest.mark.parametrize("attention", ["sdpa", "gather"])
+def test_float32_folder_is_held_to_the_tolerance(tiny_export, attention):
+    """--weights none --precision f32: float32 weights in the IR, validation enforced at the export's atol, with
+    the block attention as OpenVINO's fused attention (sdpa, the default) and as the export's gather graph."""
+    import openvino as ov
+    out = tiny_export / f"ov-f32-{attention}"
     result = invoke("openvino", tiny_export / "onnx", "-o", out, "--weights", "none", "--precision", "f32",
-                    "--json")
+                    "--attention", attention, "--json")
     assert result.exit_code == 0, (result.output, result.exception)
     info = json.loads(result.stdout)
     assert info["weights"] == {"mode": "none"} and "inference precision f32" in info["validated_with"]
+    assert info["attention"] == attention
+    ops = {op.get_type_name() for op in ov.Core().read_model(str(out / "openvino_model.xml")).get_ordered_ops()}
+    assert ("ScaledDotProductAttention" in ops) == (attention == "sdpa"), sorted(ops)
     validation = info["validation"]
     assert validation["enforced"] is True and validation["inputs"] == "random ids" and validation["passed"]
     assert validation["lengths"] == [1, 9, 128] and 0 < validation["max_abs_diff"] < 1e-4
-    import openvino as ov
-
     from lsg_export.openvino.weights import int8_weight_count
     assert int8_weight_count(ov.Core().read_model(str(out / "openvino_model.xml"))) == 0
 
 
 def test_keep_float_keeps_the_weights_that_lose_most(tiny_export):
     """--keep-float 2: every MatMul weight ranked by its int8 loss alone (worst first), the two worst left float
-    in the IR (their MatMuls read a float constant, the others int8 through decompression), the rest int8."""
+    in the IR (their MatMuls read a float constant, the others int8 through decompression), the rest int8. On
+    the export's gather graph, whose weight names the ranking is checked against."""
     import openvino as ov
 
     from lsg_export.openvino.weights import int8_weight_count, matmuls_by_weight
     out = tiny_export / "ov-keep2"
-    result = invoke("openvino", tiny_export / "onnx", "-o", out, "--keep-float", "2", "--json")
+    result = invoke("openvino", tiny_export / "onnx", "-o", out, "--keep-float", "2", "--attention", "gather",
+                    "--json")
     assert result.exit_code == 0, (result.output, result.exception)
     weights = json.loads(result.stdout)["weights"]
     kept, source = weights["kept_float"], ov.Core().read_model(str(tiny_export / "onnx" / "model.onnx"))

@@ -10,9 +10,10 @@ full rows of random token ids (no padding: a benchmark measures whole documents)
                        chunks of the document, all chunks in one batch: the cheapest thing users do
   torch-longformer     a random-weight Longformer of the same size whose window covers the LSG local span
   ort-*                ONNX Runtime sessions on exports (exports.py makes the missing ones); IO binding on CUDA
-  ov-*                 OpenVINO (the optional `openvino` package) on the gather graph (ort-gather's export), in
-                       float32 or, where the CPU has native bf16, in its bf16 inference precision; ov-int8 with
-                       the int8 weights `lsg-export openvino` gives it (openvino_backend.py)
+  ov-*                 OpenVINO (the optional `openvino` package): ov-f32 / ov-bf16 on the gather graph
+                       (ort-gather's export), in float32 or, where the CPU has native bf16, bf16; ov-sdpa and
+                       ov-int8 on what `lsg-export openvino` makes of it (the SDPA graph; int8 weights)
+                       (openvino_backend.py)
 
 Encoder-decoders (bart, mbart, pegasus: task text2text-generation) run on the backends marked
 `seq2seq`: torch-lsg, torch-dense and the ort-* made for them (gather, optimized, int8, fp16, custom-op); their
@@ -83,7 +84,10 @@ BACKENDS = {b.name: b for b in (
     Backend("ov-f32", "OpenVINO, gather graph, float32", "openvino", devices=("cpu",), graph_of="ort-gather"),
     Backend("ov-bf16", "OpenVINO, gather graph, bf16 inference precision (CPUs with native bf16)", "openvino",
             devices=("cpu",), graph_of="ort-gather"),
-    Backend("ov-int8", "OpenVINO, gather graph, int8 weights with activations quantized per group at run time "
+    Backend("ov-sdpa", "OpenVINO, SDPA graph (lsg-export openvino --weights none: the block attention fused), "
+            "float weights, the CPU's default precision (bf16 where native)", "openvino", devices=("cpu",),
+            graph_of="ort-gather"),
+    Backend("ov-int8", "OpenVINO, SDPA graph, int8 weights with activations quantized per group at run time "
             "(lsg-export openvino; needs nncf), the CPU's default precision elsewhere", "openvino", devices=("cpu",),
             graph_of="ort-gather"),
     Backend("ov-int8-keep2", "ov-int8 with the 2 MatMul weights whose int8 loses most left float (lsg-export "
@@ -536,20 +540,22 @@ def load_openvino(spec):
     from ..graph_list import graph_list, single_graph
     from ..sources import read_export_json
     from ..openvino.weights import GROUP_SIZE
-    from .openvino_backend import KEEP_FLOAT, openvino_session
+    from ..openvino.export import cached_sdpa_graph
+    from .openvino_backend import KEEP_FLOAT, SDPA, openvino_session
     folder = Path(spec.export)
     meta = read_export_json(folder)
     if meta.get("attention", "gather") != "gather" or meta.get("quantize") or meta.get("fp16"):
         raise LSGExportError(f"OpenVINO runs the float32 gather graph; {folder} is not one")
     graph = single_graph(folder, graph_list(meta), "OpenVINO runs the encoders' single graph")
     info = target_info(spec)
+    path = cached_sdpa_graph(folder, meta) if spec.backend in SDPA else folder / graph.file
     kept = None
     if spec.backend in KEEP_FLOAT:
         from ..onnx.validate import default_text, document_inputs
         from ..openvino.export import rank_for_keep_float
         document, _ = document_inputs(folder, default_text(True, folder))  # GPL-3 where there
-        kept = rank_for_keep_float(folder, graph, meta, KEEP_FLOAT[spec.backend], "int8", GROUP_SIZE, document, None)
-    run, feeds, note = openvino_session(folder / graph.file, spec.threads, spec.backend, kept)
+        kept = rank_for_keep_float(folder, path, meta, KEEP_FLOAT[spec.backend], "int8", GROUP_SIZE, document, None)
+    run, feeds, note = openvino_session(path, spec.threads, spec.backend, kept)
 
     def prepare(batch, length, ids=None):
         inputs = bench_inputs(info, meta["task"], batch, length, ids)

@@ -2,15 +2,19 @@
 gather graph of an encoder export, the same ONNX file ort-gather runs, on CPU (openvino/runtime.py).
 
 ov-f32 asks for float32 inference precision (OpenVINO's default on CPUs with bf16 or AMX is bf16); ov-bf16 for
-bf16, and runs only where OpenVINO's CPU plugin reports native bf16; ov-int8 is what `lsg-export openvino`
-makes (int8 weights, activations quantized per group at run time: openvino/weights.py, also needs `nncf`) at
-OpenVINO's default precision for this CPU. OpenVINO's thread count is the bench's --threads."""
+bf16, and runs only where OpenVINO's CPU plugin reports native bf16: both on the gather graph, OpenVINO on the
+ONNX file a user has. The others run what `lsg-export openvino` makes, on the SDPA graph (openvino/sdpa.py) at
+OpenVINO's default precision for this CPU: ov-sdpa with float weights (--weights none), ov-int8 with int8
+weights and activations quantized per group at run time (openvino/weights.py, also needs `nncf`).
+OpenVINO's thread count is the bench's --threads."""
 import functools
 
 from ..errors import LSGExportError
 from ..openvino.runtime import bf16_support, compile_graph, describe, openvino_missing
 
-PRECISIONS = {"ov-f32": "f32", "ov-bf16": "bf16", "ov-int8": None, "ov-int8-keep2": None}  # None: the CPU's default
+PRECISIONS = {"ov-f32": "f32", "ov-bf16": "bf16", "ov-sdpa": None, "ov-int8": None,
+              "ov-int8-keep2": None}  # None: the CPU's default
+SDPA = {"ov-sdpa", "ov-int8", "ov-int8-keep2"}  # run the SDPA graph (lsg-export openvino's default)
 KEEP_FLOAT = {"ov-int8-keep2": 2}  # weights left float (lsg-export openvino --keep-float), ranked when loaded
 
 

@@ -91,11 +91,12 @@ def sparse_windows(x, index, block_size, sparse_block_size, sparsity_factor, pad
 
 
 def block_attention(q, k, v, key_mask, global_k, global_v, sparse_k, sparse_v, sparse_mask,
-                    block_size, sparse_block_size, sparsity_factor, dropout=None):
+                    block_size, sparse_block_size, sparsity_factor, dropout=None, product=attend):
     """Attention of every block of bs queries to [G globals; 2*sbs compressed; 3*bs local] keys.
 
     q, k, v: (n, h, T, d); key_mask: (n, 1, T, 1) additive; global_k/v: (n, h, G, d);
     sparse_k/v: (n, h, T/sf, d) or None; sparse_mask: (n, 1 or h, T/sf, 1). Returns (n, h, T, d).
+    product: `attend` on the (n, h, blocks, ...) windows (an exporter may give another spelling of it).
     This is the part the custom ONNX Runtime op replaces."""
     n, h, t, d = q.shape
     q = q.reshape(n, h, -1, block_size, d)
@@ -116,7 +117,7 @@ def block_attention(q, k, v, key_mask, global_k, global_v, sparse_k, sparse_v, s
     masks.append(local_windows(key_mask, block_size, minimum).expand(-1, h, -1, -1, -1))
 
     mask = torch.cat(masks, dim=3).transpose(-1, -2)
-    out = attend(q, torch.cat(keys, dim=3), torch.cat(values, dim=3), mask, dropout)
+    out = product(q, torch.cat(keys, dim=3), torch.cat(values, dim=3), mask, dropout)
     return out.reshape(n, h, t, d)
 
 

@@ -113,8 +113,9 @@ def tidy(model):
     )(model)
 
 
-def finish_graph(path, *, input_axes, output_axes, external_data, doc="", input_names=None):
-    """Name the inputs and the symbolic dims as optimum does, cap the IR version, check the graph; returns
+def finish_graph(path, *, input_axes, output_axes, external_data, doc="", input_names=None, check=True):
+    """Name the inputs and the symbolic dims as optimum does, cap the IR version, check the graph (with
+    ONNX Runtime's symbolic shape inference: check=False for a graph made for another runtime); returns
     the proto.
 
     input_axes: the dim names of every input, or {input name: its dim names (None: keep the exporter's)};
@@ -157,7 +158,8 @@ def finish_graph(path, *, input_axes, output_axes, external_data, doc="", input_
     set_ir_version(model)
     model.doc_string = doc
     save_model(model, path, external_data)
-    check_graph(path, None if external_data else model)  # > 2 GB: checked from the file, weights not loaded
+    if check:
+        check_graph(path, None if external_data else model)  # > 2 GB: checked from the file, weights not loaded
     return model
 
 

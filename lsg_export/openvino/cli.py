@@ -11,6 +11,9 @@ from .weights import GROUP_SIZE
 @click.command("openvino", context_settings={"show_default": True})
 @click.argument("export", required=False)
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Output folder [default: EXPORT-openvino].")
+@click.option("--attention", default="sdpa", type=click.Choice(["sdpa", "gather"]), help="sdpa: the export's model "
+              "exported anew with its block attention as ONNX Attention, which OpenVINO fuses (faster); gather: "
+              "the export's own graph.")
 @click.option("--weights", default="int8", type=click.Choice(["int8", "int8-sym", "none"]), help="int8: MatMul and "
               "embedding weights in int8 (NNCF, one scale and zero point per output channel) and the activations "
               "quantized per token and group at run time; int8-sym: symmetric weights; none: float32.")
@@ -38,6 +41,7 @@ def openvino_command(export, output, as_json, **options):
       lsg-export openvino                              # the export `lsg-export onnx` last wrote from here
       lsg-export openvino lsg-all-MiniLM-L6-v2-4096/onnx -o minilm-openvino   # a plain (not --optimize) export
       lsg-export openvino lsg-all-MiniLM-L6-v2-4096/onnx --keep-float 2 -o minilm-openvino-keep2
+      lsg-export openvino lsg-all-MiniLM-L6-v2-4096/onnx --weights none -o minilm-ov   # float weights, bf16 on AMX
       lsg-export openvino lsg-all-MiniLM-L6-v2-4096/onnx --weights none --precision f32 -o minilm-ov-f32
     \b
     Then, in Python:
@@ -62,7 +66,7 @@ def openvino_command(export, output, as_json, **options):
         what = (f"{weights['matrices']} weight matrices in {weights['mode']}"
                 + (f" ({kept['count']} kept float)" if kept else "") + ", activations per group of "
                 f"{weights['activations']['group_size']}" if weights["mode"] != "none" else "float32 weights")
-        console.print(f"[green]wrote[/green] {result.path} ({what}; validated with {result.info['validated_with']})",
+        console.print(f"[green]wrote[/green] {result.path} ({result.info['attention']} attention, {what}; validated with {result.info['validated_with']})",
                       soft_wrap=True)
     if not result.passed:
         console.print(f"[red]validation failed:[/red] {result.report.failure_message()}", soft_wrap=True)

@@ -10,6 +10,7 @@ embedding weights are int8 and the activations' group size rides in the model (w
 Validation runs the compiled model as the ONNX export's is run (onnx/validate.compare): float32 is held to
 the export's atol; bf16 and int8 are reported (cosines), as ONNX int8 is, on real text by default."""
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,12 +19,14 @@ from ..folders import atomic_folder, check_output
 from ..graph_list import graph_list, single_graph
 from ..onnx.record import record_validation, write_json
 from ..sources import EXPORT_JSON, read_export_json
+from .sdpa import ATTENTIONS, export_sdpa_graph
 from .runtime import Session, bf16_support, compile_graph, describe, native_precision, openvino_missing
 from .weights import GROUP_SIZE, MODES, compress_int8
 
 IR_FILE = "openvino_model.xml"
 RECORD_FILE = "openvino_export.json"
 WEIGHTS = (*MODES, "none")
+SDPA_CACHE = ".openvino-sdpa"  # in an ONNX export: the bench's SDPA graph (dot-named: not a side file)
 SKIPPED = {EXPORT_JSON, "bench-stamp.json", "bench-exports"}  # what of the ONNX folder is not the model's
 
 
@@ -64,16 +67,19 @@ def resolve_precision(precision):
     return precision
 
 
-def export_openvino(folder, output=None, *, weights="int8", group_size=GROUP_SIZE, keep_float=0, precision=None,
-                    lengths=None, batch_size=2, text=None, force=False, status=None):
+def export_openvino(folder, output=None, *, attention="sdpa", weights="int8", group_size=GROUP_SIZE, keep_float=0,
+                    precision=None, lengths=None, batch_size=2, text=None, force=False, status=None):
     """Write the OpenVINO IR folder of the ONNX export `folder` (default OUT: FOLDER-openvino) and validate it.
 
-    weights: int8 (asymmetric, per output channel), int8-sym or none (float32). group_size: input channels per
-    step of the activations' run-time quantization (int8 only). keep_float: the number of MatMul weights whose
-    int8 alone loses most on the validation text that stay float (int8 only). precision: auto, f32 or bf16,
-    what OpenVINO computes the rest in while validating (the folder does not fix it). Returns an
-    OpenVINOResult."""
+    attention: sdpa (the export's model exported anew with its block attention as ONNX Attention, which
+    OpenVINO fuses: sdpa.py) or gather (the export's own graph). weights: int8 (asymmetric, per output
+    channel), int8-sym or none (float32). group_size: input channels per step of the activations' run-time
+    quantization (int8 only). keep_float: the number of MatMul weights whose int8 alone loses most on the
+    validation text that stay float (int8 only). precision: auto, f32 or bf16, what OpenVINO computes the rest
+    in while validating (the folder does not fix it). Returns an OpenVINOResult."""
     status = status or (lambda message: None)
+    if attention not in ATTENTIONS:
+        raise LSGExportError(f"--attention {attention!r}: give {', '.join(ATTENTIONS)}")
     if weights not in WEIGHTS:
         raise LSGExportError(f"--weights {weights!r}: give {', '.join(WEIGHTS)}")
     if not isinstance(group_size, int) or group_size < 1:
@@ -95,13 +101,15 @@ def export_openvino(folder, output=None, *, weights="int8", group_size=GROUP_SIZ
     from ..onnx.validate import default_text, document_inputs
     reduced = weights != "none" or precision == "bf16"
     document = document_inputs(folder, text or default_text(reduced, folder))  # (ids or None, label)
-    with atomic_folder(output, force) as tmp:
-        status(f"reading {folder / graph.file}")
-        model = ov.Core().read_model(str(folder / graph.file))
+    source = SourceModel.of(folder, meta, lengths, batch_size, status)
+    with atomic_folder(output, force) as tmp, tempfile.TemporaryDirectory(prefix="lsg-openvino-") as scratch:
+        onnx_graph = source.graph(attention, Path(scratch), folder / graph.file, status)
+        status(f"reading {onnx_graph.name}")
+        model = ov.Core().read_model(str(onnx_graph))
         record = {"mode": "none"}
         if weights != "none":
-            kept = rank_for_keep_float(folder, graph, meta, keep_float, weights, group_size, document[0], status,
-                                       precision)
+            kept = rank_for_keep_float(folder, onnx_graph, meta, keep_float, weights, group_size, document[0],
+                                       status, precision)
             status(f"compressing the weights to {weights}")
             model, count = compress_int8(model, weights, group_size, keep_float=kept.matmuls if kept else ())
             record = {"mode": weights, "nncf": MODES[weights], "per": "output channel", "matrices": count,
@@ -109,19 +117,58 @@ def export_openvino(folder, output=None, *, weights="int8", group_size=GROUP_SIZ
             if kept:
                 record["kept_float"] = {**kept.record(), "ranked_at": precision}
         ov.save_model(model, str(tmp / IR_FILE), compress_to_fp16=False)  # float32 stays float32
+        del model
         copy_side_files(folder, tmp, graph)
-        report, note = validate_ir(tmp, folder, meta, precision, weights, lengths, batch_size, document, status)
+        report, note = validate_ir(tmp, source, meta, precision, weights, batch_size, document, status)
         info = {"format": "openvino", "source": str(folder.resolve()), "model": meta.get("model"),
                 "task": meta.get("task"), "inputs": meta.get("inputs"), "outputs": meta.get("outputs"),
                 "pooling": meta.get("pooling"), "seq": meta.get("seq"), "lsg": meta.get("lsg"), "graph": IR_FILE,
-                "weights": record, "validated_with": note, "versions": openvino_versions()}
+                "attention": attention, "weights": record, "validated_with": note, "versions": openvino_versions()}
         info = record_validation(info, report, "export")
         write_json(tmp / RECORD_FILE, info)
     return OpenVINOResult(output, report, info)
 
 
-def rank_for_keep_float(folder, graph, meta, count, weights, group_size, document, status, precision=None):
-    """The KeptFloat of --keep-float `count` (None for 0): the weights ranked on the first tokens of `document`
+@dataclass
+class SourceModel:
+    """The PyTorch model of an ONNX export (its export.json's model folder): what the SDPA graph is exported
+    from and what the IR is validated against (loaded once for both)."""
+    settings: object  # onnx.settings.ValidationSettings
+    layout: object
+    module: object
+    seq: int
+
+    @classmethod
+    def of(cls, folder, meta, lengths, batch_size, status):
+        from ..onnx.pipeline import layout_for_folder
+        from ..onnx.settings import validation_settings
+        settings = validation_settings(folder, meta, None, lengths, batch_size, None, "cpu")
+        layout = layout_for_folder(folder, settings.info, meta, graph_list(meta))
+        status(f"loading {settings.info.path}")
+        seq = int(meta["seq"])
+        return cls(settings, layout, layout.load_model(seq), seq)
+
+    def graph(self, attention, scratch, export_graph, status):
+        """The ONNX graph OpenVINO converts: the export's own (gather) or the SDPA graph made in `scratch`."""
+        if attention == "gather":
+            return export_graph
+        return export_sdpa_graph(self.module, self.layout, self.seq, scratch / "model.onnx", status)
+
+
+def cached_sdpa_graph(folder, meta, status=None):
+    """The SDPA graph of the ONNX export `folder`, made once into FOLDER/.openvino-sdpa (what the bench's ov-*
+    backends run; a remade export is a new folder, so the cache goes with it)."""
+    cache = Path(folder) / SDPA_CACHE
+    if not (cache / "model.onnx").is_file():
+        source = SourceModel.of(Path(folder), meta, None, 2, status or (lambda message: None))
+        with atomic_folder(cache, True) as tmp:
+            source.graph("sdpa", tmp, None, status or (lambda message: None))
+    return cache / "model.onnx"
+
+
+def rank_for_keep_float(folder, graph_path, meta, count, weights, group_size, document, status, precision=None):
+    """The KeptFloat of --keep-float `count` (None for 0): the weights of the ONNX graph at `graph_path` (the
+    one OpenVINO converts) ranked on the first tokens of `document`
     (the validation text, a validate.Document; random ids for None), as `lsg-export onnx --keep-float` ranks
     ONNX Runtime's int8, the rest of the graph at `precision` (None: OpenVINO's default here)."""
     if not count:
@@ -134,7 +181,7 @@ def rank_for_keep_float(folder, graph, meta, count, weights, group_size, documen
     inputs = SimpleNamespace(get_inputs=lambda: [SimpleNamespace(name=name) for name in meta["inputs"]])
     vocab_size = read_config_dict(str(folder)).get("vocab_size", 1000)
     feeds = ranking_feeds(inputs, document, vocab_size, min(RANKING_TOKENS, int(meta["seq"])))
-    kept = choose_kept_float(folder / graph.file, count, feeds, meta["outputs"][0], weights, group_size, precision,
+    kept = choose_kept_float(graph_path, count, feeds, meta["outputs"][0], weights, group_size, precision,
                              status)
     if count > len(kept.ranking):
         raise LSGExportError(f"--keep-float {count}: the graph has {len(kept.ranking)} MatMul weights")
@@ -150,22 +197,18 @@ def copy_side_files(folder, target, graph):
         (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, target / entry.name)
 
 
-def validate_ir(ir_folder, folder, meta, precision, weights, lengths, batch_size, document, status):
-    """(ValidationReport, what was compiled): the IR in `ir_folder` against the PyTorch model of the export, on
+def validate_ir(ir_folder, source, meta, precision, weights, batch_size, document, status):
+    """(ValidationReport, what was compiled): the IR in `ir_folder` against `source`'s PyTorch model, on
     `document` ((validate.Document or None, its label))."""
-    from ..onnx.pipeline import layout_for_folder
-    from ..onnx.settings import validation_settings
     from ..onnx.validate import compare
     reduced = weights != "none" or precision == "bf16"
-    settings = validation_settings(folder, meta, None, lengths, batch_size, None, "cpu")
+    settings = source.settings
     ids, label = document
-    layout = layout_for_folder(folder, settings.info, meta, graph_list(meta))
-    status(f"loading {settings.info.path}")
-    module = layout.load_model(int(meta["seq"]))
     compiled = compile_graph(ir_folder / IR_FILE, None, precision)
     session = Session(compiled)
-    report = compare(session, module, settings.info, layout.task, meta["outputs"], settings.lengths, batch_size,
-                     settings.atol, settings.enforced and not reduced, ids=ids, inputs_label=label, progress=status)
+    report = compare(session, source.module, settings.info, source.layout.task, meta["outputs"], settings.lengths,
+                     batch_size, settings.atol, settings.enforced and not reduced, ids=ids, inputs_label=label,
+                     progress=status)
     return report, describe(compiled, int8=weights != "none")
 
 
