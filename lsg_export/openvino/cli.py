@@ -66,7 +66,9 @@ def openvino_command(export, output, as_json, **options):
         what = (f"{weights['matrices']} weight matrices in {weights['mode']}"
                 + (f" ({kept['count']} kept float)" if kept else "") + ", activations per group of "
                 f"{weights['activations']['group_size']}" if weights["mode"] != "none" else "float32 weights")
-        console.print(f"[green]wrote[/green] {result.path} ({result.info['attention']} attention, {what}; validated with {result.info['validated_with']})",
+        attention = result.info["attention"]
+        console.print(f"[green]wrote[/green] {result.path} ({attention} attention, {what}; validated with "
+                      f"{result.info['validated_with']})",
                       soft_wrap=True)
     if not result.passed:
         console.print(f"[red]validation failed:[/red] {result.report.failure_message()}", soft_wrap=True)
