@@ -1,6 +1,7 @@
-"""`lsg-export openvino`: an encoder export's gather graph as an OpenVINO IR folder, validated against PyTorch.
+"""`lsg-export openvino`: an encoder's gather export as an OpenVINO IR folder, validated against PyTorch.
 
-The folder holds openvino_model.xml / .bin (the layout optimum-intel's OVModel classes and OpenVINO's
+The graph converted is, by default, the export's model exported anew with its block attention as ONNX Attention,
+which OpenVINO fuses (sdpa.py); --attention gather converts the export's own graph. The folder holds openvino_model.xml / .bin (the layout optimum-intel's OVModel classes and OpenVINO's
 read_model take), the export's side files (config, tokenizer, sentence-transformers pipeline) and
 openvino_export.json: where it came from, its weights and the validation. With --weights int8 the MatMul and
 embedding weights are int8 and the activations' group size rides in the model (weights.py), so a plain
