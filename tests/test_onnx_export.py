@@ -295,6 +295,30 @@ def test_gather_block_attention_equals_block_attention(sparsity_type):
     assert checked == 6
 
 
+@pytest.mark.parametrize("sparsity_type", ["none", "norm", "pooling", "stride", "block_stride", "bos_pooling", "lsh"])
+def test_sdpa_block_attention_equals_block_attention(sparsity_type):
+    """The OpenVINO graph's spelling (openvino/sdpa.py: scaled_dot_product_attention over the blocks folded into
+    the heads) gives block_attention's result in float64 to rounding, padding and several globals included."""
+    from types import SimpleNamespace
+
+    from lsg_export.modeling.lsg_attention import LSGAttention
+    from lsg_export.openvino.sdpa import SDPA_KIND
+    generator = torch.Generator().manual_seed(0)
+    for g, bs, sbs, sf, t, n in [(1, 8, 8, 2, 40, 2), (7, 8, 8, 4, 24, 1), (2, 8, 16, 2, 48, 2), (1, 16, 8, 1, 32, 1)]:
+        config = SimpleNamespace(block_size=bs, sparse_block_size=sbs, sparsity_factor=sf,
+                                 sparsity_type=sparsity_type, num_global_tokens=g)
+        attention = LSGAttention(config).eval().double()
+        q, k, v = (torch.randn(n, 4, g + t, 16, generator=generator, dtype=torch.float64) for _ in range(3))
+        mask = torch.zeros(n, t, dtype=torch.float64)
+        mask[-1, (2 * t) // 3:] = torch.finfo(torch.float64).min
+        with torch.no_grad():
+            reference = attention(q, k, v, mask)
+            with SDPA_KIND.installed(attention):
+                got = attention(q, k, v, mask)
+        assert (got - reference).abs().max() < 1e-12 * reference.abs().max(), (g, bs, sbs, sf, t, n)
+        assert not torch.equal(got, reference)  # another summation order: the swap took effect
+
+
 # --- API errors --------------------------------------------------------------------------------
 
 def test_api_errors_write_nothing(tmp_path):

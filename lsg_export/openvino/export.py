@@ -1,12 +1,13 @@
 """`lsg-export openvino`: an encoder's gather export as an OpenVINO IR folder, validated against PyTorch.
 
 The graph converted is, by default, the export's model exported anew with its block attention as ONNX Attention,
-which OpenVINO fuses (sdpa.py); --attention gather converts the export's own graph. The folder holds openvino_model.xml / .bin (the layout optimum-intel's OVModel classes and OpenVINO's
-read_model take), the export's side files (config, tokenizer, sentence-transformers pipeline) and
-openvino_export.json: where it came from, its weights and the validation. With --weights int8 the MatMul and
-embedding weights are int8 and the activations' group size rides in the model (weights.py), so a plain
-`core.compile_model(path)` runs it as validated; the inference precision is OpenVINO's default for the CPU
-(bf16 where native, else f32) unless --precision names one.
+which OpenVINO fuses (sdpa.py); --attention gather converts the export's own graph. The folder holds
+openvino_model.xml / .bin (the layout optimum-intel's OVModel classes and OpenVINO's read_model take), the
+export's side files (config, tokenizer, sentence-transformers pipeline) and openvino_export.json: where it came
+from, its weights and the validation. With --weights int8 the MatMul and embedding weights are int8 and the
+activations' group size rides in the model (weights.py), so a plain `core.compile_model(path)` runs it as
+validated; the inference precision is OpenVINO's default for the CPU (bf16 where native, else f32) unless
+--precision names one.
 
 Validation runs the compiled model as the ONNX export's is run (onnx/validate.compare): float32 is held to
 the export's atol; bf16 and int8 are reported (cosines), as ONNX int8 is, on real text by default."""
