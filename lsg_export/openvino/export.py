@@ -101,6 +101,8 @@ def export_openvino(folder, output=None, *, attention="sdpa", weights="int8", gr
     import openvino as ov
 
     from ..onnx.validate import default_text, document_inputs
+    if keep_float:  # before exporting and ranking: the export's graph has the same weights as the SDPA graph
+        check_keep_float_count(keep_float, ov.Core().read_model(str(folder / graph.file)))
     reduced = weights != "none" or precision == "bf16"
     document = document_inputs(folder, text or default_text(reduced, folder))  # (ids or None, label)
     source = SourceModel.of(folder, meta, lengths, batch_size, status)
@@ -183,11 +185,17 @@ def rank_for_keep_float(folder, graph_path, meta, count, weights, group_size, do
     inputs = SimpleNamespace(get_inputs=lambda: [SimpleNamespace(name=name) for name in meta["inputs"]])
     vocab_size = read_config_dict(str(folder)).get("vocab_size", 1000)
     feeds = ranking_feeds(inputs, document, vocab_size, min(RANKING_TOKENS, int(meta["seq"])))
-    kept = choose_kept_float(graph_path, count, feeds, meta["outputs"][0], weights, group_size, precision,
-                             status)
-    if count > len(kept.ranking):
-        raise LSGExportError(f"--keep-float {count}: the graph has {len(kept.ranking)} MatMul weights")
-    return kept
+    import openvino as ov
+    check_keep_float_count(count, ov.Core().read_model(str(graph_path)))
+    return choose_kept_float(graph_path, count, feeds, meta["outputs"][0], weights, group_size, precision, status)
+
+
+def check_keep_float_count(count, model):
+    """--keep-float `count` against the MatMul weights of `model` (an ov.Model)."""
+    from .weights import matmuls_by_weight
+    weights = len(matmuls_by_weight(model))
+    if count > weights:
+        raise LSGExportError(f"--keep-float {count}: the graph has {weights} MatMul weights")
 
 
 def copy_side_files(folder, target, graph):
