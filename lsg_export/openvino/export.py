@@ -23,7 +23,7 @@ from ..onnx.record import record_validation, write_json
 from ..sources import EXPORT_JSON, read_export_json
 from .sdpa import ATTENTIONS, export_sdpa_graph
 from .runtime import Session, bf16_support, compile_graph, describe, native_precision, openvino_missing
-from .weights import GROUP_SIZE, MODES, compress_int8
+from .weights import GROUP_SIZE, MODES, check_keep_float_count, compress_int8, matmuls_by_weight
 
 IR_FILE = "openvino_model.xml"
 RECORD_FILE = "openvino_export.json"
@@ -102,7 +102,7 @@ def export_openvino(folder, output=None, *, attention="sdpa", weights="int8", gr
 
     from ..onnx.validate import default_text, document_inputs
     if keep_float:  # before exporting and ranking: the export's graph has the same weights as the SDPA graph
-        check_keep_float_count(keep_float, ov.Core().read_model(str(folder / graph.file)))
+        check_keep_float_count(keep_float, matmuls_by_weight(ov.Core().read_model(str(folder / graph.file))))
     reduced = weights != "none" or precision == "bf16"
     document = document_inputs(folder, text or default_text(reduced, folder))  # (ids or None, label)
     source = SourceModel.of(folder, meta, lengths, batch_size, status)
@@ -152,21 +152,22 @@ class SourceModel:
         seq = int(meta["seq"])
         return cls(settings, layout, layout.load_model(seq), seq)
 
-    def graph(self, attention, scratch, export_graph, status):
+    def graph(self, attention, scratch, own_graph, status):
         """The ONNX graph OpenVINO converts: the export's own (gather) or the SDPA graph made in `scratch`."""
         if attention == "gather":
-            return export_graph
+            return own_graph
         return export_sdpa_graph(self.module, self.layout, self.seq, scratch / "model.onnx", status)
 
 
 def cached_sdpa_graph(folder, meta, status=None):
     """The SDPA graph of the ONNX export `folder`, made once into FOLDER/.openvino-sdpa (what the bench's ov-*
     backends run; a remade export is a new folder, so the cache goes with it)."""
+    status = status or (lambda message: None)
     cache = Path(folder) / SDPA_CACHE
     if not (cache / "model.onnx").is_file():
-        source = SourceModel.of(Path(folder), meta, None, 2, status or (lambda message: None))
+        source = SourceModel.of(Path(folder), meta, None, 2, status)
         with atomic_folder(cache, True) as tmp:
-            source.graph("sdpa", tmp, None, status or (lambda message: None))
+            export_sdpa_graph(source.module, source.layout, source.seq, tmp / "model.onnx", status)
     return cache / "model.onnx"
 
 
@@ -185,17 +186,9 @@ def rank_for_keep_float(folder, graph_path, meta, count, weights, group_size, do
     inputs = SimpleNamespace(get_inputs=lambda: [SimpleNamespace(name=name) for name in meta["inputs"]])
     vocab_size = read_config_dict(str(folder)).get("vocab_size", 1000)
     feeds = ranking_feeds(inputs, document, vocab_size, min(RANKING_TOKENS, int(meta["seq"])))
-    import openvino as ov
-    check_keep_float_count(count, ov.Core().read_model(str(graph_path)))
     return choose_kept_float(graph_path, count, feeds, meta["outputs"][0], weights, group_size, precision, status)
 
 
-def check_keep_float_count(count, model):
-    """--keep-float `count` against the MatMul weights of `model` (an ov.Model)."""
-    from .weights import matmuls_by_weight
-    weights = len(matmuls_by_weight(model))
-    if count > weights:
-        raise LSGExportError(f"--keep-float {count}: the graph has {weights} MatMul weights")
 
 
 def copy_side_files(folder, target, graph):

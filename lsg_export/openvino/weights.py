@@ -13,6 +13,8 @@ import contextlib
 import io
 import logging
 
+from ..errors import LSGExportError
+
 GROUP_SIZE = 128
 MODES = {"int8": "INT8_ASYM", "int8-sym": "INT8_SYM"}  # --weights -> nncf.CompressWeightsMode
 RUNTIME_OPTION = ["runtime_options", "DYNAMIC_QUANTIZATION_GROUP_SIZE"]  # rt_info key compile_model applies
@@ -65,6 +67,12 @@ def matmuls_by_weight(model):
     return groups
 
 
+def check_keep_float_count(count, groups):
+    """--keep-float `count` against a graph's MatMul weights (matmuls_by_weight's `groups`)."""
+    if count > len(groups):
+        raise LSGExportError(f"--keep-float {count}: the graph has {len(groups)} MatMul weights")
+
+
 def choose_kept_float(graph, count, feeds, output, mode="int8", group_size=GROUP_SIZE, precision=None, status=None):
     """The `count` MatMul weights of the graph at `graph` whose int8 alone costs most on `feeds`, as the model
     will run: the rest of the graph at `precision` (None: OpenVINO's default here), compared with the float32
@@ -78,6 +86,7 @@ def choose_kept_float(graph, count, feeds, output, mode="int8", group_size=GROUP
     core = ov.Core()
     run = lambda model, at=precision: compile_graph(model, None, at)(feeds)[output]  # noqa: E731
     groups = matmuls_by_weight(core.read_model(str(graph)))
+    check_keep_float_count(count, groups)
     everything = [name for names in groups.values() for name in names]
 
     def int8_alone(names):
