@@ -137,6 +137,10 @@ def test_bad_input_gets_one_line_and_keeps_the_output(tiny_export, tmp_path, mon
     meta = json.loads((int8 / "export.json").read_text())
     (int8 / "export.json").write_text(json.dumps({**meta, "quantize": {"quantize": "int8"}, "precision": "int8"}))
     assert_user_error(invoke("openvino", int8, "-o", tmp_path / "i"), "plain float32 gather graph")
+    moved = tmp_path / "onnx-moved"  # the PyTorch model export.json names is gone: --model says where it is
+    shutil.copytree(source, moved)
+    (moved / "export.json").write_text(json.dumps({**meta, "model": str(tmp_path / "gone")}))
+    assert_user_error(invoke("openvino", moved, "-o", tmp_path / "m"), "is gone: pass --model")
     monkeypatch.setattr(runtime, "cpu_capabilities", lambda: ["FP32", "INT8"])
     assert_user_error(invoke("openvino", source, "--precision", "bf16", "-o", tmp_path / "b"), "no native bf16")
-    assert not any(p.name in ("g", "i", "b") for p in tmp_path.iterdir())  # nothing half-written
+    assert not any(p.name in ("g", "i", "b", "m") for p in tmp_path.iterdir())  # nothing half-written

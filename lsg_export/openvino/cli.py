@@ -23,6 +23,8 @@ from .weights import GROUP_SIZE
 @click.option("--precision", default="auto", type=click.Choice(["auto", "f32", "bf16"]), help="What OpenVINO "
               "computes the rest in while validating (auto: its default here, bf16 where the CPU has native bf16); "
               "the folder runs at the precision of the CPU it is compiled on.")
+@click.option("--model", help="The converted PyTorch folder the export was made from [default: the one its "
+              "export.json names].")
 @click.option("--lengths", help="Validation lengths, e.g. 1,500,4096 [default: those of the export].")
 @click.option("--batch-size", default=2, type=int, help="Validation batch (its last row padded).")
 @click.option("--text", type=click.Path(dir_okay=False), help="A text file whose tokens the validation runs on "

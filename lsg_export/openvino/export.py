@@ -70,7 +70,7 @@ def resolve_precision(precision):
 
 
 def export_openvino(folder, output=None, *, attention="sdpa", weights="int8", group_size=GROUP_SIZE, keep_float=0,
-                    precision=None, lengths=None, batch_size=2, text=None, force=False, status=None):
+                    precision=None, model=None, lengths=None, batch_size=2, text=None, force=False, status=None):
     """Write the OpenVINO IR folder of the ONNX export `folder` (default OUT: FOLDER-openvino) and validate it.
 
     attention: sdpa (the export's model exported anew with its block attention as ONNX Attention, which
@@ -78,7 +78,8 @@ def export_openvino(folder, output=None, *, attention="sdpa", weights="int8", gr
     channel), int8-sym or none (float32). group_size: input channels per step of the activations' run-time
     quantization (int8 only). keep_float: the number of MatMul weights whose int8 alone loses most on the
     validation text that stay float (int8 only). precision: auto, f32 or bf16, what OpenVINO computes the rest
-    in while validating (the folder does not fix it). Returns an OpenVINOResult."""
+    in while validating (the folder does not fix it). model: the converted PyTorch folder (default: the one the
+    export's export.json names). Returns an OpenVINOResult."""
     status = status or (lambda message: None)
     if attention not in ATTENTIONS:
         raise LSGExportError(f"--attention {attention!r}: give {', '.join(ATTENTIONS)}")
@@ -105,7 +106,7 @@ def export_openvino(folder, output=None, *, attention="sdpa", weights="int8", gr
         check_keep_float_count(keep_float, matmuls_by_weight(ov.Core().read_model(str(folder / graph.file))))
     reduced = weights != "none" or precision == "bf16"
     document = document_inputs(folder, text or default_text(reduced, folder))  # (ids or None, label)
-    source = SourceModel.of(folder, meta, lengths, batch_size, status)
+    source = SourceModel.of(folder, meta, lengths, batch_size, status, model)
     with atomic_folder(output, force) as tmp, tempfile.TemporaryDirectory(prefix="lsg-openvino-") as scratch:
         onnx_graph = source.graph(attention, Path(scratch), folder / graph.file, status)
         status(f"reading {onnx_graph.name}")
@@ -143,10 +144,10 @@ class SourceModel:
     seq: int
 
     @classmethod
-    def of(cls, folder, meta, lengths, batch_size, status):
+    def of(cls, folder, meta, lengths, batch_size, status, model=None):
         from ..onnx.pipeline import layout_for_folder
         from ..onnx.settings import validation_settings
-        settings = validation_settings(folder, meta, None, lengths, batch_size, None, "cpu")
+        settings = validation_settings(folder, meta, model, lengths, batch_size, None, "cpu")
         layout = layout_for_folder(folder, settings.info, meta, graph_list(meta))
         status(f"loading {settings.info.path}")
         seq = int(meta["seq"])
