@@ -295,13 +295,14 @@ def test_openvino_backends_run_the_gather_export(tiny_lsg, tmp_path, monkeypatch
     """ov-f32 runs ort-gather's export (one export for both; quick_run's when it ran first) with the bench's
     threads and float32 precision, as close to PyTorch as ONNX Runtime; ov-bf16 runs only where OpenVINO reports
     native bf16, and is 'not applicable' elsewhere, saying why; ov-sdpa runs the SDPA graph made once from the
-    export's model (cached in the export), at the CPU's default precision; ov-int8 runs it with int8 weights,
-    measurably less close than float32."""
+    export's model (cached in the export), at the CPU's default precision; ov-mixed runs it with bf16 written
+    into the graph (CPUs with native bf16); ov-int8 runs it with int8 weights, measurably less close than
+    float32."""
     from lsg_export.openvino.runtime import BF16_FLAGS, bf16_support, native_precision
     monkeypatch.chdir(tmp_path)
     gather = tiny_lsg / "bench-exports" / "ort-gather"
     result = invoke("bench", tiny_lsg, "--quick", "--seq", "64,128", "--threads", "1", "--backends",
-                    "ort-gather,ov-f32,ov-bf16,ov-sdpa,ov-int8,ov-int8-keep2", "--json", "-")
+                    "ort-gather,ov-f32,ov-bf16,ov-sdpa,ov-mixed,ov-int8,ov-int8-keep2", "--json", "-")
     assert result.exit_code == 0, (result.output, result.exception)
     assert "exporting ov-" not in result.stderr and result.stderr.count("(first run: cached in") <= 1
     data = json.loads(result.stdout)
@@ -340,15 +341,19 @@ def test_openvino_backends_run_the_gather_export(tiny_lsg, tmp_path, monkeypatch
     if native:
         assert data["backends"]["ov-bf16"]["status"] == "ok" and "inference precision bf16" in data["backends"][
             "ov-bf16"]["note"]
+        assert "inference precision f32 with the graph's bf16 nodes in bf16 (mixed)" in data["backends"][
+            "ov-mixed"]["note"]
         for length in LENGTHS:
             assert 0.99 < rows["ov-bf16", length]["pooled_cosine"] < 1.0
+            assert 0.99 < rows["ov-mixed", length]["min_token_cosine"] < 1.0
     else:
-        for length in LENGTHS:
-            row = rows["ov-bf16", length]
-            assert row["status"] == "not applicable" and row["runs"] == 0 and row["p50_ms"] is None
-            assert row["reason"].startswith("this CPU has no native bf16 (OpenVINO's CPU capabilities FP32")
-            assert all(flag in row["reason"] for flag in BF16_FLAGS)
-        assert "ov-bf16 not applicable: this CPU has no native bf16" in " ".join(result.stderr.split())
+        for name in ("ov-bf16", "ov-mixed"):
+            for length in LENGTHS:
+                row = rows[name, length]
+                assert row["status"] == "not applicable" and row["runs"] == 0 and row["p50_ms"] is None
+                assert row["reason"].startswith("this CPU has no native bf16 (OpenVINO's CPU capabilities FP32")
+                assert all(flag in row["reason"] for flag in BF16_FLAGS)
+            assert f"{name} not applicable: this CPU has no native bf16" in " ".join(result.stderr.split())
 
 
 @pytest.mark.quick

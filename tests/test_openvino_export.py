@@ -71,18 +71,27 @@ def test_minilm_int8_folder_runs_as_validated(exported, tmp_path):
     assert 0.999 < cosine < 0.99999
 
 
+@pytest.fixture(scope="module")
+def float32_folders(tiny_export):
+    """{attention: (folder, CLI result)} of --weights none --precision f32 for both attentions."""
+    made = {}
+    for attention in ("sdpa", "gather"):
+        out = tiny_export / f"ov-f32-{attention}"
+        made[attention] = out, invoke("openvino", tiny_export / "onnx", "-o", out, "--weights", "none",
+                                      "--precision", "f32", "--attention", attention, "--json")
+    return made
+
+
 @pytest.mark.parametrize("attention", ["sdpa", "gather"])
-def test_float32_folder_is_held_to_the_tolerance(tiny_export, attention):
+def test_float32_folder_is_held_to_the_tolerance(float32_folders, attention):
     """--weights none --precision f32: float32 weights in the IR, validation enforced at the export's atol, with
     the block attention as OpenVINO's fused attention (sdpa, the default) and as the export's gather graph."""
     import openvino as ov
-    out = tiny_export / f"ov-f32-{attention}"
-    result = invoke("openvino", tiny_export / "onnx", "-o", out, "--weights", "none", "--precision", "f32",
-                    "--attention", attention, "--json")
+    out, result = float32_folders[attention]
     assert result.exit_code == 0, (result.output, result.exception)
     info = json.loads(result.stdout)
     assert info["weights"] == {"mode": "none"} and "inference precision f32" in info["validated_with"]
-    assert info["attention"] == attention
+    assert info["attention"] == attention and info["precision"] == "f32" and info["compile_config"] == {}
     ops = {op.get_type_name() for op in ov.Core().read_model(str(out / "openvino_model.xml")).get_ordered_ops()}
     assert ("ScaledDotProductAttention" in ops) == (attention == "sdpa"), sorted(ops)
     validation = info["validation"]
@@ -90,6 +99,81 @@ def test_float32_folder_is_held_to_the_tolerance(tiny_export, attention):
     assert validation["lengths"] == [1, 9, 128] and 0 < validation["max_abs_diff"] < 1e-4
     from lsg_export.openvino.weights import int8_weight_count
     assert int8_weight_count(ov.Core().read_model(str(out / "openvino_model.xml"))) == 0
+
+
+def element_types(op):
+    return [op.input_value(i).get_element_type().get_type_name() for i in range(op.get_input_size())]
+
+
+def test_mixed_precision_writes_bf16_where_no_key_is_selected(float32_folders):
+    """explicit_bf16 on the float32 SDPA IR: the weight MatMuls and the fused attentions read bf16, but for the
+    key projections a norm selection (TopK) reads; TopK, the layer norms and the outputs stay float32. Where the
+    CPU has native bf16, compiled at f32 it runs its products in bf16 (close to float32, not equal) and TopK
+    in float32."""
+    import openvino as ov
+
+    from lsg_export.openvino.mixed_precision import explicit_bf16, selection_inputs
+    from lsg_export.openvino.runtime import bf16_support, compile_graph
+    path = str(float32_folders["sdpa"][0] / "openvino_model.xml")
+    model = ov.Core().read_model(path)
+    kept = selection_inputs(model)
+    counts = explicit_bf16(model)
+    def weight(op):  # the MatMul's second input, through the rewrite's Convert
+        node = op.input_value(1).get_node()
+        return node.input_value(0).get_node() if node.get_type_name() == "Convert" else node
+    weight_matmuls = [op for op in model.get_ordered_ops()
+                      if op.get_type_name() == "MatMul" and weight(op).get_type_name() == "Constant"]
+    selected = [op for op in weight_matmuls if op.get_friendly_name() in kept]
+    assert len(weight_matmuls) == 12 and len(selected) == 2  # 2 layers x 6; one key projection a layer
+    for op in weight_matmuls:
+        assert element_types(op) == (["f32", "f32"] if op in selected else ["bf16", "bf16"]), op
+    assert counts[("MatMul", "bf16")] == 10 and counts[("ScaledDotProductAttention", "bf16")] == 2
+    for op in model.get_ordered_ops():
+        if op.get_type_name() in ("TopK", "MVN", "Result"):
+            assert element_types(op)[0] == "f32", op
+        if op.get_type_name() == "ScaledDotProductAttention":
+            assert element_types(op)[:3] == ["bf16"] * 3, op
+    if not bf16_support()[0]:
+        return  # compiled without native bf16, OpenVINO would not run the bf16 nodes as they run on such CPUs
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, 1000, (1, 128))
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    mixed = compile_graph(model, 1, "f32")
+    plain = compile_graph(path, 1, "f32")
+    got, expected = mixed(feeds)[mixed.outputs[0]], plain(feeds)[plain.outputs[0]]
+    cosine = (got * expected).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(expected, axis=-1)
+    assert 0.99 < cosine.min() and cosine.mean() < 0.999999, cosine
+    runtime = {}
+    for op in mixed.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        runtime.setdefault(info["layerType"].astype(str), set()).add(info["runtimePrecision"].astype(str))
+    assert "bf16" in runtime["FullyConnected"] and runtime["TopK"] == {"f32"}, runtime
+
+
+def test_mixed_precision_folder_says_how_to_compile_it(tiny_export):
+    """--weights none --precision mixed (CPUs with native bf16): the IR's products in bf16, the record says to
+    compile at f32, the validation reported (not held to float32's atol; random ids: the tiny model has no
+    tokenizer)."""
+    import openvino as ov
+
+    from lsg_export.openvino.runtime import bf16_support
+    native, evidence = bf16_support()
+    if not native:
+        pytest.skip(f"--precision mixed needs native bf16 ({evidence}); its refusal is tested below")
+    out = tiny_export / "ov-mixed"
+    result = invoke("openvino", tiny_export / "onnx", "-o", out, "--weights", "none", "--precision", "mixed",
+                    "--json")
+    assert result.exit_code == 0, (result.output, result.exception)
+    info = json.loads(result.stdout)
+    assert info["precision"] == "mixed" and info["compile_config"] == {"INFERENCE_PRECISION_HINT": "f32"}
+    assert info["weights"]["bf16"] == {"MatMul": 10, "ScaledDotProductAttention": 2}
+    assert "(mixed)" in info["validated_with"]
+    validation = info["validation"]
+    assert validation["enforced"] is False and validation["inputs"] == "random ids"
+    assert 0.99 < validation["min_token_cosine"] < 1.0
+    model = ov.Core().read_model(str(out / "openvino_model.xml"))
+    assert sum(op.get_type_name() == "MatMul" and element_types(op) == ["bf16", "bf16"]
+               for op in model.get_ordered_ops()) == 10
 
 
 def test_keep_float_keeps_the_weights_that_lose_most(tiny_export):
@@ -141,6 +225,10 @@ def test_bad_input_gets_one_line_and_keeps_the_output(tiny_export, tmp_path, mon
     shutil.copytree(source, moved)
     (moved / "export.json").write_text(json.dumps({**meta, "model": str(tmp_path / "gone")}))
     assert_user_error(invoke("openvino", moved, "-o", tmp_path / "m"), "is gone: pass --model")
+    assert_user_error(invoke("openvino", source, "--precision", "mixed", "-o", tmp_path / "x"),
+                      "--precision mixed", "--weights none")
     monkeypatch.setattr(runtime, "cpu_capabilities", lambda: ["FP32", "INT8"])
     assert_user_error(invoke("openvino", source, "--precision", "bf16", "-o", tmp_path / "b"), "no native bf16")
-    assert not any(p.name in ("g", "i", "b", "m") for p in tmp_path.iterdir())  # nothing half-written
+    assert_user_error(invoke("openvino", source, "--precision", "mixed", "--weights", "none", "-o", tmp_path / "b"),
+                      "--precision mixed", "no native bf16")
+    assert not any(p.name in ("g", "i", "b", "m", "x") for p in tmp_path.iterdir())  # nothing half-written

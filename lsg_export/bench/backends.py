@@ -11,8 +11,9 @@ full rows of random token ids (no padding: a benchmark measures whole documents)
   torch-longformer     a random-weight Longformer of the same size whose window covers the LSG local span
   ort-*                ONNX Runtime sessions on exports (exports.py makes the missing ones); IO binding on CUDA
   ov-*                 OpenVINO (the optional `openvino` package): ov-f32 / ov-bf16 on the gather graph
-                       (ort-gather's export), in float32 or, where the CPU has native bf16, bf16; ov-sdpa and
-                       ov-int8 on what `lsg-export openvino` makes of it (the SDPA graph; int8 weights)
+                       (ort-gather's export), in float32 or, where the CPU has native bf16, bf16; ov-sdpa,
+                       ov-mixed and ov-int8 on what `lsg-export openvino` makes of it (the SDPA graph; bf16
+                       where harmless; int8 weights)
                        (openvino_backend.py)
 
 Encoder-decoders (bart, mbart, pegasus: task text2text-generation) run on the backends marked
@@ -87,6 +88,9 @@ BACKENDS = {b.name: b for b in (
     Backend("ov-sdpa", "OpenVINO, SDPA graph (lsg-export openvino --weights none: the block attention fused), "
             "float weights, the CPU's default precision (bf16 where native)", "openvino", devices=("cpu",),
             graph_of="ort-gather"),
+    Backend("ov-mixed", "OpenVINO, SDPA graph, float weights, bf16 written into the graph for the weight MatMuls "
+            "and the attention, float32 for the key selection and the rest (lsg-export openvino --weights none "
+            "--precision mixed; CPUs with native bf16)", "openvino", devices=("cpu",), graph_of="ort-gather"),
     Backend("ov-int8", "OpenVINO, SDPA graph, int8 weights with activations quantized per group at run time "
             "(lsg-export openvino; needs nncf), the CPU's default precision elsewhere", "openvino", devices=("cpu",),
             graph_of="ort-gather"),

@@ -4,17 +4,19 @@ gather graph of an encoder export, the same ONNX file ort-gather runs, on CPU (o
 ov-f32 asks for float32 inference precision (OpenVINO's default on CPUs with bf16 or AMX is bf16); ov-bf16 for
 bf16, and runs only where OpenVINO's CPU plugin reports native bf16: both on the gather graph, OpenVINO on the
 ONNX file a user has. The others run what `lsg-export openvino` makes, on the SDPA graph (openvino/sdpa.py) at
-OpenVINO's default precision for this CPU: ov-sdpa with float weights (--weights none), ov-int8 with int8
-weights and activations quantized per group at run time (openvino/weights.py, also needs `nncf`).
+OpenVINO's default precision for this CPU: ov-sdpa with float weights (--weights none), ov-mixed with float
+weights and bf16 written into the graph where harmless (--precision mixed, openvino/mixed_precision.py; CPUs
+with native bf16), ov-int8 with int8 weights and activations quantized per group at run time
+(openvino/weights.py, also needs `nncf`).
 OpenVINO's thread count is the bench's --threads."""
 import functools
 
 from ..errors import LSGExportError
-from ..openvino.runtime import bf16_support, compile_graph, describe, openvino_missing
+from ..openvino.runtime import bf16_support, compile_graph, compile_precision, describe, openvino_missing
 
-PRECISIONS = {"ov-f32": "f32", "ov-bf16": "bf16", "ov-sdpa": None, "ov-int8": None,
+PRECISIONS = {"ov-f32": "f32", "ov-bf16": "bf16", "ov-sdpa": None, "ov-mixed": "mixed", "ov-int8": None,
               "ov-int8-keep2": None}  # None: the CPU's default
-SDPA = {"ov-sdpa", "ov-int8", "ov-int8-keep2"}  # run the SDPA graph (lsg-export openvino's default)
+SDPA = {"ov-sdpa", "ov-mixed", "ov-int8", "ov-int8-keep2"}  # run the SDPA graph (lsg-export openvino's default)
 KEEP_FLOAT = {"ov-int8-keep2": 2}  # weights left float (lsg-export openvino --keep-float), ranked when loaded
 
 
@@ -24,7 +26,7 @@ def openvino_unavailable(name):
     missing = openvino_missing(("openvino", "nncf") if name.startswith("ov-int8") else ("openvino",))
     if missing:
         return "skipped", missing
-    if PRECISIONS[name] == "bf16":
+    if PRECISIONS[name] in ("bf16", "mixed"):
         native, evidence = bf16_support()
         if not native:
             return "not applicable", f"this CPU has no native bf16 ({evidence})"
@@ -44,7 +46,11 @@ def openvino_session(path, threads, name, kept=None):
     if int8:
         from ..openvino.weights import compress_int8
         graph, _ = compress_int8(ov.Core().read_model(graph), keep_float=kept.matmuls if kept else ())
-    compiled = compile_graph(graph, threads, PRECISIONS[name])
+    elif PRECISIONS[name] == "mixed":
+        from ..openvino.mixed_precision import explicit_bf16
+        graph = ov.Core().read_model(graph)
+        explicit_bf16(graph)
+    compiled = compile_graph(graph, threads, compile_precision(PRECISIONS[name]))
     request = compiled.create_infer_request()
     output = compiled.outputs[0]
     note = describe(compiled, int8=int8)

@@ -5,6 +5,7 @@ import sys
 import click
 
 from ..errors import user_errors
+from .runtime import PRECISIONS
 from .weights import GROUP_SIZE
 
 
@@ -20,9 +21,11 @@ from .weights import GROUP_SIZE
 @click.option("--group-size", default=GROUP_SIZE, type=int, help="int8: input channels sharing one activation step.")
 @click.option("--keep-float", default=0, type=int, help="int8: keep float the N MatMul weights whose int8 loses "
               "most, each measured alone on the validation text (slower than int8, closer to float32).")
-@click.option("--precision", default="auto", type=click.Choice(["auto", "f32", "bf16"]), help="What OpenVINO "
-              "computes the rest in while validating (auto: its default here, bf16 where the CPU has native bf16); "
-              "the folder runs at the precision of the CPU it is compiled on.")
+@click.option("--precision", default="auto", type=click.Choice(PRECISIONS), help="What OpenVINO computes the rest "
+              "in while validating (auto: its default here, bf16 where the CPU has native bf16); the folder runs at "
+              "the precision of the CPU it is compiled on. mixed (with --weights none, CPUs with native bf16): bf16 "
+              "written into the graph for the weight MatMuls and the attention, float32 for the key selection and "
+              "the rest; compile that folder with INFERENCE_PRECISION_HINT f32.")
 @click.option("--model", help="The converted PyTorch folder the export was made from [default: the one its "
               "export.json names].")
 @click.option("--lengths", help="Validation lengths, e.g. 1,500,4096 [default: those of the export].")
@@ -45,9 +48,11 @@ def openvino_command(export, output, as_json, **options):
       lsg-export openvino lsg-all-MiniLM-L6-v2-4096/onnx --keep-float 2 -o minilm-openvino-keep2
       lsg-export openvino lsg-all-MiniLM-L6-v2-4096/onnx --weights none -o minilm-ov   # float weights, bf16 on AMX
       lsg-export openvino lsg-all-MiniLM-L6-v2-4096/onnx --weights none --precision f32 -o minilm-ov-f32
+      lsg-export openvino lsg-all-MiniLM-L6-v2-4096/onnx --weights none --precision mixed -o minilm-ov-mixed
     \b
     Then, in Python:
       core = openvino.Core(); compiled = core.compile_model("minilm-openvino/openvino_model.xml")
+      compiled = core.compile_model("minilm-ov-mixed/openvino_model.xml", "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     """
     from rich.console import Console
 
@@ -69,6 +74,8 @@ def openvino_command(export, output, as_json, **options):
                 + (f" ({kept['count']} kept float)" if kept else "") + ", activations per group of "
                 f"{weights['activations']['group_size']}" if weights["mode"] != "none" else "float32 weights")
         attention = result.info["attention"]
+        if result.info.get("compile_config"):
+            what += f"; compile with {result.info['compile_config']}"
         console.print(f"[green]wrote[/green] {result.path} ({attention} attention, {what}; validated with "
                       f"{result.info['validated_with']})",
                       soft_wrap=True)

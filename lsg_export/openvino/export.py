@@ -7,7 +7,8 @@ export's side files (config, tokenizer, sentence-transformers pipeline) and open
 from, its weights and the validation. With --weights int8 the MatMul and embedding weights are int8 and the
 activations' group size rides in the model (weights.py), so a plain `core.compile_model(path)` runs it as
 validated; the inference precision is OpenVINO's default for the CPU (bf16 where native, else f32) unless
---precision names one.
+--precision names one. --precision mixed writes bf16 into the graph where it is harmless (mixed_precision.py):
+that folder compiles at f32 (openvino_export.json's compile_config says so).
 
 Validation runs the compiled model as the ONNX export's is run (onnx/validate.compare): float32 is held to
 the export's atol; bf16 and int8 are reported (cosines), as ONNX int8 is, on real text by default."""
@@ -21,8 +22,10 @@ from ..folders import atomic_folder, check_output
 from ..graph_list import graph_list, single_graph
 from ..onnx.record import record_validation, write_json
 from ..sources import EXPORT_JSON, read_export_json
+from .mixed_precision import PRODUCTS, explicit_bf16
 from .sdpa import ATTENTIONS, export_sdpa_graph
-from .runtime import Session, bf16_support, compile_graph, describe, native_precision, openvino_missing
+from .runtime import (PRECISIONS, Session, bf16_support, compile_graph, compile_precision, describe,
+                      native_precision, openvino_missing)
 from .weights import GROUP_SIZE, MODES, check_keep_float_count, compress_int8, matmuls_by_weight
 
 IR_FILE = "openvino_model.xml"
@@ -57,15 +60,16 @@ def check_source(folder, meta):
 
 
 def resolve_precision(precision):
-    """'f32' or 'bf16': `precision`, or OpenVINO's default here for None / 'auto'; bf16 only where native."""
+    """'f32', 'bf16' or 'mixed': `precision`, or OpenVINO's default here for None / 'auto'; bf16 and mixed only
+    where the CPU has native bf16."""
     if precision in (None, "auto"):
         return native_precision()
-    if precision not in ("f32", "bf16"):
-        raise LSGExportError(f"--precision {precision!r}: give auto, f32 or bf16")
-    if precision == "bf16":
+    if precision not in PRECISIONS:
+        raise LSGExportError(f"--precision {precision!r}: give {', '.join(PRECISIONS)}")
+    if precision in ("bf16", "mixed"):
         native, evidence = bf16_support()
         if not native:
-            raise LSGExportError(f"--precision bf16: this CPU has no native bf16 ({evidence})")
+            raise LSGExportError(f"--precision {precision}: this CPU has no native bf16 ({evidence})")
     return precision
 
 
@@ -78,7 +82,8 @@ def export_openvino(folder, output=None, *, attention="sdpa", weights="int8", gr
     channel), int8-sym or none (float32). group_size: input channels per step of the activations' run-time
     quantization (int8 only). keep_float: the number of MatMul weights whose int8 alone loses most on the
     validation text that stay float (int8 only). precision: auto, f32 or bf16, what OpenVINO computes the rest
-    in while validating (the folder does not fix it). model: the converted PyTorch folder (default: the one the
+    in while validating (the folder does not fix it), or mixed: bf16 written into the graph where it is
+    harmless (mixed_precision.py), the folder compiled at f32 (its compile_config). model: the converted PyTorch folder (default: the one the
     export's export.json names). Returns an OpenVINOResult."""
     status = status or (lambda message: None)
     if attention not in ATTENTIONS:
@@ -89,6 +94,8 @@ def export_openvino(folder, output=None, *, attention="sdpa", weights="int8", gr
         raise LSGExportError(f"--group-size {group_size}: give a number of input channels >= 1")
     if not isinstance(keep_float, int) or keep_float < 0 or (keep_float and weights == "none"):
         raise LSGExportError(f"--keep-float {keep_float}: give a count >= 0, with int8 weights")
+    if precision == "mixed" and weights != "none":
+        raise LSGExportError("--precision mixed: give --weights none (the weight MatMuls run in bf16)")
     missing = openvino_missing(("openvino", "nncf") if weights != "none" else ("openvino",))
     if missing:
         raise LSGExportError(missing)
@@ -104,7 +111,7 @@ def export_openvino(folder, output=None, *, attention="sdpa", weights="int8", gr
     from ..onnx.validate import default_text, document_inputs
     if keep_float:  # before exporting and ranking: the export's graph has the same weights as the SDPA graph
         check_keep_float_count(keep_float, matmuls_by_weight(ov.Core().read_model(str(folder / graph.file))))
-    reduced = weights != "none" or precision == "bf16"
+    reduced = weights != "none" or precision != "f32"
     document = document_inputs(folder, text or default_text(reduced, folder))  # (ids or None, label)
     source = SourceModel.of(folder, meta, lengths, batch_size, status, model)
     with atomic_folder(output, force) as tmp, tempfile.TemporaryDirectory(prefix="lsg-openvino-") as scratch:
@@ -112,6 +119,11 @@ def export_openvino(folder, output=None, *, attention="sdpa", weights="int8", gr
         status(f"reading {onnx_graph.name}")
         model = ov.Core().read_model(str(onnx_graph))
         record = {"mode": "none"}
+        if precision == "mixed":
+            status("writing bf16 into the graph (--precision mixed)")
+            counts = explicit_bf16(model)
+            record["bf16"] = {kind: n for (kind, where), n in sorted(counts.items())
+                              if kind in PRODUCTS and where == "bf16"}  # the products written in bf16
         if weights != "none":
             kept = rank_for_keep_float(folder, onnx_graph, meta, keep_float, weights, group_size, document[0],
                                        status, precision)
@@ -128,7 +140,9 @@ def export_openvino(folder, output=None, *, attention="sdpa", weights="int8", gr
         info = {"format": "openvino", "source": str(folder.resolve()), "model": meta.get("model"),
                 "task": meta.get("task"), "inputs": meta.get("inputs"), "outputs": meta.get("outputs"),
                 "pooling": meta.get("pooling"), "seq": meta.get("seq"), "lsg": meta.get("lsg"), "graph": IR_FILE,
-                "attention": attention, "weights": record, "validated_with": note, "versions": openvino_versions()}
+                "attention": attention, "weights": record, "precision": precision,
+                "compile_config": {"INFERENCE_PRECISION_HINT": compile_precision(precision)}
+                if precision == "mixed" else {}, "validated_with": note, "versions": openvino_versions()}
         info = record_validation(info, report, "export")
         write_json(tmp / RECORD_FILE, info)
     return OpenVINOResult(output, report, info)
@@ -205,10 +219,10 @@ def validate_ir(ir_folder, source, meta, precision, weights, batch_size, documen
     """(ValidationReport, what was compiled): the IR in `ir_folder` against `source`'s PyTorch model, on
     `document` ((validate.Document or None, its label))."""
     from ..onnx.validate import compare
-    reduced = weights != "none" or precision == "bf16"
+    reduced = weights != "none" or precision != "f32"
     settings = source.settings
     ids, label = document
-    compiled = compile_graph(ir_folder / IR_FILE, None, precision)
+    compiled = compile_graph(ir_folder / IR_FILE, None, compile_precision(precision))
     session = Session(compiled)
     report = compare(session, source.module, settings.info, source.layout.task, meta["outputs"], settings.lengths,
                      batch_size, settings.atol, settings.enforced and not reduced, ids=ids, inputs_label=label,

@@ -45,6 +45,15 @@ def bf16_support():
     return "BF16" in capabilities, evidence
 
 
+PRECISIONS = ("auto", "f32", "bf16", "mixed")  # lsg-export openvino --precision; mixed: mixed_precision.py
+
+
+def compile_precision(precision):
+    """The INFERENCE_PRECISION_HINT a graph at `precision` compiles with: mixed carries its bf16 in the graph and
+    compiles at f32 (bf16 would lower its float32 nodes too)."""
+    return "f32" if precision == "mixed" else precision
+
+
 def native_precision():
     """The inference precision OpenVINO picks by default here: bf16 with native bf16, else f32."""
     return "bf16" if bf16_support()[0] else "f32"
@@ -73,6 +82,9 @@ def describe(compiled, int8=False):
     """What OpenVINO compiled: version, inference precision, threads (int8: and the activations' group size)."""
     import openvino as ov
     precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # f32, bf16
+    if precision == "f32" and any(op.get_rt_info()["runtimePrecision"].astype(str) == "bf16"
+                                  for op in compiled.get_runtime_model().get_ordered_ops()):
+        precision = "f32 with the graph's bf16 nodes in bf16 (mixed)"
     group = compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") if int8 else None
     return (f"OpenVINO {ov.get_version().split('-')[0]}, inference precision {precision}, "
             f"threads {compiled.get_property('INFERENCE_NUM_THREADS')}"
