@@ -11,4 +11,4 @@ MODEL=${MODEL:-minilm-16k}
 THREADS=${THREADS:-$(nproc)}
 [ -d "$MODEL" ] || lsg-export convert -o "$MODEL" --max-sequence-length 16384
 lsg-export bench "$MODEL" --seq 4096,16384 --threads "$THREADS" --warmup 1 --repeat 3 --rounds 3 \
-  --backends ort-gather,ort-custom-op,ov-f32,ov-bf16,ov-sdpa,ov-int8,ort-int8-custom-op --json "${JSON:-cpu_vs_openvino.json}"
+  --backends ort-gather,ort-custom-op,ov-f32,ov-bf16,ov-sdpa,ov-mixed,ov-int8,ort-int8-custom-op --json "${JSON:-cpu_vs_openvino.json}"

@@ -83,8 +83,8 @@ def export_openvino(folder, output=None, *, attention="sdpa", weights="int8", gr
     quantization (int8 only). keep_float: the number of MatMul weights whose int8 alone loses most on the
     validation text that stay float (int8 only). precision: auto, f32 or bf16, what OpenVINO computes the rest
     in while validating (the folder does not fix it), or mixed: bf16 written into the graph where it is
-    harmless (mixed_precision.py), the folder compiled at f32 (its compile_config). model: the converted PyTorch folder (default: the one the
-    export's export.json names). Returns an OpenVINOResult."""
+    harmless (mixed_precision.py), the folder compiled at f32 (its compile_config). model: the converted
+    PyTorch folder (default: the one the export's export.json names). Returns an OpenVINOResult."""
     status = status or (lambda message: None)
     if attention not in ATTENTIONS:
         raise LSGExportError(f"--attention {attention!r}: give {', '.join(ATTENTIONS)}")
