@@ -177,6 +177,10 @@ def test_mixed_precision_folder_says_how_to_compile_it(tiny_export):
     model = ov.Core().read_model(str(out / "openvino_model.xml"))
     assert sum(op.get_type_name() == "MatMul" and element_types(op) == ["bf16", "bf16"]
                for op in model.get_ordered_ops()) == 70
+    shown = invoke("openvino", tiny_export / "onnx", "-o", out, "--weights", "none", "--precision", "mixed",
+                   "--attention", "gather", "--force")  # the summary a user reads says the same
+    assert shown.exit_code == 0 and "70 MatMul in bf16" in " ".join(shown.stderr.split()), shown.output
+    assert "compile with {'INFERENCE_PRECISION_HINT': 'f32'}" in " ".join(shown.stderr.split())
 
 
 def test_keep_float_keeps_the_weights_that_lose_most(tiny_export):

@@ -73,6 +73,8 @@ def openvino_command(export, output, as_json, **options):
         what = (f"{weights['matrices']} weight matrices in {weights['mode']}"
                 + (f" ({kept['count']} kept float)" if kept else "") + ", activations per group of "
                 f"{weights['activations']['group_size']}" if weights["mode"] != "none" else "float32 weights")
+        if weights.get("bf16"):  # --precision mixed
+            what += " (" + ", ".join(f"{n} {kind} in bf16" for kind, n in weights["bf16"].items()) + ")"
         attention = result.info["attention"]
         if result.info.get("compile_config"):
             what += f"; compile with {result.info['compile_config']}"
