@@ -7,10 +7,11 @@ from ..errors import LSGExportError, user_errors
 from .worker_spec import REPEAT, WARMUP
 
 BACKEND_NAMES = ("torch-lsg, torch-dense, torch-chunked, ort-gather, ort-gather-optimized, ort-int8 (cpu), "
-                 "ort-fp16 (cuda), ort-custom-op, ort-int8-custom-op (cpu), ov-f32, ov-bf16, ov-sdpa, ov-int8 (cpu, "
-                 "the openvino extra; bf16 where the CPU has it), torch-longformer; named only: "
-                 "ort-int8-per-tensor, ort-int8-per-tensor-custom-op (cpu, the int8 before per-channel scales), "
-                 "ort-int8-keep12-custom-op, ov-int8-keep2 (cpu, int8 with the weights that lose most kept float)")
+                 "ort-fp16 (cuda), ort-custom-op, ort-int8-custom-op (cpu), ov-f32, ov-bf16, ov-sdpa, ov-mixed, "
+                 "ov-int8 (cpu, the openvino extra; bf16 and mixed where the CPU has bf16), torch-longformer; "
+                 "named only: ort-int8-per-tensor, ort-int8-per-tensor-custom-op (cpu, the int8 before per-channel "
+                 "scales), ort-int8-keep12-custom-op, ov-int8-keep2 (cpu, int8 with the weights that lose most kept "
+                 "float)")
 SEQ2SEQ_NAMES = ("torch-lsg, torch-dense, ort-gather, ort-gather-optimized, ort-int8, ort-fp16, ort-custom-op, "
                  "ort-int8-custom-op")
 

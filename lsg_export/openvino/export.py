@@ -204,8 +204,6 @@ def rank_for_keep_float(folder, graph_path, meta, count, weights, group_size, do
     return choose_kept_float(graph_path, count, feeds, meta["outputs"][0], weights, group_size, precision, status)
 
 
-
-
 def copy_side_files(folder, target, graph):
     """Everything of the ONNX folder but its graph, its record and the bench's caches."""
     graph_files = {graph.file, graph.file + ".data", graph.file + "_data"}
