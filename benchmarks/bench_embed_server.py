@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-MIXES = {"mixed": (10, 4096), "short": (10, 512)}
+MIXES = {"mixed": (10, 4096), "short": (10, 512), "sentences": (10, 256)}
 DOCUMENT = "/usr/share/common-licenses/GPL-3"
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from lsg_export.modeling.lsg_attention import SPARSITY_TYPES, LSGAttention, validate_lsg_options
+from lsg_export.modeling.lsg_base import dense_limit, use_dense_attention
 
 DETERMINISTIC_TYPES = ("norm", "pooling", "stride", "block_stride", "bos_pooling", "none")
 D = 8  # head dim
@@ -218,6 +219,22 @@ def test_up_to_two_blocks_is_full_attention(sparsity_type, t):
     mask = padding_mask(t, (t, t - 3), torch.float64, mask_first_token=True)
     actual = run_lsg(options(bs, 4, 2, sparsity_type, g), q, k, v, mask)
     assert (actual - dense_attention(q, k, v, mask, g)).abs().max().item() <= 1e-10
+
+
+@pytest.mark.parametrize("sparsity_type", SPARSITY_TYPES)
+@pytest.mark.parametrize("t", [1, 3, 4, 6, 8])
+def test_dense_attention_on_unpadded_tokens_is_lsg_up_to_two_blocks(sparsity_type, t):
+    """use_dense_attention's path on the t tokens alone equals LSG attention on them padded to whole blocks."""
+    bs, g = 4, 3
+    padded = -(-t // bs) * bs
+    q, k, v = random_qkv(2, g, padded, seed=t)
+    mask = padding_mask(padded, (t, max(1, t - 2)), torch.float64, mask_first_token=t > 1)
+    lsg = run_lsg(options(bs, 4, 2, sparsity_type, g), q, k, v, mask)[:, :, :g + t]
+    dense_options = options(bs, 4, 2, sparsity_type, g)
+    use_dense_attention(dense_options)
+    assert t <= dense_limit(dense_options)
+    dense = run_lsg(dense_options, *(x[:, :, :g + t] for x in (q, k, v)), mask[:, :t])
+    assert (dense - lsg).abs().max().item() <= 1e-12
 
 
 def test_longer_inputs_differ_from_full_attention():

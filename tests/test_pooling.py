@@ -99,15 +99,16 @@ def graph_outputs(onnx_folder):
     return [(v.name, [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]) for v in graph.output]
 
 
-def run_graph(data, length=29):
-    """The export's outputs on a batch of 3 (rows of length, 19 and 5 real tokens) and its attention mask."""
+def run_graph(data, length=29, file="model.onnx"):
+    """The export's outputs on a batch of 3 (rows of length, 19 and 5 real tokens, fewer where length is
+    shorter) and its attention mask; file: model.onnx or the short graph."""
     from lsg_export.onnx.pipeline import read_export_folder
     from lsg_export.onnx.tasks import make_inputs, read_model_folder
     from lsg_export.ops import inference_session
     meta = read_export_folder(data["onnx"])
     info = read_model_folder(data["folder"])
-    inputs = make_inputs(info, "feature-extraction", 3, length, lengths=[length, 19, 5])
-    session = inference_session(Path(data["onnx"]) / "model.onnx", with_ops=bool(meta.get("custom_ops")))
+    inputs = make_inputs(info, "feature-extraction", 3, length, lengths=[length, min(length, 19), min(length, 5)])
+    session = inference_session(Path(data["onnx"]) / file, with_ops=bool(meta.get("custom_ops")))
     hidden, pooled = session.run(["last_hidden_state", "sentence_embedding"],
                                  {i.name: inputs[i.name].numpy() for i in session.get_inputs()})
     return hidden, pooled, inputs["attention_mask"].numpy().astype(bool)
@@ -143,7 +144,9 @@ def test_max_normalize_from_the_pipeline(exported, case, tmp_path):
 
     # validate reads the pooling back from export.json
     report = validate_onnx(onnx_folder, lengths=[23], batch_size=3, record=False)
-    assert report.passed and [row.output for row in report.rows] == ["last_hidden_state", "sentence_embedding"]
+    assert report.passed and [row.output for row in report.rows][:2] == ["last_hidden_state", "sentence_embedding"]
+    assert {row.output for row in report.rows[2:]} == {f"{name} (model_short.onnx, <= {2 * cases.BLOCK})"
+                                                       for name in ("last_hidden_state", "sentence_embedding")}
 
     pytest.importorskip("tritonclient")
     from lsg_export.deploy import deploy, triton
@@ -151,6 +154,36 @@ def test_max_normalize_from_the_pipeline(exported, case, tmp_path):
     config = triton.parse((repo / "pooled" / "config.pbtxt").read_text())
     assert [(o.name, list(o.dims)) for o in config.output] == [("last_hidden_state", [-1, 32]),
                                                                ("sentence_embedding", [32])]
+
+
+def check_short_graph(data, atol, min_cosine):
+    """model_short.onnx (dense attention up to two blocks): recorded with model.onnx's steps, validated at its
+    lengths, the same embeddings as model.onnx at every length 1..2 blocks (within atol, cosine >= min_cosine),
+    and an input one token longer fails in the graph."""
+    import onnxruntime as ort
+    meta, limit = data["info"], 2 * cases.BLOCK
+    short = meta["short_graph"]
+    assert (short["file"], short["max_tokens"]) == ("model_short.onnx", limit)
+    assert (short["optimize"] or {}).get("level") == (meta["optimize"] or {}).get("level")
+    assert bool(short["quantize"]) == bool(meta["quantize"]) and "ai.lsg" not in short["domains"]
+    rows = [row for row in meta["validation"]["rows"] if "model_short.onnx" in row["output"]]
+    assert sorted({row["length"] for row in rows}) == [1, 2, cases.BLOCK - 1, cases.BLOCK, cases.BLOCK + 1,
+                                                      limit - 1, limit]
+    assert all(row["ok"] for row in rows)
+    for length in range(1, limit + 1):
+        hidden, pooled, mask = run_graph(data, length)
+        short_hidden, short_pooled, _ = run_graph(data, length, short["file"])
+        assert np.abs(short_hidden - hidden)[mask].max() <= atol and np.abs(short_pooled - pooled).max() <= atol
+        cosine = (short_pooled * pooled).sum(1) / np.linalg.norm(short_pooled, axis=1) / np.linalg.norm(pooled, axis=1)
+        assert cosine.min() >= min_cosine, (length, cosine)
+    with pytest.raises(ort.capi.onnxruntime_pybind11_state.Fail):
+        run_graph(data, limit + 1, short["file"])
+
+
+@in_group("pool-max-O2")
+@pytest.mark.parametrize("case", cases.params([POOLING["pool-max-O2"]]))
+def test_short_graph_equals_model_onnx_up_to_two_blocks(exported, case):
+    check_short_graph(result(exported, case.name), 1e-5, 0.99999)
 
 
 @in_group("op-pool-cls-int8")
@@ -169,6 +202,8 @@ def test_cls_custom_op_int8(exported, case):
     rows = [row for row in validation["rows"] if row["output"] == "sentence_embedding"]
     assert not validation["enforced"] and len(rows) == 3
     assert all(0 < row["max_abs_diff"] < 0.2 and row["pooled_cosine"] > 0.95 for row in rows), rows
+    # the short graph is int8 too: within int8's own distance of model.onnx's int8
+    check_short_graph(data, 0.2, 0.99)
 
 
 @pytest.mark.parametrize("case", cases.params([POOLING["pool-cls-roberta"], POOLING["op-pool-max"]]))

@@ -203,7 +203,7 @@ def test_batcher_packs_concurrent_requests_by_length():
     from lsg_export.deploy.embeddings import TokenBudgetBatcher, pack
     assert pack([5, 30, 6, 29, 7], 90) == [[0, 2, 4], [3, 1]]  # 3 x 7 <= 90, then 2 x 30
     assert pack([100, 3], 50) == [[1], [0]]  # a row over the budget runs alone
-    assert pack([5, 30, 6, 29, 7, 40], 900, block=16) == [[0, 2, 4], [3, 1], [5]]  # one block count per batch
+    assert pack([5, 30, 6, 29, 7, 40], 900, lambda n: -(-n // 16)) == [[0, 2, 4], [3, 1], [5]]  # one group a batch
     requests = [[[1] * n for n in lengths] for lengths in ([5, 30], [6], [29, 7, 300])]
 
     async def send(batcher):

@@ -1,10 +1,12 @@
 """Sentence embeddings of an export with a `sentence_embedding` output, batched by a token budget.
 
-`Embedder` checks and tokenizes inputs and runs rows of token ids through ONNX Runtime; a
-`TokenBudgetBatcher` packs the rows of concurrent requests into shared runs. Rows are sorted by length
-and cut into batches of one length in LSG blocks whose padded size (rows x longest row) stays within
-`max_batch_tokens`: a row padded to a longer block count would cost as much as a longer row. The pooling in the graph
-covers real tokens only, so a row's embedding does not depend on the rows it is packed with.
+`Embedder` checks and tokenizes inputs and runs rows of token ids through ONNX Runtime: rows of at most two
+LSG blocks through model_short.onnx where the export has it (onnx/short_graph.py: the same outputs with dense
+attention on the unpadded tokens, so a row costs its own length), longer rows through model.onnx. A
+`TokenBudgetBatcher` packs the rows of concurrent requests into shared runs: rows sorted by length and cut into
+batches of one group (Embedder.group: rows whose padding to a common length costs little) whose padded size
+(rows x longest row) stays within `max_batch_tokens`. The pooling in the graph covers real tokens only, so a
+row's embedding does not depend on the rows it is packed with.
 No web framework here: openai_api.py serves it over HTTP.
 """
 import asyncio
@@ -16,6 +18,7 @@ import numpy as np
 
 EMBEDDING_OUTPUT = "sentence_embedding"
 MAX_INPUTS = 2048  # per request, as OpenAI's embeddings API
+SHORT_STEP = 16  # the short graph's rows share a run within 16 tokens of length: about what a run's overhead costs
 
 
 @dataclass(frozen=True)
@@ -40,15 +43,13 @@ class EmbeddingInputError(ValueError):
     """A request input the model cannot embed; its message is the one line the client gets."""
 
 
-def pack(lengths, max_batch_tokens, block=None):
-    """Batches of row indices, rows in increasing length: a batch holds rows of one length once rounded up to
-    `block` (the LSG block size: the graph pads every row to a multiple of it, so such rows cost the same;
-    None: any lengths), and its rows x longest stay <= max_batch_tokens (a row longer than the budget runs
-    alone)."""
+def pack(lengths, max_batch_tokens, group=None):
+    """Batches of row indices, rows in increasing length: a batch holds rows of one group(length) (None: any
+    lengths), and its rows x longest stay <= max_batch_tokens (a row longer than the budget runs alone)."""
     batches, batch = [], []
     for index in sorted(range(len(lengths)), key=lambda i: lengths[i]):
         if batch and ((len(batch) + 1) * lengths[index] > max_batch_tokens
-                      or block and -(-lengths[index] // block) != -(-lengths[batch[0]] // block)):
+                      or group and group(lengths[index]) != group(lengths[batch[0]])):
             batches.append(batch)
             batch = []
         batch.append(index)
@@ -74,13 +75,27 @@ class Embedder:
         self.vocab_size = config.get("vocab_size")
         self.block = config.get("block_size")
         self.seq = model.seq
+        self.short = model.export.meta.get("short_graph")
+        self.short_limit = self.short["max_tokens"] if self.short else 0
+        self._short_session = None
         self._tokenizer = None
         self._lock = threading.Lock()
 
+    def group(self, length):
+        """Rows of one group share runs (pack()): the short graph's by SHORT_STEP tokens (it costs the padded
+        length), model.onnx's by LSG block count (it pads every row to whole blocks: such rows cost the same)."""
+        if length <= self.short_limit:
+            return "short", -(-length // SHORT_STEP)
+        return "blocks", -(-length // self.block) if self.block else 0
+
     def _prepare(self):
-        """The session (loaded late in `--workers` processes) and an unpadded copy of the model's tokenizer."""
+        """The sessions (loaded late in `--workers` processes) and an unpadded copy of the model's tokenizer."""
         with self._lock:
             self.model._ensure_loaded()
+            if self.short and self._short_session is None:
+                import onnxruntime as ort
+                self._short_session = ort.InferenceSession(str(self.model.export.path / self.short["file"]),
+                                                           providers=["CPUExecutionProvider"])
             if self._tokenizer is None and self.model._tokenizer is not None:
                 from tokenizers import Tokenizer
 
@@ -133,15 +148,18 @@ class Embedder:
         return rows
 
     def run(self, rows):
-        """(len(rows), dimensions) float32 embeddings of rows of token ids, padded together in one run."""
+        """(len(rows), dimensions) float32 embeddings of rows of token ids, padded together in one run (of the
+        short graph when every row fits it)."""
         self._prepare()
-        ids = np.full((len(rows), max(map(len, rows))), self.pad_id, dtype=np.int64)
+        longest = max(map(len, rows))
+        session = self._short_session if longest <= self.short_limit else self.model._session
+        ids = np.full((len(rows), longest), self.pad_id, dtype=np.int64)
         mask = np.zeros_like(ids)
         for i, row in enumerate(rows):
             ids[i, :len(row)], mask[i, :len(row)] = row, 1
         columns = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
         feeds = {name: columns[name] for name in self.model._names()}
-        return self.model._session.run([EMBEDDING_OUTPUT], feeds)[0].astype(np.float32, copy=False)
+        return session.run([EMBEDDING_OUTPUT], feeds)[0].astype(np.float32, copy=False)
 
 
 class _Request:
@@ -161,10 +179,10 @@ class TokenBudgetBatcher:
     included) are packed (pack()), and the batch holding the oldest waiting row runs, so a row waits for at
     most the batches of rows older than itself. A request is answered as soon as its last row is back."""
 
-    def __init__(self, run, max_batch_tokens, metrics=None, block=None):
+    def __init__(self, run, max_batch_tokens, metrics=None, group=None):
         self.run = run
         self.max_batch_tokens = max_batch_tokens
-        self.block = block
+        self.group = group
         self.metrics = metrics
         self._waiting = []  # (request, row index), oldest first
         self._wakeup = None
@@ -196,7 +214,7 @@ class TokenBudgetBatcher:
             if not self._waiting:
                 continue
             lengths = [len(request.rows[i]) for request, i in self._waiting]
-            batch = next(b for b in pack(lengths, self.max_batch_tokens, self.block) if 0 in b)
+            batch = next(b for b in pack(lengths, self.max_batch_tokens, self.group) if 0 in b)
             taken = [self._waiting[k] for k in batch]
             for k in sorted(batch, reverse=True):
                 del self._waiting[k]

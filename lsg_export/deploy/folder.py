@@ -157,7 +157,8 @@ def open_export(folder, allow_unvalidated=False):
     meta = read_meta(path)
     graph = single_graph(path, graph_list(meta),
                          "deploy and serve take an export of one graph (an encoder's) or an encoder-decoder's")
-    missing = [name for name in (graph.file, "config.json") if not (path / name).is_file()]
+    short = (meta.get("short_graph") or {}).get("file")  # onnx/short_graph.py: `serve` embeds short texts with it
+    missing = [name for name in (graph.file, "config.json", *[short] * bool(short)) if not (path / name).is_file()]
     if missing:
         raise LSGExportError(f"{path}: incomplete export, {', '.join(missing)} missing; export it again with "
                              f"`lsg-export onnx`")

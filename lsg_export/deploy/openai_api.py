@@ -51,7 +51,7 @@ class OpenAIRoutes:
     def _service(self, model):
         if model.name not in self._services:
             embedder = Embedder(model, getattr(model, "serving", ServingOptions()))
-            batcher = TokenBudgetBatcher(embedder.run, embedder.options.max_batch_tokens, metrics(), embedder.block)
+            batcher = TokenBudgetBatcher(embedder.run, embedder.options.max_batch_tokens, metrics(), embedder.group)
             self._services[model.name] = embedder, batcher
         return self._services[model.name]
 

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 SPARSITY_TYPES = ("none", "norm", "pooling", "lsh", "stride", "block_stride", "bos_pooling")
+DENSE_BLOCKS = 2  # up to this many blocks of tokens, LSG attention is dense attention (dense_attend)
 LSH_SEED = 0  # the reference draws new projections on every call; a fixed seed makes lsh reproducible
 
 
@@ -149,6 +150,15 @@ def lsg_attend(q, k, v, key_mask, sparse_k, sparse_v, sparse_mask, num_global, b
     return torch.cat([global_out, out], dim=2)
 
 
+def dense_attend(q, k, v, key_mask, num_global, dropout=None):
+    """lsg_attend of at most DENSE_BLOCKS blocks of tokens, computed without padding them to whole blocks.
+
+    There every block's local window (previous, own and next block) holds every token, and its compressed
+    windows only positions past the ends of the sequence (masked): each query attends to the globals and
+    every token, which is dense attention. Wrong for longer sequences. key_mask: (n, T) additive, T any."""
+    return attend(q, k, v, F.pad(key_mask, (num_global, 0))[:, None, None, :], dropout)
+
+
 def norm_top_positions(norms, chunk, sparsity_factor):
     """norms (n, h, T) -> (n, h, T/sf) positions: per chunk of m tokens and per head the m/sf of largest
     norm, in increasing norm order as the reference's argsort leaves them."""
@@ -183,6 +193,7 @@ class LSGAttention(nn.Module):
         self.num_global_tokens = config.num_global_tokens
         self.lsh_num_pre_rounds = getattr(config, "lsh_num_pre_rounds", 1)
         self.dropout = nn.Dropout(dropout_prob)
+        self.config = config  # its `dense_attention` (lsg_base.use_dense_attention) is read at run time
         self.block_attention = block_attention  # an exporter may swap in the custom op
         self.select_positions = norm_top_positions  # a validation may swap in a recording / swapping selection
         self._lsh_projections = {}
@@ -195,6 +206,8 @@ class LSGAttention(nn.Module):
     def forward(self, q, k, v, key_mask):
         """q, k, v: (n, h, G + T, d), globals first; key_mask: (n, T) additive. Returns (n, h, G + T, d)."""
         g = self.num_global_tokens
+        if getattr(self.config, "dense_attention", False):
+            return dense_attend(q, k, v, key_mask, g, self.dropout if self.training else None)
         sparse = (None, None, None)
         if self.uses_sparse:
             sparse = self.compress(q[:, :, g:], k[:, :, g:], v[:, :, g:], key_mask[:, None, :, None])

@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from .lsg_attention import LSGAttention, validate_lsg_options
+from .lsg_attention import DENSE_BLOCKS, LSGAttention, validate_lsg_options
 
 LSG_DEFAULTS = {
     "adaptive": True,
@@ -77,6 +77,18 @@ def additive_mask(attention_mask, dtype):
     return (1.0 - attention_mask.to(dtype)) * torch.finfo(dtype).min
 
 
+def use_dense_attention(config):
+    """Make the model of `config` (a copy: this changes it) run dense attention on unpadded tokens: the outputs
+    of LSG attention for inputs of at most dense_limit(config) tokens, at the cost of their own length
+    (lsg_attention.dense_attend); wrong for longer inputs."""
+    config.dense_attention = True
+
+
+def dense_limit(config):
+    """The longest input for which a model under use_dense_attention computes LSG attention."""
+    return DENSE_BLOCKS * config.block_size
+
+
 def lsg_encode(config, embedded, attention_mask, run_layers, keep_globals=False):
     """embedded: (n, G + t, D) -> (n, t, D), or (n, G + t, D) with keep_globals.
 
@@ -85,6 +97,8 @@ def lsg_encode(config, embedded, attention_mask, run_layers, keep_globals=False)
     global's output in place of the first token's (pool_with_global) and cuts globals and padding.
     keep_globals (encoder-decoders passing the globals to the decoder): no pooling, globals kept."""
     g, block = config.num_global_tokens, config.block_size
+    if getattr(config, "dense_attention", False):  # use_dense_attention: no padding
+        block = 1
     n, t = embedded.shape[0], embedded.shape[1] - g
     if attention_mask is None:
         attention_mask = torch.ones(n, t, device=embedded.device)

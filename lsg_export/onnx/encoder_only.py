@@ -8,6 +8,7 @@ from ..graph_list import MODEL_FILE
 from ..quiet import quiet_transformers
 from .parts import GraphPart, example_length, weight_bytes
 from .pooling import choose_pooling
+from .short_graph import SHORT_FILE, dense_copy, short_lengths, short_limit, short_part, short_rows
 from .tasks import TaskModule, infer_task, input_axes, input_names, make_inputs, output_axes, output_names
 from .validate import compare, make_session
 
@@ -40,13 +41,14 @@ def limit_positions(model, rows):
 
 class EncoderOnly:
     """One graph part, "model" (model.onnx): the task module of an encoder. pooling: export.json's
-    {"mode", "normalize"} of its sentence_embedding output, None without one."""
+    {"mode", "normalize"} of its sentence_embedding output, None without one. short: the longest input of
+    model_short.onnx beside it (short_graph.py), None without one."""
     label = "encoder"
     external_data = True  # weights above 2 GB go to model.onnx.data
     side_files = ()
 
-    def __init__(self, info, task, outputs=None, pooling=None):
-        self.info, self.task, self.pooling = info, task, pooling
+    def __init__(self, info, task, outputs=None, pooling=None, short=None):
+        self.info, self.task, self.pooling, self.short = info, task, pooling, short
         self.outputs = list(outputs) if outputs is not None else output_names(task, pooling)
 
     @classmethod
@@ -67,7 +69,8 @@ class EncoderOnly:
 
     @classmethod
     def for_folder(cls, info, meta, graphs):
-        return cls(info, meta["task"], graphs[0].outputs or meta["outputs"], meta.get("pooling"))
+        return cls(info, meta["task"], graphs[0].outputs or meta["outputs"], meta.get("pooling"),
+                   (meta.get("short_graph") or {}).get("max_tokens"))
 
     def load_model(self, seq):
         """The task module of the PyTorch model, its position table cut to seq."""
@@ -83,6 +86,17 @@ class EncoderOnly:
                           optimizer_config=self.info.config, weight_bytes=weight_bytes(module),
                           doc=f"LSG {self.info.family.class_name(self.info.head)} ({self.task}) by lsg-export")]
 
+    def short_part(self, module, seq):
+        """model_short.onnx's part (short_graph.py) for an export with a sentence_embedding output, else None."""
+        if not self.pooling:
+            return None
+        part = self.parts(module, seq)[0]
+        self.short = short_limit(module.model.config, seq)
+        short = dense_copy(module)
+        limit_positions(short, self.short + self.info.family.position_offset)  # longer inputs fail in the graph
+        example = make_inputs(self.info, self.task, 2, max(2, self.short * 3 // 4))
+        return short_part(part, short, self.short, {name: example[name] for name in part.example})
+
     def combine(self, folder, status):
         """Graphs made from the exported ones: none."""
         return []
@@ -94,10 +108,16 @@ class EncoderOnly:
                 "pooling": self.pooling, "lsg": self.info.lsg_options}
 
     def validate(self, folder, module, settings, kind, graphs, ids=None, inputs_label="random ids", status=None):
-        graph = graphs[0]
-        session = make_session(folder / graph.file, settings.device, kind)
-        return compare(session, module, self.info, self.task, self.outputs, settings.lengths, settings.batch_size,
-                       settings.atol, settings.enforced, ids=ids, inputs_label=inputs_label, progress=status)
+        def run(file, lengths):
+            session = make_session(folder / file, settings.device, kind)
+            return compare(session, module, self.info, self.task, self.outputs, lengths, settings.batch_size,
+                           settings.atol, settings.enforced, ids=ids, inputs_label=inputs_label, progress=status)
+
+        report = run(graphs[0].file, settings.lengths)
+        if self.short:
+            report.rows += short_rows(run(SHORT_FILE, short_lengths(self.short, self.info.config["block_size"])),
+                                      self.short)
+        return report
 
 
 __all__ = ["EncoderOnly", "load_torch_model", "limit_positions"]

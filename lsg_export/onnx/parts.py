@@ -8,8 +8,9 @@ What a layout has (both are classes with these names):
     label, task, external_data (whether weights above 2 GB may go to external data), side_files (model
     folder files copied beside the graphs); serves(family), reads(graph list): which exports it makes
     and reads; for_export(info, task, merge_decoders, pooling) and for_folder(info, meta, graph list): checked
-    instances; load_model(seq): the PyTorch model; parts(model, seq): [GraphPart]; combine(folder, status):
-    [(name, file)] of graphs made from the written parts; record(): its export.json keys;
+    instances; load_model(seq): the PyTorch model; parts(model, seq): [GraphPart]; short_part(model, seq): the
+    GraphPart of model_short.onnx (short_graph.py) or None; combine(folder, status): [(name, file)] of graphs
+    made from the written parts; record(): its export.json keys;
     validate(folder, model, settings, kind, graphs, ids, inputs_label, status): a ValidationReport.
 """
 from dataclasses import dataclass

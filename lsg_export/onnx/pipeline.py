@@ -253,6 +253,13 @@ def export_onnx(model, output=None, *, seq=None, task="auto", opset=DEFAULT_OPSE
                                   {"task": layout.task, **layout.record()}, cache)
         steps = process_parts(parts, tmp, external, kind, optimize, fp16, quantize, device, status,
                               (keep_float, ids, info.config.get("vocab_size"), seq))
+        short = None if keep_float else layout.short_part(torch_model, seq)  # --keep-float: model.onnx alone
+        if short:
+            dense = get_attention_kind("gather")  # plain ops: the attention is dense
+            exported.update(exported_parts([short], info, tmp, seq, dense, opset, status, device,
+                                           {"task": layout.task, **layout.record()}, cache))
+            short_steps = process_parts([short], tmp, external_data([short]), kind, optimize, fp16, quantize, device,
+                                        status)
         written = [(part.name, part.file) for part in parts] + layout.combine(tmp, status)
         entries = [graph_entry(tmp, name, file, exported.get(file)) for name, file in written]
         write_side_files(info, tmp, seq, layout.side_files)
@@ -260,9 +267,12 @@ def export_onnx(model, output=None, *, seq=None, task="auto", opset=DEFAULT_OPSE
             "model": str(info.path.resolve()), "architecture": info.family.class_name(info.head),
             "model_type": info.family.model_type, "task": layout.task, **layout.record(), "seq": seq, "opset": opset,
             "attention": kind.name, "custom_ops": kind.custom_ops, "device": device,
-            **summary_keys(exported, entries), "graphs": entries, **steps,
+            **summary_keys({part.file: exported[part.file] for part in parts}, entries), "graphs": entries, **steps,
             "precision": "fp16" if fp16 else ("int8" if quantize else "fp32"), "versions": versions(),
         }
+        if short:
+            meta["short_graph"] = {"max_tokens": layout.short, **graph_entry(tmp, short.name, short.file,
+                                                                               exported[short.file]), **short_steps}
         write_json(tmp / EXPORT_JSON, meta)  # optimum's loading in the validation reads it
         report = layout.validate(tmp, torch_model, settings, kind, graph_list(meta), ids=ids, inputs_label=label,
                                  status=status)

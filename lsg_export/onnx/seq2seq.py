@@ -389,6 +389,10 @@ class Seq2Seq:
     def parts(self, model, seq):
         return graph_parts(model, self.info, seq)
 
+    def short_part(self, model, seq):
+        """No short graph (short_graph.py: encoder exports with a sentence_embedding output only)."""
+        return None
+
     def combine(self, folder, status):
         """The merged decoder, when asked: [(graph name, file)]."""
         if not self.merged:
