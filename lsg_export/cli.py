@@ -144,6 +144,10 @@ def _print_ties(console, report):
               "output sentence_embedding (batch, hidden), the last hidden state pooled over the real tokens, then "
               "L2-normalised when the checkpoint's sentence-transformers pipeline normalises [default: the "
               "checkpoint's sentence-transformers pooling, else none].")
+@click.option("--short-graph/--no-short-graph", default=True, help="With a sentence_embedding output: also "
+              "write model_short.onnx, the same model for inputs of at most two LSG blocks at the cost of their own "
+              "length (dense attention; model.onnx pads to whole blocks), validated like model.onnx; `serve` "
+              "embeds short texts with it. Not made with --keep-float.")
 @click.option("--force", is_flag=True, help="Replace a non-empty output folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result (export.json) as JSON.")
 @user_errors
@@ -181,8 +185,10 @@ def onnx(model, output, as_json, **options):
             f", {optimized['nodes_after']} after {optimized['level']}" if optimized else "")
         pooling = info.get("pooling")
         pooled = f", sentence_embedding: {pooling['mode']}{' + L2' * pooling['normalize']}" if pooling else ""
+        short = info.get("short_graph")
+        short = f", {short['file']} up to {short['max_tokens']} tokens" if short else ""
         console.print(f"[green]wrote[/green] {result.path} ({result.task}{pooled}, {info['precision']}, opset "
-                      f"{info['opset']}, {nodes}, {info['seconds']['total']:.0f} s)", soft_wrap=True)
+                      f"{info['opset']}, {nodes}{short}, {info['seconds']['total']:.0f} s)", soft_wrap=True)
     if not result.passed:
         console.print(f"[red]validation failed:[/red] {result.report.failure_message()}; {result.path} is kept, "
                       f"the failure is recorded in its export.json", soft_wrap=True)

@@ -218,7 +218,7 @@ MINILM_OP_LENGTHS = [129, 4096]
 
 def run_minilm(root):
     """Worker: the bundled MiniLM converted (defaults) and exported at --seq 4096, validated at MINILM_LENGTHS,
-    then exported with --attention custom-op, validated at MINILM_OP_LENGTHS."""
+    then exported with --attention custom-op and no short graph, validated at MINILM_OP_LENGTHS."""
     import torch
     torch.set_num_threads(1)
     from lsg_export import convert
@@ -234,7 +234,7 @@ def run_minilm(root):
                 "export_seconds": time.perf_counter() - export_started}
         # the same model with --attention custom-op, validated at the longest length
         result = export_onnx(folder, folder / "onnx-op", seq=4096, lengths=MINILM_OP_LENGTHS, batch_size=2,
-                             attention="custom-op", force=True)
+                             attention="custom-op", short_graph=False, force=True)
         data["custom_op"] = {"onnx": str(folder / "onnx-op"), "info": result.info, "passed": result.passed,
                              "report": result.report.to_dict()}
     except Exception:

@@ -155,3 +155,17 @@ def test_validate_bad_inputs(converted, tmp_path):
     folder, _ = converted
     assert_user_error(invoke("validate", folder), "not a folder `lsg-export onnx` wrote")
     assert_user_error(invoke("validate", tmp_path / "nothing"), "no such folder")
+
+
+def test_short_graph_is_named(converted, tmp_path):
+    """--pooling mean: model_short.onnx (inputs of at most two blocks of 8) beside model.onnx, named in the summary
+    and export.json, its validation rows beside model.onnx's (the bench's exports leave it out: test_bench.py)."""
+    folder, _ = converted
+    result = invoke("onnx", folder, "-o", tmp_path / "out", *SEQ, "--task", "feature-extraction", "--pooling", "mean",
+                    "--lengths", "1,9")
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "model_short.onnx up to 16 tokens" in result.stderr
+    meta = json.loads((tmp_path / "out" / "export.json").read_text())
+    assert meta["short_graph"]["max_tokens"] == 16 and (tmp_path / "out" / "model_short.onnx").is_file()
+    assert meta["validation"]["passed"] and any("model_short.onnx" in row["output"]
+                                                for row in meta["validation"]["rows"])

@@ -99,6 +99,7 @@ def test_minilm_custom_op_passes_validate_at_4096(exported):
     assert data["report"]["lengths"] == cases.MINILM_OP_LENGTHS and data["report"]["max_abs_diff"] <= 1e-4
     # MiniLM's mean + Normalize pooling in the custom-op graph too, within 1e-4 like the hidden states
     assert data["info"]["pooling"] == {"mode": "mean", "normalize": True}
+    assert "short_graph" not in data["info"] and not (Path(data["onnx"]) / "model_short.onnx").exists()  # left out
     assert [row["output"] for row in data["report"]["rows"]] == ["last_hidden_state", "sentence_embedding"] * 2
     assert len(op_nodes(data["onnx"])[0]) == 6  # MiniLM: 6 layers
     report = validate_onnx(data["onnx"], lengths=[4096], batch_size=1, record=False)

@@ -244,7 +244,12 @@ def test_minilm_4096(exported):
     assert data["passed"] and report["passed"], report
     assert report["lengths"] == cases.MINILM_LENGTHS and report["batch_size"] == 2
     assert report["max_abs_diff"] <= 1e-4
-    assert {row["length"] for row in report["rows"]} == set(cases.MINILM_LENGTHS)
+    main, short = [[row for row in report["rows"] if ("model_short.onnx" in row["output"]) == s] for s in (0, 1)]
+    assert {row["length"] for row in main} == set(cases.MINILM_LENGTHS)
+    # model_short.onnx, MiniLM's inputs of at most 2 blocks of 128, validated at its own lengths
+    assert data["info"]["short_graph"]["max_tokens"] == 256
+    assert {row["length"] for row in short} == {1, 2, 127, 128, 129, 255, 256}
+    assert all(row["ok"] and row["max_abs_diff"] <= 1e-4 for row in short)
     assert data["info"]["seq"] == 4096 and data["info"]["task"] == "feature-extraction"
     assert data["info"]["graph"]["domains"] == [""]
 

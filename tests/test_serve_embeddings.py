@@ -187,6 +187,39 @@ def test_truncate_cuts_to_the_export_length(export):
     assert np.abs(cut.run(rows[:1]) - cut.run([rows[0]] + [[2, 5, 3]])[:1]).max() <= 1e-5
 
 
+def test_short_rows_run_on_the_short_graph(export, direct):
+    """Rows of at most two blocks (16 tokens here) run on model_short.onnx, grouped by 16 tokens; longer rows on
+    model.onnx, grouped by block count; either way within 1e-5 of model.onnx run alone."""
+    from lsg_export.deploy.embeddings import Embedder, ServingOptions
+    from lsg_export.deploy.server import make_model
+    embedder = Embedder(make_model(export, NAME), ServingOptions())
+    assert embedder.short_limit == 16
+    assert [embedder.group(n) for n in (1, 16, 17, 24, 25)] == [("short", 1), ("short", 1), ("blocks", 3),
+                                                                  ("blocks", 3), ("blocks", 4)]
+    texts = ["w1", "w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 w12 w13 w14", " ".join(f"w{i}" for i in range(30))]
+    rows = embedder.token_rows(texts)
+    assert [len(row) for row in rows] == [3, 16, 32]
+    embedder.run(rows[:1])  # loads both sessions
+    calls = []
+    embedder._short_session = CountingSession(embedder._short_session, "short", calls)
+    embedder.model._session = CountingSession(embedder.model._session, "model.onnx", calls)
+    short_pair = embedder.run(rows[:2])
+    long_row = embedder.run(rows[2:])
+    assert calls == ["short", "model.onnx"]
+    check([*short_pair, *long_row], texts, direct)
+
+
+class CountingSession:
+    """An ONNX Runtime session that records its name at each run."""
+
+    def __init__(self, session, name, calls):
+        self.session, self.name, self.calls = session, name, calls
+
+    def run(self, *args):
+        self.calls.append(self.name)
+        return self.session.run(*args)
+
+
 class Recorder:
     """A batcher's run function that records the rows of each run and embeds a row as [its length]."""
 

@@ -52,7 +52,7 @@ def cached_export(name, target, device, status):
     lengths, step = validation_lengths(target.info), lambda message: status(f"exporting {name}: {message}")
     result = export_onnx(target.model, folder, seq=target.info.max_length, task=target.task, force=True,
                          lengths=lengths, status=step, graph_cache=target.model / CACHE_DIR / GRAPHS_DIR,
-                         **export_options(name, device))
+                         short_graph=False, **export_options(name, device))  # the bench runs model.onnx
     if not result.passed:
         raise LSGExportError(f"its export failed validation: {result.report.failure_message()}")
     if BACKENDS[name].requantize:

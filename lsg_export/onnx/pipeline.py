@@ -212,7 +212,7 @@ def layout_for_folder(folder, info, meta, graphs):
 def export_onnx(model, output=None, *, seq=None, task="auto", opset=DEFAULT_OPSET, attention="gather",
                 optimize="none", fp16=False, quantize=None, device="cpu", atol=None, lengths=None, batch_size=2,
                 merge_decoders=None, pooling=None, text=None, force=False, graph_cache=None, keep_float=0,
-                status=None):
+                short_graph=True, status=None):
     """Export a converted LSG folder to ONNX, validate it against PyTorch, write OUT.
 
     model: the converted folder.
@@ -223,6 +223,8 @@ def export_onnx(model, output=None, *, seq=None, task="auto", opset=DEFAULT_OPSE
     text: a text file whose tokens the validation runs on (default: GPL-3 for int8, else random ids).
     keep_float: with quantize int8, the number of MatMul weights whose int8 loses most on the validation text
     that stay float32 (int8_sensitivity.py; encoder exports).
+    short_graph: also write model_short.onnx, the same model for inputs of at most two LSG blocks at the cost of
+    their own length (short_graph.py), where the export has a sentence_embedding output and no keep_float.
     graph_cache: a folder keeping the exported graphs for the next export of this model that differs only
     in optimisation, precision or validation (graph_cache.GraphCache; the bench's exports share one).
     Returns an ExportResult; `result.passed` is False when validation found a difference above atol
@@ -253,7 +255,7 @@ def export_onnx(model, output=None, *, seq=None, task="auto", opset=DEFAULT_OPSE
                                   {"task": layout.task, **layout.record()}, cache)
         steps = process_parts(parts, tmp, external, kind, optimize, fp16, quantize, device, status,
                               (keep_float, ids, info.config.get("vocab_size"), seq))
-        short = None if keep_float else layout.short_part(torch_model, seq)  # --keep-float: model.onnx alone
+        short = layout.short_part(torch_model, seq) if short_graph and not keep_float else None
         if short:
             dense = get_attention_kind("gather")  # plain ops: the attention is dense
             exported.update(exported_parts([short], info, tmp, seq, dense, opset, status, device,

@@ -21,6 +21,7 @@ from ..errors import LSGExportError
 from ..folders import atomic_folder, check_output
 from ..graph_list import graph_list, single_graph
 from ..onnx.record import record_validation, write_json
+from ..onnx.short_graph import SHORT_FILE
 from ..sources import EXPORT_JSON, read_export_json
 from .mixed_precision import PRODUCTS, explicit_bf16
 from .sdpa import ATTENTIONS, export_sdpa_graph
@@ -32,7 +33,8 @@ IR_FILE = "openvino_model.xml"
 RECORD_FILE = "openvino_export.json"
 WEIGHTS = (*MODES, "none")
 SDPA_CACHE = ".openvino-sdpa"  # in an ONNX export: the bench's SDPA graph (dot-named: not a side file)
-SKIPPED = {EXPORT_JSON, "bench-stamp.json", "bench-exports"}  # what of the ONNX folder is not the model's
+# what of the ONNX folder is not the model's (the short graph: `serve`'s, for ONNX Runtime)
+SKIPPED = {EXPORT_JSON, "bench-stamp.json", "bench-exports", SHORT_FILE}
 
 
 @dataclass
