@@ -1,6 +1,7 @@
 """Load figures of `lsg-export serve` as an embedding server: token-budget batching against batching off.
 
-For each length mix (mixed: 10..4096 tokens, short: 10..512) and each mode (--max-batch-tokens N, then 0),
+For each length mix (mixed: 10..4096 tokens, short: 10..512, sentences: 10..256, what MiniLM's
+model_short.onnx takes) and each mode (--max-batch-tokens N, then 0),
 starts `lsg-export serve EXPORT` on loopback, runs CLIENTS threads x REQUESTS requests (one text each,
 lengths drawn log-uniformly from the mix, cut from GPL-3), and reports wrong answers (cosine to a direct
 ONNX Runtime run of the text alone < 0.99999), errors, p50 / p99 latency and throughput. Bounded: a fixed
