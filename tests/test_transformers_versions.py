@@ -35,11 +35,13 @@ def tiny(checkpoint, output, architecture=None):
 
 @pytest.fixture(scope="module")
 def exports(tiny_checkpoint, tmp_path_factory):
-    """A bert and a bart exported and validated with the defaults (the merged decoder where optimum is)."""
+    """A bert and a bart exported and validated with the defaults (the merged decoder where optimum is); the bert
+    with --pooling mean, so with model_short.onnx too."""
     work = tmp_path_factory.mktemp("versions")
     bert = tiny(tiny_checkpoint("bert"), work / "lsg-bert", "BertModel")
     bart = tiny(tiny_checkpoint("bart"), work / "lsg-bart")
-    return {"bert": (bert, export_onnx(str(bert.path), work / "bert-onnx", seq=SEQ, lengths=LENGTHS)),
+    return {"bert": (bert, export_onnx(str(bert.path), work / "bert-onnx", seq=SEQ, lengths=LENGTHS,
+                                                pooling="mean")),
             "bart": (bart, export_onnx(str(bart.path), work / "bart-onnx", seq=SEQ, lengths=LENGTHS))}
 
 
@@ -54,6 +56,10 @@ def test_export_and_validate(exports, model_type):
         assert rows[length, first]["max_abs_diff"] <= 1e-4
         if model_type == "bart":  # greedy tokens of transformers' generate() on the graphs: PyTorch's
             assert rows[length, "greedy tokens"]["max_abs_diff"] == 0
+    if model_type == "bert":  # model_short.onnx (dense attention up to 2 blocks of 8) validated beside model.onnx
+        short = [row for (_, output), row in rows.items() if "model_short.onnx" in output]
+        assert meta["short_graph"]["max_tokens"] == 16 and len(short) == 14
+        assert all(row["ok"] and row["max_abs_diff"] <= 1e-4 for row in short)
     if model_type == "bart":  # optimum's merge is the [optimum] extra's
         assert meta["merged_decoder"] is has_optimum()
         assert ((result.path / MERGED_FILE).is_file()) is has_optimum()
