@@ -189,24 +189,43 @@ def test_truncate_cuts_to_the_export_length(export):
 
 def test_short_rows_run_on_the_short_graph(export, direct):
     """Rows of at most two blocks (16 tokens here) run on model_short.onnx, grouped by 16 tokens; longer rows on
-    model.onnx, grouped by block count; either way within 1e-5 of model.onnx run alone."""
+    model.onnx, grouped by block count; either way within 1e-5 of model.onnx run alone. (The v2 /infer path
+    takes the same LSGModel.session: test_v2_infer_of_a_short_text_runs_the_short_graph.)"""
     from lsg_export.deploy.embeddings import Embedder, ServingOptions
     from lsg_export.deploy.server import make_model
-    embedder = Embedder(make_model(export, NAME), ServingOptions())
-    assert embedder.short_limit == 16
+    model = make_model(export, NAME)
+    embedder = Embedder(model, ServingOptions())
+    assert model.short_limit == 16
     assert [embedder.group(n) for n in (1, 16, 17, 24, 25)] == [("short", 1), ("short", 1), ("blocks", 3),
                                                                   ("blocks", 3), ("blocks", 4)]
     texts = ["w1", "w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 w12 w13 w14", " ".join(f"w{i}" for i in range(30))]
     rows = embedder.token_rows(texts)
     assert [len(row) for row in rows] == [3, 16, 32]
-    embedder.run(rows[:1])  # loads both sessions
     calls = []
-    embedder._short_session = CountingSession(embedder._short_session, "short", calls)
-    embedder.model._session = CountingSession(embedder.model._session, "model.onnx", calls)
+    model._short_session = CountingSession(model._short_session, "short", calls)
+    model._session = CountingSession(model._session, "model.onnx", calls)
     short_pair = embedder.run(rows[:2])
     long_row = embedder.run(rows[2:])
     assert calls == ["short", "model.onnx"]
     check([*short_pair, *long_row], texts, direct)
+
+
+def test_v2_infer_of_a_short_text_runs_the_short_graph(export, direct):
+    """The KServe v2 path (LSGModel.run) takes the same choice: a request of at most 16 tokens runs
+    model_short.onnx, a longer one model.onnx, with model.onnx's answers."""
+    from kserve import InferInput, InferRequest
+
+    from lsg_export.deploy.server import make_model
+    model = make_model(export, NAME)
+    calls = []
+    model._ensure_loaded()
+    model._short_session = CountingSession(model._short_session, "short", calls)
+    model._session = CountingSession(model._session, "model.onnx", calls)
+    texts = ["w1 w2 w3", " ".join(f"w{i}" for i in range(20))]
+    for text in texts:
+        request = InferRequest(NAME, [InferInput("text", [1], "BYTES", [text])])
+        check([model.run(request)["sentence_embedding"][0]], [text], direct)
+    assert calls == ["short", "model.onnx"]
 
 
 class CountingSession:

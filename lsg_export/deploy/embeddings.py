@@ -1,8 +1,7 @@
 """Sentence embeddings of an export with a `sentence_embedding` output, batched by a token budget.
 
-`Embedder` checks and tokenizes inputs and runs rows of token ids through ONNX Runtime: rows of at most two
-LSG blocks through model_short.onnx where the export has it (onnx/short_graph.py: the same outputs with dense
-attention on the unpadded tokens, so a row costs its own length), longer rows through model.onnx. A
+`Embedder` checks and tokenizes inputs and runs rows of token ids through ONNX Runtime (LSGModel.session: rows of
+at most two LSG blocks through model_short.onnx where the export has it, so a row costs its own length). A
 `TokenBudgetBatcher` packs the rows of concurrent requests into shared runs: rows sorted by length and cut into
 batches of one group (Embedder.group: rows whose padding to a common length costs little) whose padded size
 (rows x longest row) stays within `max_batch_tokens`. The pooling in the graph covers real tokens only, so a
@@ -75,27 +74,20 @@ class Embedder:
         self.vocab_size = config.get("vocab_size")
         self.block = config.get("block_size")
         self.seq = model.seq
-        self.short = model.export.meta.get("short_graph")
-        self.short_limit = self.short["max_tokens"] if self.short else 0
-        self._short_session = None
         self._tokenizer = None
         self._lock = threading.Lock()
 
     def group(self, length):
         """Rows of one group share runs (pack()): the short graph's by SHORT_STEP tokens (it costs the padded
         length), model.onnx's by LSG block count (it pads every row to whole blocks: such rows cost the same)."""
-        if length <= self.short_limit:
+        if length <= self.model.short_limit:
             return "short", -(-length // SHORT_STEP)
         return "blocks", -(-length // self.block) if self.block else 0
 
     def _prepare(self):
-        """The sessions (loaded late in `--workers` processes) and an unpadded copy of the model's tokenizer."""
+        """The model's sessions (loaded late in `--workers` processes) and an unpadded copy of its tokenizer."""
         with self._lock:
             self.model._ensure_loaded()
-            if self.short and self._short_session is None:
-                import onnxruntime as ort
-                self._short_session = ort.InferenceSession(str(self.model.export.path / self.short["file"]),
-                                                           providers=["CPUExecutionProvider"])
             if self._tokenizer is None and self.model._tokenizer is not None:
                 from tokenizers import Tokenizer
 
@@ -152,7 +144,7 @@ class Embedder:
         short graph when every row fits it)."""
         self._prepare()
         longest = max(map(len, rows))
-        session = self._short_session if longest <= self.short_limit else self.model._session
+        session = self.model.session(longest)
         ids = np.full((len(rows), longest), self.pad_id, dtype=np.int64)
         mask = np.zeros_like(ids)
         for i, row in enumerate(rows):

@@ -25,7 +25,9 @@ from kserve.protocol.infer_type import InferOutput, InferResponse  # noqa: E402
 from kserve.protocol.rest.server import RESTServer  # noqa: E402
 
 class LSGModel(kserve.Model):
-    """An exported LSG model: one ONNX Runtime session (custom ops registered when the graph needs them)."""
+    """An exported LSG model: an ONNX Runtime session of model.onnx (custom ops registered when the graph needs
+    them), and one of model_short.onnx where the export has it (onnx/short_graph.py), which runs the requests
+    whose rows are all at most `short_limit` tokens long: the same outputs at their own length's cost."""
 
     def __init__(self, name, export):
         super().__init__(name)
@@ -36,6 +38,7 @@ class LSGModel(kserve.Model):
         self.limits = {"input_ids": config.get("vocab_size"), "token_type_ids": config.get("type_vocab_size"),
                        "attention_mask": 2}
         self.has_text = export.tokenizer_file is not None and fills(self._names())
+        self.short_limit = (export.meta.get("short_graph") or {}).get("max_tokens", 0)
         self.load()
 
     def load(self):
@@ -49,6 +52,9 @@ class LSGModel(kserve.Model):
         with explain_missing_ops():
             self._session = ort.InferenceSession(str(self.export.model_file), options,
                                                  providers=["CPUExecutionProvider"])
+        short = self.export.meta.get("short_graph")
+        self._short_session = ort.InferenceSession(str(self.export.path / short["file"]),
+                                                   providers=["CPUExecutionProvider"]) if short else None
         self._tokenizer = self._load_tokenizer()
         self._tokenizer_lock = threading.Lock()
         self.ready = True
@@ -61,7 +67,7 @@ class LSGModel(kserve.Model):
     # pickled into `--workers` processes: the session is re-created there
     def __getstate__(self):
         state = dict(self.__dict__)
-        for key in ("_session", "_tokenizer", "_tokenizer_lock", "_load_lock"):
+        for key in ("_session", "_short_session", "_tokenizer", "_tokenizer_lock", "_load_lock"):
             state.pop(key, None)
         return state
 
@@ -80,6 +86,11 @@ class LSGModel(kserve.Model):
 
     def _names(self):
         return [spec.name for spec in self.export.inputs]
+
+    def session(self, length):
+        """The session for rows of at most `length` tokens: model_short.onnx up to short_limit, else model.onnx."""
+        self._ensure_loaded()
+        return self._short_session if length <= self.short_limit else self._session
 
     def get_input_types(self):
         types = [spec.metadata() for spec in self.export.inputs]
@@ -188,7 +199,7 @@ class LSGModel(kserve.Model):
         self._ensure_loaded()
         outputs = self._requested(request)
         feeds = self.feeds(request)
-        return dict(zip(outputs, self._session.run(outputs, feeds)))
+        return dict(zip(outputs, self.session(next(iter(feeds.values())).shape[-1]).run(outputs, feeds)))
 
     async def predict(self, payload, headers=None, response_headers=None):
         if not hasattr(payload, "inputs"):  # a v1 (`instances`) request
