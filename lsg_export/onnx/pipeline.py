@@ -251,15 +251,14 @@ def export_onnx(model, output=None, *, seq=None, task="auto", opset=DEFAULT_OPSE
     external = check_external_data(layout, parts)
     with atomic_folder(output, force) as tmp:
         cache = GraphCache(graph_cache) if graph_cache else None
-        exported = exported_parts(parts, info, tmp, seq, kind, opset, status, device,
-                                  {"task": layout.task, **layout.record()}, cache)
+        described = {"task": layout.task, **layout.record()}  # what the graph cache keys on
+        exported = exported_parts(parts, info, tmp, seq, kind, opset, status, device, described, cache)
         steps = process_parts(parts, tmp, external, kind, optimize, fp16, quantize, device, status,
                               (keep_float, ids, info.config.get("vocab_size"), seq))
         short = layout.short_part(torch_model, seq) if short_graph and not keep_float else None
         if short:
             dense = get_attention_kind("gather")  # plain ops: the attention is dense
-            exported.update(exported_parts([short], info, tmp, seq, dense, opset, status, device,
-                                           {"task": layout.task, **layout.record()}, cache))
+            exported.update(exported_parts([short], info, tmp, seq, dense, opset, status, device, described, cache))
             short_steps = process_parts([short], tmp, external_data([short]), kind, optimize, fp16, quantize, device,
                                         status)
         written = [(part.name, part.file) for part in parts] + layout.combine(tmp, status)
